@@ -1,0 +1,112 @@
+//! The replicated state as pure, deterministic state machines.
+//!
+//! Every [`Command`] carries the time the leader stamped on it when it was proposed (`at_ms`).
+//! [`ClusterState::apply`] reads no clock, no randomness and no environment: two replicas that
+//! applied the same commands hold byte-equal state, which [`ClusterState::state_hash`] lets tests
+//! compare (guarantee I6 of ARCHITECTURE.md).
+//!
+//! Time inside the state only moves forward: a command stamped earlier than one already applied
+//! (a new leader whose clock lags) is applied at the latest time seen so far.
+
+pub mod nonces;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::codec::{self, CodecError};
+pub use nonces::{ClaimOutcome, NonceClaim, NonceKey, NonceRegistry};
+
+/// How many expired claims one garbage-collection command may remove at most, so that a single
+/// apply never stalls the log for long.
+pub const MAX_EXPIRED_PER_COMMAND: u32 = 10_000;
+
+/// A replicated command: an operation plus the leader-stamped time it was proposed at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Command {
+    /// Unix time in milliseconds, read from the proposing leader's wall clock.
+    pub at_ms: u64,
+    pub op: Op,
+}
+
+/// What a command does. New variants are only ever appended, so old log entries keep decoding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Claim an EIP-3009 authorization nonce cluster-wide (I1).
+    ClaimNonce(NonceClaim),
+    /// Remove up to `limit` claims whose retention ended at or before the command's time.
+    ExpireClaims { limit: u32 },
+}
+
+/// The answer of the state machine to one applied entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Raft's own entries (blank, membership) answer nothing.
+    None,
+    Claim(ClaimOutcome),
+    Expired { removed: u32 },
+}
+
+/// Everything the cluster replicates, in one value.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterState {
+    /// The latest command time applied so far; never decreases.
+    now_ms: u64,
+    nonces: NonceRegistry,
+}
+
+/// The serialised form of [`ClusterState`], used for snapshots and the state hash.
+#[derive(Serialize, Deserialize)]
+struct StateImage {
+    now_ms: u64,
+    nonces: nonces::RegistryImage,
+}
+
+impl ClusterState {
+    /// Applies one command. Pure: the result depends only on `self` and `cmd`.
+    pub fn apply(&mut self, cmd: &Command) -> Response {
+        self.now_ms = self.now_ms.max(cmd.at_ms);
+        let now_ms = self.now_ms;
+        match &cmd.op {
+            Op::ClaimNonce(claim) => Response::Claim(self.nonces.claim(claim, now_ms)),
+            Op::ExpireClaims { limit } => {
+                let limit = (*limit).min(MAX_EXPIRED_PER_COMMAND);
+                Response::Expired {
+                    removed: self.nonces.expire(now_ms, limit),
+                }
+            }
+        }
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    pub fn nonces(&self) -> &NonceRegistry {
+        &self.nonces
+    }
+
+    /// Serialises the whole state (a snapshot body).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, CodecError> {
+        codec::encode_record(&StateImage {
+            now_ms: self.now_ms,
+            nonces: self.nonces.image(),
+        })
+    }
+
+    /// Rebuilds a state from [`ClusterState::to_bytes`] output.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, CodecError> {
+        let image: StateImage = codec::decode_record(bytes)?;
+        Ok(Self {
+            now_ms: image.now_ms,
+            nonces: NonceRegistry::from_image(image.nonces),
+        })
+    }
+
+    /// SHA-256 of the canonical serialisation: equal on replicas that applied the same log.
+    pub fn state_hash(&self) -> Result<[u8; 32], CodecError> {
+        Ok(Sha256::digest(self.to_bytes()?).into())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,162 @@
+//! The nonce registry: replay protection for EIP-3009 authorizations (guarantee I1).
+//!
+//! An authorization is identified by `(chain, asset, payer, nonce)`. The first claim binds it to a
+//! *requirements fingerprint* (a digest of network, asset, payTo, amount and resource). Claiming
+//! again with the same fingerprint is idempotent and gets the same answer; claiming with another
+//! fingerprint is a replay and is refused. A claim is kept until the authorization's `validBefore`
+//! plus [`RETENTION_MARGIN_MS`], then removed by a replicated expiry command, never by a timer.
+//!
+//! Claims are stored under a SHA-256 digest of their key (32 bytes instead of 80) with a second
+//! index ordered by expiry, so that expiry removes the oldest claims first without scanning.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// How long a claim outlives its authorization's `validBefore`. The margin covers clock
+/// differences between the cluster and the chain: after it, the token contract itself refuses
+/// the authorization, so forgetting the claim cannot let a replay through.
+pub const RETENTION_MARGIN_MS: u64 = 5 * 60 * 1000;
+
+/// Identifies one EIP-3009 authorization.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct NonceKey {
+    pub chain_id: u64,
+    pub asset: [u8; 20],
+    pub payer: [u8; 20],
+    pub nonce: [u8; 32],
+}
+
+impl NonceKey {
+    /// A collision-resistant digest of the key, used as the registry's index.
+    pub fn digest(&self) -> ClaimId {
+        let mut h = Sha256::new();
+        h.update(self.chain_id.to_be_bytes());
+        h.update(self.asset);
+        h.update(self.payer);
+        h.update(self.nonce);
+        h.finalize().into()
+    }
+}
+
+/// The digest of a [`NonceKey`].
+pub type ClaimId = [u8; 32];
+
+/// A request to claim an authorization for one set of payment requirements.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NonceClaim {
+    pub key: NonceKey,
+    /// Digest of the payment requirements this authorization is being used for.
+    pub fingerprint: [u8; 32],
+    /// The authorization's `validBefore`, in unix seconds.
+    pub valid_before: u64,
+}
+
+/// The state machine's answer to a claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClaimOutcome {
+    /// The authorization is now (or already was) claimed for this fingerprint.
+    Accepted,
+    /// The authorization was already claimed for other requirements.
+    Replay,
+    /// The authorization's `validBefore` has passed; it can no longer be claimed.
+    Expired,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct ClaimRecord {
+    fingerprint: [u8; 32],
+    /// When the claim may be forgotten, unix milliseconds.
+    expires_at_ms: u64,
+}
+
+/// All live claims.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NonceRegistry {
+    claims: BTreeMap<ClaimId, ClaimRecord>,
+    by_expiry: BTreeSet<(u64, ClaimId)>,
+}
+
+/// Serialised form of the registry: the claims in key order. The expiry index is derived.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct RegistryImage(Vec<(ClaimId, ClaimRecord)>);
+
+impl NonceRegistry {
+    /// Claims `claim.key` for `claim.fingerprint` at time `now_ms`.
+    pub fn claim(&mut self, claim: &NonceClaim, now_ms: u64) -> ClaimOutcome {
+        let id = claim.key.digest();
+        if let Some(existing) = self.claims.get(&id) {
+            return if existing.fingerprint == claim.fingerprint {
+                ClaimOutcome::Accepted
+            } else {
+                ClaimOutcome::Replay
+            };
+        }
+        let valid_before_ms = claim.valid_before.saturating_mul(1000);
+        if valid_before_ms <= now_ms {
+            return ClaimOutcome::Expired;
+        }
+        let expires_at_ms = valid_before_ms.saturating_add(RETENTION_MARGIN_MS);
+        self.claims.insert(
+            id,
+            ClaimRecord {
+                fingerprint: claim.fingerprint,
+                expires_at_ms,
+            },
+        );
+        self.by_expiry.insert((expires_at_ms, id));
+        debug_assert_eq!(self.claims.len(), self.by_expiry.len());
+        ClaimOutcome::Accepted
+    }
+
+    /// Removes at most `limit` claims whose retention ended at or before `now_ms`, oldest first.
+    pub fn expire(&mut self, now_ms: u64, limit: u32) -> u32 {
+        let mut removed = 0;
+        while removed < limit {
+            let Some(&(expires_at_ms, id)) = self.by_expiry.first() else {
+                break;
+            };
+            if expires_at_ms > now_ms {
+                break;
+            }
+            self.by_expiry.pop_first();
+            let record = self.claims.remove(&id);
+            debug_assert!(record.is_some(), "expiry index names a missing claim");
+            removed += 1;
+        }
+        debug_assert_eq!(self.claims.len(), self.by_expiry.len());
+        removed
+    }
+
+    /// Whether `key` is claimed, and for which fingerprint.
+    pub fn fingerprint_of(&self, key: &NonceKey) -> Option<[u8; 32]> {
+        self.claims.get(&key.digest()).map(|r| r.fingerprint)
+    }
+
+    /// Number of live claims.
+    pub fn len(&self) -> usize {
+        self.claims.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.claims.is_empty()
+    }
+
+    /// The earliest time at which some claim may be expired, if any.
+    pub fn next_expiry_ms(&self) -> Option<u64> {
+        self.by_expiry.first().map(|&(t, _)| t)
+    }
+
+    pub(crate) fn image(&self) -> RegistryImage {
+        RegistryImage(self.claims.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    pub(crate) fn from_image(image: RegistryImage) -> Self {
+        let by_expiry = image.0.iter().map(|(id, r)| (r.expires_at_ms, *id)).collect();
+        Self {
+            claims: image.0.into_iter().collect(),
+            by_expiry,
+        }
+    }
+}

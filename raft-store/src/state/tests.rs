@@ -1,0 +1,184 @@
+//! Unit and property tests of the state machines.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn key(n: u8) -> NonceKey {
+    NonceKey {
+        chain_id: 31337,
+        asset: [1; 20],
+        payer: [2; 20],
+        nonce: [n; 32],
+    }
+}
+
+fn claim(n: u8, fp: u8, valid_before: u64) -> Command {
+    Command {
+        at_ms: 0,
+        op: Op::ClaimNonce(NonceClaim {
+            key: key(n),
+            fingerprint: [fp; 32],
+            valid_before,
+        }),
+    }
+}
+
+fn at(mut cmd: Command, at_ms: u64) -> Command {
+    cmd.at_ms = at_ms;
+    cmd
+}
+
+#[test]
+fn same_fingerprint_is_idempotent_other_fingerprint_is_replay() {
+    let mut s = ClusterState::default();
+    let c = at(claim(1, 7, 100), 1_000);
+    assert_eq!(s.apply(&c), Response::Claim(ClaimOutcome::Accepted));
+    assert_eq!(s.apply(&c), Response::Claim(ClaimOutcome::Accepted));
+    assert_eq!(
+        s.apply(&at(claim(1, 8, 100), 1_000)),
+        Response::Claim(ClaimOutcome::Replay)
+    );
+    assert_eq!(s.nonces().len(), 1);
+    assert_eq!(s.nonces().fingerprint_of(&key(1)), Some([7; 32]));
+}
+
+#[test]
+fn claim_of_expired_authorization_is_refused_and_leaves_nothing() {
+    let mut s = ClusterState::default();
+    let out = s.apply(&at(claim(1, 7, 10), 10_000));
+    assert_eq!(out, Response::Claim(ClaimOutcome::Expired));
+    assert!(s.nonces().is_empty());
+}
+
+#[test]
+fn expiry_waits_for_valid_before_plus_margin_and_respects_limit() {
+    let mut s = ClusterState::default();
+    for n in 0..5 {
+        s.apply(&at(claim(n, 1, 100 + n as u64), 1_000));
+    }
+    let gc = |t, limit| Command {
+        at_ms: t,
+        op: Op::ExpireClaims { limit },
+    };
+    // validBefore passed, but not the margin: nothing goes.
+    assert_eq!(s.apply(&gc(200_000, 100)), Response::Expired { removed: 0 });
+    let t = 104_000 + nonces::RETENTION_MARGIN_MS;
+    assert_eq!(s.apply(&gc(t, 2)), Response::Expired { removed: 2 });
+    assert_eq!(s.apply(&gc(t, 100)), Response::Expired { removed: 3 });
+    assert!(s.nonces().is_empty());
+    // Once forgotten, the same authorization is refused as expired, not accepted again.
+    assert_eq!(
+        s.apply(&at(claim(0, 1, 100), t)),
+        Response::Claim(ClaimOutcome::Expired)
+    );
+}
+
+#[test]
+fn time_never_moves_backwards() {
+    let mut s = ClusterState::default();
+    s.apply(&at(claim(1, 1, 1_000), 500_000));
+    // A lagging leader stamps an earlier time: the claim is judged at the later time.
+    let out = s.apply(&at(claim(2, 1, 400), 100_000));
+    assert_eq!(out, Response::Claim(ClaimOutcome::Expired));
+    assert_eq!(s.now_ms(), 500_000);
+}
+
+#[test]
+fn snapshot_round_trip_preserves_state_and_hash() {
+    let mut s = ClusterState::default();
+    for n in 0..50 {
+        s.apply(&at(claim(n, n % 3, 1_000 + n as u64), 10));
+    }
+    let bytes = s.to_bytes().unwrap();
+    let back = ClusterState::from_bytes(&bytes).unwrap();
+    assert_eq!(back, s);
+    assert_eq!(back.state_hash().unwrap(), s.state_hash().unwrap());
+    let mut other = s.clone();
+    other.apply(&at(claim(200, 1, 5_000), 10));
+    assert_ne!(other.state_hash().unwrap(), s.state_hash().unwrap());
+}
+
+/// The plain model the registry is checked against: a map from key to (fingerprint, validBefore),
+/// with expiry done by a full scan.
+#[derive(Default)]
+struct Model {
+    now_ms: u64,
+    claims: BTreeMap<NonceKey, ([u8; 32], u64)>,
+}
+
+impl Model {
+    fn apply(&mut self, cmd: &Command) -> Response {
+        self.now_ms = self.now_ms.max(cmd.at_ms);
+        match &cmd.op {
+            Op::ClaimNonce(c) => Response::Claim(match self.claims.get(&c.key) {
+                Some((fp, _)) if *fp == c.fingerprint => ClaimOutcome::Accepted,
+                Some(_) => ClaimOutcome::Replay,
+                None if c.valid_before * 1000 <= self.now_ms => ClaimOutcome::Expired,
+                None => {
+                    self.claims.insert(c.key, (c.fingerprint, c.valid_before));
+                    ClaimOutcome::Accepted
+                }
+            }),
+            Op::ExpireClaims { limit } => {
+                let limit = (*limit).min(MAX_EXPIRED_PER_COMMAND) as usize;
+                let mut due: Vec<(u64, [u8; 32], NonceKey)> = self
+                    .claims
+                    .iter()
+                    .map(|(k, (_, vb))| (vb * 1000 + nonces::RETENTION_MARGIN_MS, k.digest(), *k))
+                    .filter(|(exp, _, _)| *exp <= self.now_ms)
+                    .collect();
+                due.sort();
+                due.truncate(limit);
+                for (_, _, k) in &due {
+                    self.claims.remove(k);
+                }
+                Response::Expired {
+                    removed: due.len() as u32,
+                }
+            }
+        }
+    }
+}
+
+fn arb_command() -> impl Strategy<Value = Command> {
+    let claim = (0u8..12, 0u8..3, 1u64..2_000, 0u64..2_500_000).prop_map(|(n, fp, vb, t)| Command {
+        at_ms: t,
+        op: Op::ClaimNonce(NonceClaim {
+            key: key(n),
+            fingerprint: [fp; 32],
+            valid_before: vb,
+        }),
+    });
+    let expire = (0u64..2_500_000, 0u32..5).prop_map(|(t, limit)| Command {
+        at_ms: t,
+        op: Op::ExpireClaims { limit },
+    });
+    prop_oneof![4 => claim, 1 => expire]
+}
+
+proptest! {
+    /// Random command sequences give the same answers as the plain model, and every replica that
+    /// applies the same sequence ends with the same state hash.
+    #[test]
+    fn registry_matches_model(cmds in proptest::collection::vec(arb_command(), 1..200)) {
+        let mut state = ClusterState::default();
+        let mut model = Model::default();
+        for cmd in &cmds {
+            prop_assert_eq!(state.apply(cmd), model.apply(cmd));
+            prop_assert_eq!(state.nonces().len(), model.claims.len());
+        }
+        for (k, (fp, _)) in &model.claims {
+            prop_assert_eq!(state.nonces().fingerprint_of(k), Some(*fp));
+        }
+        let mut replica = ClusterState::default();
+        for cmd in &cmds {
+            replica.apply(cmd);
+        }
+        prop_assert_eq!(replica.state_hash().unwrap(), state.state_hash().unwrap());
+        let restored = ClusterState::from_bytes(&state.to_bytes().unwrap()).unwrap();
+        prop_assert_eq!(restored, state);
+    }
+}

@@ -1,0 +1,29 @@
+//! The openraft type configuration of x402-cluster.
+
+// `declare_raft_types!` names `Cursor` without a path in openraft 0.9.
+use std::io::Cursor;
+
+use crate::state::{Command, Response};
+
+openraft::declare_raft_types!(
+    /// Raft types of the cluster: commands in, responses out, `u64` node ids, nodes named by URL.
+    pub TypeConfig:
+        D = Command,
+        R = Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type NodeId = u64;
+pub type Node = openraft::BasicNode;
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, Node>;
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
+pub type Snapshot = openraft::Snapshot<TypeConfig>;
+pub type StorageError = openraft::StorageError<NodeId>;
