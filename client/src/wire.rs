@@ -148,6 +148,20 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+/// `x402ctl status --json`: every node that answered, and every one that did not.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    pub nodes: Vec<NodeStatus>,
+    pub unreachable: Vec<UnreachableNode>,
+}
+
+/// A node `x402ctl` could not get an answer from, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnreachableNode {
+    pub url: String,
+    pub error: String,
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HexError {
     #[error("expected 0x-prefixed hex")]
@@ -166,7 +180,9 @@ pub fn parse_hex<const N: usize>(s: &str) -> Result<[u8; N], HexError> {
         .ok_or(HexError::MissingPrefix)?;
     let bytes = hex::decode(digits).map_err(|e| HexError::Invalid(e.to_string()))?;
     let got = bytes.len();
-    bytes.try_into().map_err(|_| HexError::WrongLength { expected: N, got })
+    bytes
+        .try_into()
+        .map_err(|_| HexError::WrongLength { expected: N, got })
 }
 
 /// Formats bytes as `0x`-prefixed lowercase hex.

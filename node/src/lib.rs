@@ -1,1 +1,17 @@
-//! placeholder
+//! x402-node: one replica of an x402-cluster.
+//!
+//! - [`config`]: the TOML + environment configuration and its secrets;
+//! - [`seams`]: network, clock (and, through `x402-raft-store`, storage) behind traits, so the
+//!   same code runs on tokio or inside turmoil;
+//! - [`cluster`]: Raft RPC over HTTP, forwarding writes to the leader, background duties;
+//! - [`http`]: the axum routers (admin, health, metrics, peer API);
+//! - [`node`]: assembling and serving one replica.
+
+pub mod cluster;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod node;
+pub mod rebuild;
+pub mod seams;
+pub mod secret;

@@ -1,1 +1,143 @@
-fn main() {}
+//! `x402-node`: run one replica of an x402-cluster, or rebuild its store from a peer.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use x402_node::config::Config;
+use x402_node::metrics::Metrics;
+use x402_node::node::{self, NodeSetup};
+use x402_node::seams::{SystemClock, TokioConnector};
+use x402_raft_store::storage::{open_sled_stores, FlushObserver, SledOptions};
+
+#[derive(Parser)]
+#[command(name = "x402-node", version, about = "One replica of an x402-cluster")]
+struct Cli {
+    /// TOML configuration file; every key can be overridden by X402_<KEY> (nested: `__`).
+    #[arg(long, short, env = "X402_CONFIG", global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the node (the default).
+    Run,
+    /// Replace this node's store (when it will not open) with a snapshot from a healthy peer.
+    /// Stop the node first; the old data directory is moved aside, never deleted.
+    Rebuild {
+        /// URL of a healthy member, e.g. http://10.0.0.2:7001
+        #[arg(long)]
+        from: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let config = Config::load(cli.config.as_deref()).map_err(|e| e.to_string())?;
+        match cli.command.unwrap_or(Command::Run) {
+            Command::Run => run(config).await,
+            Command::Rebuild { from } => {
+                let moved = x402_node::rebuild::rebuild(&config, &from)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!(
+                    "rebuilt {} from {from}; the old store was moved to {}",
+                    config.data_dir.display(),
+                    moved.display()
+                );
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), String> {
+    let secrets = config.secrets().map_err(|e| e.to_string())?;
+    tracing::info!(
+        node_id = config.node_id,
+        listen = %config.listen,
+        advertise_url = %config.advertise_url,
+        data_dir = %config.data_dir.display(),
+        "starting x402-node"
+    );
+    let metrics = Metrics::new(config.node_id).map_err(|e| e.to_string())?;
+    let fsync = metrics.fsync_seconds.clone();
+    let observer: FlushObserver = Arc::new(move |d| fsync.observe(d.as_secs_f64()));
+    let (log, state_machine) = open_sled_stores(
+        &config.data_dir,
+        SledOptions {
+            cache_bytes: config.storage.cache_mb << 20,
+            flush_observer: Some(observer),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
+    let max_connections = config.limits.max_connections;
+    let running = node::start(NodeSetup {
+        config,
+        secrets,
+        clock: Arc::new(SystemClock),
+        connector: Arc::new(TokioConnector),
+        metrics,
+        log,
+        state_machine,
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    node::serve(listener, running.router, max_connections, shutdown_signal()).await;
+    tracing::info!("shutting down");
+    let _ = running.app.raft.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -10,6 +10,7 @@
 //! This crate never imports HTTP or Ethereum code (see ARCHITECTURE.md).
 
 pub mod codec;
+pub mod runtime;
 pub mod state;
 pub mod storage;
 pub mod types;

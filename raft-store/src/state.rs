@@ -43,7 +43,9 @@ pub enum Response {
     /// Raft's own entries (blank, membership) answer nothing.
     None,
     Claim(ClaimOutcome),
-    Expired { removed: u32 },
+    Expired {
+        removed: u32,
+    },
 }
 
 /// Everything the cluster replicates, in one value.

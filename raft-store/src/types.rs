@@ -14,7 +14,7 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = crate::runtime::ClusterRuntime,
 );
 
 pub type NodeId = u64;
@@ -27,3 +27,4 @@ pub type StoredMembership = openraft::StoredMembership<NodeId, Node>;
 pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
 pub type Snapshot = openraft::Snapshot<TypeConfig>;
 pub type StorageError = openraft::StorageError<NodeId>;
+pub type RaftMetrics = openraft::RaftMetrics<NodeId, Node>;

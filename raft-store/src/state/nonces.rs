@@ -153,7 +153,11 @@ impl NonceRegistry {
     }
 
     pub(crate) fn from_image(image: RegistryImage) -> Self {
-        let by_expiry = image.0.iter().map(|(id, r)| (r.expires_at_ms, *id)).collect();
+        let by_expiry = image
+            .0
+            .iter()
+            .map(|(id, r)| (r.expires_at_ms, *id))
+            .collect();
         Self {
             claims: image.0.into_iter().collect(),
             by_expiry,

@@ -144,14 +144,15 @@ impl Model {
 }
 
 fn arb_command() -> impl Strategy<Value = Command> {
-    let claim = (0u8..12, 0u8..3, 1u64..2_000, 0u64..2_500_000).prop_map(|(n, fp, vb, t)| Command {
-        at_ms: t,
-        op: Op::ClaimNonce(NonceClaim {
-            key: key(n),
-            fingerprint: [fp; 32],
-            valid_before: vb,
-        }),
-    });
+    let claim =
+        (0u8..12, 0u8..3, 1u64..2_000, 0u64..2_500_000).prop_map(|(n, fp, vb, t)| Command {
+            at_ms: t,
+            op: Op::ClaimNonce(NonceClaim {
+                key: key(n),
+                fingerprint: [fp; 32],
+                valid_before: vb,
+            }),
+        });
     let expire = (0u64..2_500_000, 0u32..5).prop_map(|(t, limit)| Command {
         at_ms: t,
         op: Op::ExpireClaims { limit },

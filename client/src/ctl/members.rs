@@ -1,0 +1,102 @@
+//! `x402ctl init` and `x402ctl members add|promote|remove`: the commands that change who is in
+//! the cluster. Each prints the membership that resulted.
+
+use std::collections::BTreeMap;
+
+use super::{on_first_reachable, table, CtlError, MemberArg, MembersCommand, Output};
+use crate::admin::AdminClient;
+use crate::wire::{InitRequest, MembershipResponse};
+
+/// `init` goes to the first node only: forming the cluster is that node's own decision (it
+/// becomes the first leader), so silently trying another one would form a different cluster.
+pub(super) async fn init(
+    nodes: Vec<AdminClient>,
+    members: &[MemberArg],
+    json: bool,
+) -> Result<Output, CtlError> {
+    let first = nodes.first().ok_or(CtlError::NoNodes)?;
+    let req = InitRequest {
+        members: members
+            .iter()
+            .map(|m| (m.id, m.url.clone()))
+            .collect::<BTreeMap<_, _>>(),
+    };
+    let answer = first.init(&req).await?;
+    render(&answer, json)
+}
+
+/// Membership changes go through any node (followers forward to the leader), so the first one
+/// that can be reached will do.
+pub(super) async fn change(
+    nodes: Vec<AdminClient>,
+    cmd: &MembersCommand,
+    json: bool,
+) -> Result<Output, CtlError> {
+    let answer = match cmd {
+        MembersCommand::Add { id, url } => {
+            on_first_reachable(&nodes, |n| async move { n.add_learner(*id, url).await }).await?
+        }
+        MembersCommand::Promote { id } => {
+            on_first_reachable(&nodes, |n| async move { n.promote(*id).await }).await?
+        }
+        MembersCommand::Remove { id } => {
+            on_first_reachable(&nodes, |n| async move { n.remove(*id).await }).await?
+        }
+    };
+    render(&answer, json)
+}
+
+fn render(answer: &MembershipResponse, json: bool) -> Result<Output, CtlError> {
+    if json {
+        let mut s = serde_json::to_string(answer)?;
+        s.push('\n');
+        return Ok(Output::ok(s));
+    }
+    let mut out = match answer.log_index {
+        Some(index) => format!("membership (log index {index}):\n"),
+        None => "membership (unchanged):\n".to_owned(),
+    };
+    let rows: Vec<Vec<String>> = answer
+        .members
+        .iter()
+        .map(|m| {
+            let kind = if m.voter { "voter" } else { "learner" };
+            vec![m.id.to_string(), m.url.clone(), kind.to_owned()]
+        })
+        .collect();
+    out.push_str(&table(&["ID", "URL", "KIND"], &rows));
+    Ok(Output::ok(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Member;
+
+    #[test]
+    fn renders_voters_and_learners() {
+        let answer = MembershipResponse {
+            members: vec![
+                Member {
+                    id: 1,
+                    url: "http://a:1".into(),
+                    voter: true,
+                },
+                Member {
+                    id: 4,
+                    url: "http://d:4".into(),
+                    voter: false,
+                },
+            ],
+            log_index: Some(17),
+        };
+        let out = render(&answer, false).unwrap();
+        assert_eq!(
+            out.stdout,
+            "membership (log index 17):\nID  URL         KIND\n1   http://a:1  voter\n4   http://d:4  learner\n"
+        );
+        let json = render(&answer, true).unwrap();
+        let back: MembershipResponse = serde_json::from_str(&json.stdout).unwrap();
+        assert_eq!(back, answer);
+    }
+}

@@ -1,0 +1,174 @@
+//! `x402ctl status`: every node's own view, side by side, so an operator sees at a glance who
+//! leads, who lags (committed vs applied vs last_log) and who is down.
+
+use super::{on_every_node, or_dash, table, CtlError, Output};
+use crate::admin::AdminClient;
+use crate::wire::{ClusterStatus, NodeStatus, Role, UnreachableNode};
+
+pub(super) async fn run(nodes: Vec<AdminClient>, json: bool) -> Result<Output, CtlError> {
+    let mut status = ClusterStatus {
+        nodes: Vec::new(),
+        unreachable: Vec::new(),
+    };
+    for (url, answer) in on_every_node(nodes, |n| async move { n.status().await }).await {
+        match answer {
+            Ok(node) => status.nodes.push(node),
+            Err(e) => status.unreachable.push(UnreachableNode {
+                url,
+                error: e.to_string(),
+            }),
+        }
+    }
+    let stdout = if json {
+        let mut s = serde_json::to_string(&status)?;
+        s.push('\n');
+        s
+    } else {
+        render(&status)
+    };
+    Ok(Output {
+        stdout,
+        // Some answers are still useful output; none at all means the cluster is unreachable.
+        failed: status.nodes.is_empty(),
+    })
+}
+
+/// Polls every node until all answer and agree on one leader that says it leads.
+pub(super) async fn wait_leader(
+    nodes: Vec<AdminClient>,
+    wait: std::time::Duration,
+) -> Result<Output, CtlError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let answers = on_every_node(nodes.clone(), |n| async move { n.status().await }).await;
+        let statuses: Vec<NodeStatus> = answers.into_iter().filter_map(|(_, a)| a.ok()).collect();
+        if let Some(leader) = agreed_leader(&statuses, nodes.len()) {
+            return Ok(Output::ok(format!("leader: {leader}\n")));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(Output {
+                stdout: "no agreed leader\n".to_owned(),
+                failed: true,
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The leader every one of `expected` nodes names, if they all answered and it says it leads.
+fn agreed_leader(statuses: &[NodeStatus], expected: usize) -> Option<u64> {
+    if statuses.len() != expected {
+        return None;
+    }
+    let leader = statuses.first()?.leader_id?;
+    let all_agree = statuses.iter().all(|s| s.leader_id == Some(leader));
+    let leader_confirms = statuses
+        .iter()
+        .any(|s| s.id == leader && s.role == Role::Leader);
+    (all_agree && leader_confirms).then_some(leader)
+}
+
+fn render(status: &ClusterStatus) -> String {
+    let rows: Vec<Vec<String>> = status.nodes.iter().map(row).collect();
+    let mut out = if rows.is_empty() {
+        String::new()
+    } else {
+        table(
+            &[
+                "ID",
+                "URL",
+                "ROLE",
+                "TERM",
+                "LEADER",
+                "COMMITTED",
+                "APPLIED",
+                "LAST_LOG",
+                "CLAIMS",
+            ],
+            &rows,
+        )
+    };
+    for node in &status.unreachable {
+        out.push_str(&format!("unreachable: {}: {}\n", node.url, node.error));
+    }
+    out
+}
+
+fn row(node: &NodeStatus) -> Vec<String> {
+    vec![
+        node.id.to_string(),
+        node.url.clone(),
+        role_name(node.role).to_owned(),
+        node.term.to_string(),
+        or_dash(node.leader_id),
+        or_dash(node.committed),
+        or_dash(node.applied),
+        or_dash(node.last_log),
+        node.claims.to_string(),
+    ]
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Leader => "leader",
+        Role::Follower => "follower",
+        Role::Candidate => "candidate",
+        Role::Learner => "learner",
+        Role::Shutdown => "shutdown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u64, role: Role) -> NodeStatus {
+        NodeStatus {
+            id,
+            url: format!("http://n{id}:700{id}"),
+            role,
+            term: 3,
+            leader_id: Some(1),
+            committed: Some(10),
+            applied: Some(9),
+            last_log: None,
+            snapshot: None,
+            purged: None,
+            members: vec![],
+            claims: 42,
+            state_hash: "00".into(),
+        }
+    }
+
+    #[test]
+    fn text_table_and_unreachable_lines() {
+        let status = ClusterStatus {
+            nodes: vec![node(1, Role::Leader), node(2, Role::Follower)],
+            unreachable: vec![UnreachableNode {
+                url: "http://n3:7003".into(),
+                error: "connection refused".into(),
+            }],
+        };
+        let expected = "\
+ID  URL             ROLE      TERM  LEADER  COMMITTED  APPLIED  LAST_LOG  CLAIMS
+1   http://n1:7001  leader    3     1       10         9        -         42
+2   http://n2:7002  follower  3     1       10         9        -         42
+unreachable: http://n3:7003: connection refused
+";
+        assert_eq!(render(&status), expected);
+    }
+
+    #[test]
+    fn role_names_match_the_wire() {
+        for role in [
+            Role::Leader,
+            Role::Follower,
+            Role::Candidate,
+            Role::Learner,
+            Role::Shutdown,
+        ] {
+            let wire = serde_json::to_string(&role).unwrap();
+            assert_eq!(wire, format!("\"{}\"", role_name(role)));
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The one error type of every client call, so callers can tell "the node is not there" (try
+//! another one) from "the node answered no" (do not) without parsing messages.
+
+use std::time::Duration;
+
+use hyper::StatusCode;
+
+use crate::wire::ErrorBody;
+
+/// Why a request to a node did not produce the expected answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The node URL cannot be used (only plain `http://host:port[/prefix]` is supported).
+    #[error("invalid node URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    /// The admin token holds characters an HTTP header cannot carry. The token itself is not
+    /// part of the message on purpose.
+    #[error("the admin token is not a valid HTTP header value")]
+    InvalidToken,
+    /// The request body could not be encoded as JSON.
+    #[error("cannot encode the request body: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// No connection could be made, or it broke before the whole answer arrived.
+    #[error("connection to {url} failed: {detail}")]
+    Connection { url: String, detail: String },
+    /// The whole exchange (connect, send, read the answer) did not finish within the deadline.
+    #[error("{url}: no answer within {after:?}")]
+    Timeout { url: String, after: Duration },
+    /// The node answered a non-2xx status. `body` is its [`ErrorBody`]; when the answer was not
+    /// one, `body.code` is `"unknown"` and `body.error` holds the start of the raw text.
+    #[error("{url}: HTTP {status}: {} ({})", body.error, body.code)]
+    Status {
+        url: String,
+        status: StatusCode,
+        body: ErrorBody,
+    },
+    /// The answer was larger than the client accepts (guards memory against a broken peer).
+    #[error("{url}: answer larger than {limit} bytes")]
+    TooLarge { url: String, limit: usize },
+    /// A 2xx answer whose body is not the expected JSON.
+    #[error("{url}: unexpected answer body: {source}")]
+    BadJson {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl ClientError {
+    /// True when the node could not be reached at all or did not answer in time: the request may
+    /// be sent to another node. (Every admin command is idempotent by content, so even a timed-out
+    /// request that did commit is safe to repeat elsewhere.)
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Connection { .. } | Self::Timeout { .. })
+    }
+
+    /// A short stable label for counting errors by kind (the load generator's summary).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidUrl { .. } => "invalid_url",
+            Self::InvalidToken => "invalid_token",
+            Self::Encode(_) => "encode",
+            Self::Connection { .. } => "connection",
+            Self::Timeout { .. } => "timeout",
+            Self::Status { status, .. } if status.is_server_error() => "http_5xx",
+            Self::Status { .. } => "http_4xx",
+            Self::TooLarge { .. } => "too_large",
+            Self::BadJson { .. } => "bad_json",
+        }
+    }
+
+    /// The HTTP status when the node answered one.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Self::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Joins an error and its sources into one line: hyper's top-level messages ("client error
+/// (Connect)") hide the useful part ("Connection refused") in the chain.
+pub(crate) fn chain_message(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        // Some layers repeat their source's text; skip the duplicates.
+        if !msg.ends_with(&text) {
+            msg.push_str(": ");
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_reachability() {
+        let conn = ClientError::Connection {
+            url: "http://a".into(),
+            detail: "refused".into(),
+        };
+        assert!(conn.is_unreachable());
+        assert_eq!(conn.kind(), "connection");
+        let status = |code: u16| ClientError::Status {
+            url: "http://a".into(),
+            status: StatusCode::from_u16(code).unwrap(),
+            body: ErrorBody {
+                code: "x".into(),
+                error: "y".into(),
+            },
+        };
+        assert_eq!(status(503).kind(), "http_5xx");
+        assert_eq!(status(401).kind(), "http_4xx");
+        assert!(!status(503).is_unreachable());
+        assert_eq!(status(409).status(), Some(StatusCode::CONFLICT));
+        assert_eq!(
+            status(401).to_string(),
+            "http://a: HTTP 401 Unauthorized: y (x)"
+        );
+    }
+
+    #[test]
+    fn chain_message_walks_sources() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        let e = Outer(std::io::Error::other("inner"));
+        assert_eq!(chain_message(&e), "outer: inner");
+    }
+}

@@ -1,0 +1,8 @@
+//! Everything between nodes: the Raft network over HTTP, the peer client under it, writes from
+//! any node (forwarding to the leader), and the leader's background duties.
+
+pub mod expiry;
+pub mod network;
+pub mod peer_client;
+pub mod proposer;
+pub mod read_barrier;

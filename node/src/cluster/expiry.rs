@@ -1,0 +1,54 @@
+//! The leader's expiry duty: forget nonce claims whose retention has ended, by proposing a
+//! replicated [`Op::ExpireClaims`] (never by deleting locally), so every replica forgets the same
+//! claims at the same log position.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use x402_raft_store::state::MAX_EXPIRED_PER_COMMAND;
+use x402_raft_store::{Op, Response};
+
+use crate::cluster::proposer::ProposeReply;
+use crate::node::App;
+
+/// Most expiry commands proposed in one round, so a huge backlog cannot monopolise the log.
+const MAX_COMMANDS_PER_ROUND: usize = 10;
+
+pub async fn run(app: Arc<App>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let is_leader = app.raft.metrics().borrow().current_leader == Some(app.id);
+        if !is_leader {
+            continue;
+        }
+        for _ in 0..MAX_COMMANDS_PER_ROUND {
+            let due = app
+                .state
+                .read(|s| s.nonces().next_expiry_ms())
+                .is_some_and(|t| t <= app.clock.now_ms());
+            if !due {
+                break;
+            }
+            let op = Op::ExpireClaims {
+                limit: MAX_EXPIRED_PER_COMMAND,
+            };
+            match app.proposer.propose_as_leader_within_timeout(op).await {
+                Some(ProposeReply::Done {
+                    response: Response::Expired { removed },
+                    ..
+                }) => {
+                    tracing::debug!(removed, "expired nonce claims");
+                    if removed < MAX_EXPIRED_PER_COMMAND {
+                        break;
+                    }
+                }
+                other => {
+                    tracing::debug!(?other, "expiry round stopped");
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The node's configuration: one TOML file, every key overridable by environment.
+//!
+//! Environment variables are `X402_` followed by the key path joined with `__`
+//! (`X402_RAFT__HEARTBEAT_MS=100`). Secrets come from the environment (`X402_CLUSTER_SECRET`,
+//! `X402_ADMIN_TOKEN`) or from files named in the config (`cluster_secret_file`,
+//! `admin_token_file`), never from the TOML itself, and are held as [`Secret`]s.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+
+/// Shortest secret accepted: anything shorter is guessable.
+pub const MIN_SECRET_LEN: usize = 16;
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Config {
+    /// This node's Raft id; unique in the cluster, never reused after removal.
+    pub node_id: u64,
+    /// Socket address to listen on, e.g. `0.0.0.0:7001`.
+    pub listen: String,
+    /// URL other nodes and clients use to reach this node, e.g. `http://10.0.0.1:7001`.
+    pub advertise_url: String,
+    /// Directory of the sled store and snapshots.
+    pub data_dir: PathBuf,
+    pub cluster_secret_file: Option<PathBuf>,
+    pub admin_token_file: Option<PathBuf>,
+    /// Members to form the cluster with on first start. The member with the lowest id
+    /// initializes the cluster when it starts with an empty store; others wait to be contacted.
+    /// In TOML: `[bootstrap]` with lines `1 = "http://10.0.0.1:7001"`.
+    #[serde(with = "id_keys")]
+    pub bootstrap: BTreeMap<u64, String>,
+    pub raft: RaftSettings,
+    pub limits: Limits,
+    pub storage: StorageSettings,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct RaftSettings {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Most entries one append RPC carries; also bounds one fsync batch.
+    pub max_payload_entries: u64,
+    /// Take a snapshot after this many entries since the last one.
+    pub snapshot_after_logs: u64,
+    /// Entries kept behind a snapshot so slightly lagging followers need no snapshot install.
+    pub logs_to_keep: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Limits {
+    /// Largest body accepted on the public and admin API.
+    pub max_body_bytes: usize,
+    /// Largest body accepted from a peer (append batches, snapshot chunks).
+    pub max_peer_body_bytes: usize,
+    /// Largest snapshot chunk sent to a peer.
+    pub snapshot_chunk_bytes: u64,
+    /// How long a write may take end to end (including forwarding) before the caller is told the
+    /// outcome is unknown.
+    pub propose_timeout_ms: u64,
+    /// Deadline of one peer RPC that is not a Raft RPC (forwarded writes, read index).
+    pub peer_timeout_ms: u64,
+    /// Open connections served at once; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// How often the leader checks for claims to expire.
+    pub expiry_interval_ms: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct StorageSettings {
+    /// sled page cache size.
+    pub cache_mb: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            listen: "127.0.0.1:7001".into(),
+            advertise_url: String::new(),
+            data_dir: PathBuf::from("./data"),
+            cluster_secret_file: None,
+            admin_token_file: None,
+            bootstrap: BTreeMap::new(),
+            raft: RaftSettings::default(),
+            limits: Limits::default(),
+            storage: StorageSettings::default(),
+        }
+    }
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 50,
+            election_min_ms: 300,
+            election_max_ms: 600,
+            max_payload_entries: 1024,
+            snapshot_after_logs: 200_000,
+            logs_to_keep: 20_000,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 * 1024,
+            max_peer_body_bytes: 32 << 20,
+            snapshot_chunk_bytes: 4 << 20,
+            propose_timeout_ms: 3_000,
+            peer_timeout_ms: 2_000,
+            max_connections: 4_096,
+            expiry_interval_ms: 1_000,
+        }
+    }
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self { cache_mb: 64 }
+    }
+}
+
+/// The secrets a node needs, loaded apart from the rest so the config can be printed.
+#[derive(Clone, Debug)]
+pub struct Secrets {
+    pub cluster_secret: Secret,
+    pub admin_token: Secret,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Parse(#[from] Box<figment::Error>),
+    #[error("cannot read {what} from {path}: {source}")]
+    SecretFile {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} is missing: set {env} or {file_key} in the config")]
+    SecretMissing {
+        what: &'static str,
+        env: &'static str,
+        file_key: &'static str,
+    },
+    #[error("{what} must be at least {MIN_SECRET_LEN} characters")]
+    SecretTooShort { what: &'static str },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads `path` (if given) and the `X402_` environment over the defaults.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = path {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let mut config: Config = figment
+            .merge(Env::prefixed("X402_").split("__"))
+            .extract()
+            .map_err(Box::new)?;
+        if config.advertise_url.is_empty() {
+            config.advertise_url = format!("http://{}", config.listen);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let r = &self.raft;
+        if r.heartbeat_ms == 0 || r.election_min_ms <= r.heartbeat_ms * 2 {
+            return Err(ConfigError::Invalid(
+                "raft.election_min_ms must exceed twice raft.heartbeat_ms".into(),
+            ));
+        }
+        if r.election_max_ms <= r.election_min_ms {
+            return Err(ConfigError::Invalid(
+                "raft.election_max_ms must exceed raft.election_min_ms".into(),
+            ));
+        }
+        if !self.advertise_url.starts_with("http://") {
+            return Err(ConfigError::Invalid(format!(
+                "advertise_url {:?} must start with http://",
+                self.advertise_url
+            )));
+        }
+        if !self.bootstrap.is_empty() && !self.bootstrap.contains_key(&self.node_id) {
+            return Err(ConfigError::Invalid(format!(
+                "bootstrap members do not include this node ({})",
+                self.node_id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Loads the cluster secret and the admin token from the environment or their files.
+    pub fn secrets(&self) -> Result<Secrets, ConfigError> {
+        Ok(Secrets {
+            cluster_secret: load_secret(
+                "the cluster secret",
+                "X402_CLUSTER_SECRET",
+                "cluster_secret_file",
+                self.cluster_secret_file.as_deref(),
+            )?,
+            admin_token: load_secret(
+                "the admin token",
+                "X402_ADMIN_TOKEN",
+                "admin_token_file",
+                self.admin_token_file.as_deref(),
+            )?,
+        })
+    }
+
+    /// The openraft configuration these settings describe.
+    pub fn openraft(&self) -> openraft::Config {
+        let r = &self.raft;
+        openraft::Config {
+            cluster_name: "x402-cluster".into(),
+            heartbeat_interval: r.heartbeat_ms,
+            election_timeout_min: r.election_min_ms,
+            election_timeout_max: r.election_max_ms,
+            max_payload_entries: r.max_payload_entries,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(r.snapshot_after_logs),
+            max_in_snapshot_log_to_keep: r.logs_to_keep,
+            snapshot_max_chunk_size: self.limits.snapshot_chunk_bytes,
+            // A chunk of several MiB to a busy follower takes longer than the 200 ms default.
+            install_snapshot_timeout: 5_000,
+            purge_batch_size: 1024,
+            ..Default::default()
+        }
+    }
+}
+
+/// Maps keyed by node id: TOML and environment keys are always strings, so they are parsed here.
+mod id_keys {
+    use std::collections::BTreeMap;
+
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(map: &BTreeMap<u64, String>, s: S) -> Result<S::Ok, S::Error> {
+        let by_text: BTreeMap<String, &String> =
+            map.iter().map(|(k, v)| (k.to_string(), v)).collect();
+        by_text.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<u64, String>, D::Error> {
+        BTreeMap::<String, String>::deserialize(d)?
+            .into_iter()
+            .map(|(k, v)| {
+                k.parse::<u64>()
+                    .map(|id| (id, v))
+                    .map_err(|_| D::Error::custom(format!("node id {k:?} is not a number")))
+            })
+            .collect()
+    }
+}
+
+fn load_secret(
+    what: &'static str,
+    env: &'static str,
+    file_key: &'static str,
+    file: Option<&Path>,
+) -> Result<Secret, ConfigError> {
+    let value = match (std::env::var(env), file) {
+        (Ok(v), _) if !v.is_empty() => v,
+        (_, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::SecretFile {
+                what,
+                path: path.to_path_buf(),
+                source,
+            })?
+            .trim()
+            .to_string(),
+        _ => {
+            return Err(ConfigError::SecretMissing {
+                what,
+                env,
+                file_key,
+            })
+        }
+    };
+    if value.len() < MIN_SECRET_LEN {
+        return Err(ConfigError::SecretTooShort { what });
+    }
+    Ok(Secret::new(value))
+}

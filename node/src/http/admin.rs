@@ -1,0 +1,407 @@
+//! The operator API (`/admin/*`): cluster status, forming the cluster, membership changes,
+//! snapshots, and raw nonce claims (used by `x402ctl bench claims`).
+//!
+//! Callers present the admin token, or the cluster secret (a node forwarding an operator's
+//! request to the leader). Membership changes must run on the leader; any other node passes the
+//! request on and returns the leader's answer.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Membership, ServerState};
+use x402_client::wire::{
+    self, AddLearnerRequest, ClaimRequest, ClaimResponse, InitRequest, Member, MemberIdRequest,
+    MembershipResponse, NodeStatus, Role, SnapshotResponse,
+};
+use x402_raft_store::state::{ClaimOutcome, NonceClaim, NonceKey};
+use x402_raft_store::types::{Node, NodeId};
+use x402_raft_store::{Op, Response as StateResponse};
+
+use super::error::{ApiError, JsonBody};
+use crate::cluster::peer_client::PeerError;
+use crate::node::App;
+use crate::secret::bearer_matches;
+
+/// How long a promotion waits for the learner to catch up before giving up.
+const PROMOTE_CATCH_UP: Duration = Duration::from_secs(30);
+/// A learner this close to the leader's last log index counts as caught up.
+const CATCH_UP_SLACK: u64 = 1_000;
+/// How long a snapshot request waits for the snapshot to be built.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
+/// Deadline of a membership request passed on to the leader.
+const FORWARD_DEADLINE: Duration = Duration::from_secs(40);
+
+pub fn routes(app: &Arc<App>) -> Router<Arc<App>> {
+    Router::new()
+        .route("/admin/status", get(status))
+        .route("/admin/init", post(init))
+        .route("/admin/members/add", post(add_learner))
+        .route("/admin/members/promote", post(promote))
+        .route("/admin/members/remove", post(remove))
+        .route("/admin/claims", post(claim))
+        .route(
+            "/admin/snapshot",
+            post(take_snapshot).get(download_snapshot),
+        )
+        .layer(DefaultBodyLimit::max(app.limits.max_body_bytes))
+        .layer(middleware::from_fn_with_state(app.clone(), require_admin))
+}
+
+async fn require_admin(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if bearer_matches(&app.secrets.admin_token, header)
+        || bearer_matches(&app.secrets.cluster_secret, header)
+    {
+        next.run(request).await
+    } else {
+        ApiError::unauthorized().into_response()
+    }
+}
+
+async fn status(State(app): State<Arc<App>>) -> Result<Json<NodeStatus>, ApiError> {
+    let m = app.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let is_voter = membership.voter_ids().any(|id| id == app.id);
+    let role = match m.state {
+        ServerState::Leader => Role::Leader,
+        ServerState::Candidate => Role::Candidate,
+        ServerState::Follower if is_voter => Role::Follower,
+        ServerState::Follower | ServerState::Learner => Role::Learner,
+        ServerState::Shutdown => Role::Shutdown,
+    };
+    let committed = (app.committed)().await.map(|l| l.index);
+    let (claims, hash) = app
+        .state
+        .read(|s| (s.nonces().len() as u64, s.state_hash()));
+    let hash = hash.map_err(|e| ApiError::internal(format!("cannot hash state: {e}")))?;
+    Ok(Json(NodeStatus {
+        id: app.id,
+        url: app.url.clone(),
+        role,
+        term: m.current_term,
+        leader_id: m.current_leader,
+        committed,
+        applied: app.state.last_applied().map(|l| l.index),
+        last_log: m.last_log_index,
+        snapshot: m.snapshot.map(|l| l.index),
+        purged: m.purged.map(|l| l.index),
+        members: members_of(membership),
+        claims,
+        state_hash: hex::encode(hash),
+    }))
+}
+
+fn members_of(membership: &Membership<NodeId, Node>) -> Vec<Member> {
+    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+    membership
+        .nodes()
+        .map(|(id, node)| Member {
+            id: *id,
+            url: node.addr.clone(),
+            voter: voters.contains(id),
+        })
+        .collect()
+}
+
+async fn init(
+    State(app): State<Arc<App>>,
+    JsonBody(request): JsonBody<InitRequest>,
+) -> Result<Json<MembershipResponse>, ApiError> {
+    let mut members = request.members;
+    if members.is_empty() {
+        members = app.bootstrap.clone();
+    }
+    if members.is_empty() {
+        members = BTreeMap::from([(app.id, app.url.clone())]);
+    }
+    if !members.contains_key(&app.id) {
+        return Err(ApiError::bad_request(format!(
+            "the members must include this node ({})",
+            app.id
+        )));
+    }
+    for url in members.values() {
+        crate::cluster::peer_client::authority_of(url)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    }
+    let nodes: BTreeMap<NodeId, BasicNode> = members
+        .iter()
+        .map(|(id, url)| (*id, BasicNode::new(url)))
+        .collect();
+    match app.raft.initialize(nodes).await {
+        Ok(()) => Ok(Json(MembershipResponse {
+            members: members
+                .into_iter()
+                .map(|(id, url)| Member {
+                    id,
+                    url,
+                    voter: true,
+                })
+                .collect(),
+            log_index: None,
+        })),
+        Err(RaftError::APIError(InitializeError::NotAllowed(e))) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_initialized",
+            format!("the cluster is already formed: {e}"),
+        )),
+        Err(e) => Err(ApiError::internal(e.to_string())),
+    }
+}
+
+async fn add_learner(
+    State(app): State<Arc<App>>,
+    JsonBody(request): JsonBody<AddLearnerRequest>,
+) -> Result<Response, ApiError> {
+    crate::cluster::peer_client::authority_of(&request.url)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let Some(answer) = pass_to_leader(&app, "/admin/members/add", &request).await? {
+        return Ok(answer);
+    }
+    // Not blocking: a learner may need a long snapshot transfer; promotion waits for it.
+    let written = app
+        .raft
+        .add_learner(request.id, BasicNode::new(&request.url), false)
+        .await
+        .map_err(membership_error)?;
+    Ok(Json(MembershipResponse {
+        members: members_of(&written.membership.unwrap_or_default()),
+        log_index: Some(written.log_id.index),
+    })
+    .into_response())
+}
+
+async fn promote(
+    State(app): State<Arc<App>>,
+    JsonBody(request): JsonBody<MemberIdRequest>,
+) -> Result<Response, ApiError> {
+    if let Some(answer) = pass_to_leader(&app, "/admin/members/promote", &request).await? {
+        return Ok(answer);
+    }
+    wait_for_catch_up(&app, request.id).await?;
+    let written = app
+        .raft
+        .change_membership(
+            ChangeMembers::AddVoterIds(BTreeSet::from([request.id])),
+            false,
+        )
+        .await
+        .map_err(membership_error)?;
+    Ok(Json(MembershipResponse {
+        members: members_of(&written.membership.unwrap_or_default()),
+        log_index: Some(written.log_id.index),
+    })
+    .into_response())
+}
+
+async fn remove(
+    State(app): State<Arc<App>>,
+    JsonBody(request): JsonBody<MemberIdRequest>,
+) -> Result<Response, ApiError> {
+    if let Some(answer) = pass_to_leader(&app, "/admin/members/remove", &request).await? {
+        return Ok(answer);
+    }
+    let is_voter = app
+        .raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .any(|id| id == request.id);
+    let ids = BTreeSet::from([request.id]);
+    let change = if is_voter {
+        ChangeMembers::RemoveVoters(ids)
+    } else {
+        ChangeMembers::RemoveNodes(ids)
+    };
+    let written = app
+        .raft
+        .change_membership(change, false)
+        .await
+        .map_err(membership_error)?;
+    Ok(Json(MembershipResponse {
+        members: members_of(&written.membership.unwrap_or_default()),
+        log_index: Some(written.log_id.index),
+    })
+    .into_response())
+}
+
+/// Waits until the leader has replicated (almost) its whole log to `id`.
+async fn wait_for_catch_up(app: &App, id: NodeId) -> Result<(), ApiError> {
+    let started = Instant::now();
+    loop {
+        let (known, caught_up) = {
+            let metrics = app.raft.metrics();
+            let m = metrics.borrow();
+            let known = m.membership_config.membership().get_node(&id).is_some();
+            let last = m.last_log_index.unwrap_or(0);
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&id).cloned().flatten())
+                .map(|l| l.index);
+            (known, matched.is_some_and(|i| i + CATCH_UP_SLACK >= last))
+        };
+        if !known {
+            return Err(ApiError::bad_request(format!(
+                "node {id} is not a member; add it as a learner first"
+            )));
+        }
+        if caught_up {
+            return Ok(());
+        }
+        if started.elapsed() > PROMOTE_CATCH_UP {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "learner_behind",
+                format!("node {id} did not catch up within {PROMOTE_CATCH_UP:?}"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> ApiError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_leader",
+            "leadership changed during the request; retry",
+        ),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ApiError::new(StatusCode::CONFLICT, "membership_refused", e.to_string())
+        }
+        RaftError::Fatal(e) => ApiError::internal(format!("raft stopped: {e}")),
+    }
+}
+
+/// On a non-leader, sends the request to the leader and returns its answer; on the leader,
+/// returns `None` so the caller handles it.
+async fn pass_to_leader<T: serde::Serialize>(
+    app: &App,
+    path: &str,
+    request: &T,
+) -> Result<Option<Response>, ApiError> {
+    let (leader, url) = match app.leader() {
+        Some(leader) => leader,
+        None => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_leader",
+                "no leader is known; retry shortly",
+            ))
+        }
+    };
+    if leader == app.id {
+        return Ok(None);
+    }
+    let body = serde_json::to_vec(request).map_err(|e| ApiError::internal(e.to_string()))?;
+    match app.peers.post(&url, path, body, FORWARD_DEADLINE).await {
+        Ok(bytes) => Ok(Some(json_bytes(StatusCode::OK, bytes))),
+        Err(PeerError::Status { status, body, .. }) => Ok(Some(json_bytes(status, body.into()))),
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "leader_unreachable",
+            e.to_string(),
+        )),
+    }
+}
+
+fn json_bytes(status: StatusCode, body: Bytes) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn claim(
+    State(app): State<Arc<App>>,
+    JsonBody(request): JsonBody<ClaimRequest>,
+) -> Result<Json<ClaimResponse>, ApiError> {
+    let field =
+        |name: &'static str| move |e: wire::HexError| ApiError::bad_request(format!("{name}: {e}"));
+    let claim = NonceClaim {
+        key: NonceKey {
+            chain_id: request.chain_id,
+            asset: wire::parse_hex(&request.asset).map_err(field("asset"))?,
+            payer: wire::parse_hex(&request.payer).map_err(field("payer"))?,
+            nonce: wire::parse_hex(&request.nonce).map_err(field("nonce"))?,
+        },
+        fingerprint: wire::parse_hex(&request.fingerprint).map_err(field("fingerprint"))?,
+        valid_before: request.valid_before,
+    };
+    let started = Instant::now();
+    let result = app.proposer.propose(Op::ClaimNonce(claim)).await;
+    let outcome_label = match &result {
+        Ok(_) => "ok",
+        Err(e) => match e {
+            crate::cluster::proposer::ProposeError::NoLeader => "no_leader",
+            crate::cluster::proposer::ProposeError::Unknown => "unknown",
+            crate::cluster::proposer::ProposeError::Refused(_) => "refused",
+        },
+    };
+    app.metrics
+        .proposals
+        .with_label_values(&[outcome_label])
+        .inc();
+    let committed = result?;
+    app.metrics
+        .proposal_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let outcome = match committed.response {
+        StateResponse::Claim(ClaimOutcome::Accepted) => wire::ClaimOutcome::Accepted,
+        StateResponse::Claim(ClaimOutcome::Replay) => wire::ClaimOutcome::Replay,
+        StateResponse::Claim(ClaimOutcome::Expired) => wire::ClaimOutcome::Expired,
+        other => {
+            return Err(ApiError::internal(format!(
+                "state machine answered a claim with {other:?}"
+            )))
+        }
+    };
+    Ok(Json(ClaimResponse {
+        outcome,
+        log_index: committed.log_index,
+    }))
+}
+
+async fn take_snapshot(State(app): State<Arc<App>>) -> Result<Json<SnapshotResponse>, ApiError> {
+    let applied = app.state.last_applied().map(|l| l.index);
+    app.raft
+        .trigger()
+        .snapshot()
+        .await
+        .map_err(|e| ApiError::internal(format!("raft stopped: {e}")))?;
+    let metrics = app
+        .raft
+        .wait(Some(SNAPSHOT_WAIT))
+        .metrics(|m| m.snapshot.map(|l| l.index) >= applied, "snapshot built")
+        .await
+        .map_err(|e| ApiError::internal(format!("snapshot not built: {e}")))?;
+    Ok(Json(SnapshotResponse {
+        last_log_index: metrics.snapshot.map(|l| l.index),
+    }))
+}
+
+async fn download_snapshot(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    match (app.snapshot_file)() {
+        Ok(Some(bytes)) => {
+            Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+        }
+        Ok(None) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_snapshot",
+            "this node has no snapshot yet; POST /admin/snapshot first",
+        )),
+        Err(e) => Err(ApiError::internal(format!("cannot read snapshot: {e}"))),
+    }
+}

@@ -1,0 +1,64 @@
+//! Health and metrics for load balancers, orchestrators and Prometheus: no authentication.
+//!
+//! `/livez` says the process serves HTTP. `/readyz` says this node can answer correctly now: a
+//! leader is known and a linearizable read through it succeeds (which proves a quorum is
+//! reachable and this node has applied everything committed before the check).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use x402_client::wire::Readiness;
+
+use crate::cluster::read_barrier::wait_linearizable;
+use crate::node::App;
+
+/// How long a readiness check may wait for the leader and for apply to catch up.
+const READINESS_DEADLINE: Duration = Duration::from_secs(1);
+
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+}
+
+async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let mut reasons = Vec::new();
+    let (fatal, leader) = {
+        let metrics = app.raft.metrics();
+        let m = metrics.borrow();
+        (m.running_state.clone().err(), m.current_leader)
+    };
+    if let Some(fatal) = fatal {
+        reasons.push(format!("raft stopped: {fatal}"));
+    } else if leader.is_none() {
+        reasons.push("no leader known".to_string());
+    } else if let Err(e) = wait_linearizable(&app, READINESS_DEADLINE).await {
+        reasons.push(format!("linearizable read failed: {e}"));
+    }
+    let ready = reasons.is_empty();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(Readiness { ready, reasons })).into_response()
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    if let Some(committed) = (app.committed)().await {
+        app.metrics.committed_index.set(committed.index as i64);
+    }
+    app.metrics
+        .live_claims
+        .set(app.state.read(|s| s.nonces().len()) as i64);
+    match app.metrics.render() {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}

@@ -1,0 +1,122 @@
+//! The peer API (`/raft/*`): what other nodes call. Bodies are bincode, decoded with a size limit;
+//! callers authenticate with the shared cluster secret.
+//!
+//! Raft RPC handlers answer the whole `Result` of the local `Raft` call, so the caller can tell a
+//! Raft-level refusal (a higher term, a conflict) from a transport failure.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use x402_raft_store::codec;
+use x402_raft_store::types::{NodeId, TypeConfig};
+
+use super::error::ApiError;
+use crate::cluster::network::paths;
+use crate::cluster::proposer::{ProposeReply, ProposeRequest};
+use crate::node::App;
+use crate::secret::bearer_matches;
+
+/// Answer of `POST /raft/read-index`.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ReadIndexReply {
+    /// The leader confirmed its leadership with a quorum; reads are linearizable once the
+    /// reader has applied up to this index.
+    Index(Option<u64>),
+    NotLeader,
+    Failed(String),
+}
+
+pub fn routes(app: &Arc<App>) -> Router<Arc<App>> {
+    Router::new()
+        .route(paths::APPEND, post(append))
+        .route(paths::VOTE, post(vote))
+        .route(paths::SNAPSHOT, post(snapshot))
+        .route(paths::PROPOSE, post(propose))
+        .route(paths::READ_INDEX, post(read_index))
+        .layer(DefaultBodyLimit::max(app.limits.max_peer_body_bytes))
+        .layer(middleware::from_fn_with_state(app.clone(), require_peer))
+}
+
+async fn require_peer(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if bearer_matches(&app.secrets.cluster_secret, header) {
+        next.run(request).await
+    } else {
+        ApiError::unauthorized().into_response()
+    }
+}
+
+fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    codec::decode(body).map_err(|e| ApiError::bad_request(format!("undecodable peer body: {e}")))
+}
+
+fn reply<T: Serialize>(value: &T) -> Response {
+    match codec::encode(value) {
+        Ok(bytes) => (StatusCode::OK, bytes).into_response(),
+        Err(e) => ApiError::internal(format!("cannot encode reply: {e}")).into_response(),
+    }
+}
+
+async fn append(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+    let request: AppendEntriesRequest<TypeConfig> = decode(&body)?;
+    Ok(reply(&app.raft.append_entries(request).await))
+}
+
+async fn vote(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+    let request: VoteRequest<NodeId> = decode(&body)?;
+    Ok(reply(&app.raft.vote(request).await))
+}
+
+async fn snapshot(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+    let request: InstallSnapshotRequest<TypeConfig> = decode(&body)?;
+    Ok(reply(&app.raft.install_snapshot(request).await))
+}
+
+async fn propose(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+    let request: ProposeRequest = decode(&body)?;
+    let started = std::time::Instant::now();
+    match app
+        .proposer
+        .propose_as_leader_within_timeout(request.op)
+        .await
+    {
+        Some(answer) => {
+            if matches!(answer, ProposeReply::Done { .. }) {
+                app.metrics
+                    .proposal_seconds
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            Ok(reply(&answer))
+        }
+        // Dropping the connection tells the caller the outcome is unknown, which it is.
+        None => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "outcome_unknown",
+            "the write did not commit in time",
+        )),
+    }
+}
+
+async fn read_index(State(app): State<Arc<App>>) -> Response {
+    let answer = match app.raft.get_read_log_id().await {
+        Ok((read_log_id, _applied)) => ReadIndexReply::Index(read_log_id.map(|l| l.index)),
+        Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+            ReadIndexReply::NotLeader
+        }
+        Err(e) => ReadIndexReply::Failed(e.to_string()),
+    };
+    reply(&answer)
+}

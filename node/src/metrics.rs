@@ -1,0 +1,107 @@
+//! Prometheus metrics of one node, in a registry of its own (several nodes share one process in
+//! simulations, so nothing here is global).
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+use x402_raft_store::types::RaftMetrics;
+
+/// Latency buckets in seconds, from 50 µs (an fsync on a fast disk) to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub term: IntGauge,
+    pub is_leader: IntGauge,
+    pub leader_changes: IntCounter,
+    pub committed_index: IntGauge,
+    pub applied_index: IntGauge,
+    pub last_log_index: IntGauge,
+    pub snapshot_index: IntGauge,
+    pub live_claims: IntGauge,
+    pub proposal_seconds: Histogram,
+    pub fsync_seconds: Histogram,
+    /// Writes by outcome: `ok`, `forwarded_ok`, `no_leader`, `unknown`, `refused`.
+    pub proposals: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new(node_id: u64) -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(
+            Some("x402".into()),
+            Some([("node".to_string(), node_id.to_string())].into()),
+        )?;
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let histogram = |name: &str, help: &str| -> Result<Histogram, prometheus::Error> {
+            let h = Histogram::with_opts(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+            )?;
+            registry.register(Box::new(h.clone()))?;
+            Ok(h)
+        };
+        let leader_changes = IntCounter::new(
+            "raft_leader_changes_total",
+            "Times this node saw the leader change",
+        )?;
+        registry.register(Box::new(leader_changes.clone()))?;
+        let proposals = IntCounterVec::new(
+            Opts::new(
+                "proposals_total",
+                "Writes proposed through this node, by outcome",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(proposals.clone()))?;
+        Ok(Self {
+            term: gauge("raft_term", "Current Raft term")?,
+            is_leader: gauge("raft_is_leader", "1 when this node is the leader")?,
+            leader_changes,
+            committed_index: gauge("raft_committed_index", "Highest log index known committed")?,
+            applied_index: gauge("raft_applied_index", "Highest log index applied")?,
+            last_log_index: gauge("raft_last_log_index", "Highest log index stored")?,
+            snapshot_index: gauge("raft_snapshot_index", "Last log index in the snapshot")?,
+            live_claims: gauge("live_claims", "Nonce claims held in the state")?,
+            proposal_seconds: histogram(
+                "proposal_seconds",
+                "Time from receiving a write to its commit and apply",
+            )?,
+            fsync_seconds: histogram(
+                "fsync_seconds",
+                "Duration of one durable flush of the Raft log (sled flush + fdatasync)",
+            )?,
+            proposals,
+            registry,
+        })
+    }
+
+    /// Updates the Raft gauges from openraft's metrics; counts leader changes.
+    pub fn observe_raft(&self, m: &RaftMetrics, previous_leader: Option<u64>) {
+        self.term.set(m.current_term as i64);
+        self.is_leader
+            .set(i64::from(m.current_leader == Some(m.id)));
+        if m.current_leader != previous_leader && m.current_leader.is_some() {
+            self.leader_changes.inc();
+        }
+        let index = |id: Option<u64>| id.map_or(-1, |i| i as i64);
+        self.applied_index
+            .set(index(m.last_applied.map(|l| l.index)));
+        self.last_log_index.set(index(m.last_log_index));
+        self.snapshot_index.set(index(m.snapshot.map(|l| l.index)));
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut out = Vec::with_capacity(8 * 1024);
+        TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+}

@@ -1,0 +1,247 @@
+//! Assembling one replica: Raft, the peer client, the proposer, background duties and the HTTP
+//! router, from storage and seams chosen by the caller (the binary or a simulation).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use openraft::storage::RaftLogStorage;
+use openraft::BasicNode;
+use tokio::sync::Semaphore;
+use x402_raft_store::storage::{SnapshotVault, StateMachineStore, StateView};
+use x402_raft_store::types::{LogId, NodeId, Raft, TypeConfig};
+
+use crate::cluster::expiry;
+use crate::cluster::network::Network;
+use crate::cluster::peer_client::PeerClient;
+use crate::cluster::proposer::Proposer;
+use crate::config::{Config, Limits, Secrets};
+use crate::http;
+use crate::metrics::Metrics;
+use crate::seams::{SharedClock, SharedConnector};
+
+/// Reads the highest committed log id the log store recorded.
+pub type CommittedReader =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = Option<LogId>> + Send>> + Send + Sync>;
+/// Reads the latest snapshot as one self-describing file.
+pub type SnapshotFileReader = Arc<dyn Fn() -> io::Result<Option<Vec<u8>>> + Send + Sync>;
+
+/// Everything a node is built from.
+pub struct NodeSetup<LS, V: SnapshotVault> {
+    pub config: Config,
+    pub secrets: Secrets,
+    pub clock: SharedClock,
+    pub connector: SharedConnector,
+    pub metrics: Metrics,
+    pub log: LS,
+    pub state_machine: StateMachineStore<V>,
+}
+
+/// What every request handler can reach.
+pub struct App {
+    pub id: NodeId,
+    pub url: String,
+    pub raft: Raft,
+    pub proposer: Proposer,
+    pub peers: PeerClient,
+    pub secrets: Secrets,
+    pub limits: Limits,
+    pub metrics: Metrics,
+    pub state: StateView,
+    pub committed: CommittedReader,
+    pub snapshot_file: SnapshotFileReader,
+    pub bootstrap: BTreeMap<NodeId, String>,
+    pub clock: SharedClock,
+}
+
+impl App {
+    /// URL of a member, from the membership this node knows.
+    pub fn member_url(&self, id: NodeId) -> Option<String> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+    }
+
+    /// The leader's id and URL, when known.
+    pub fn leader(&self) -> Option<(NodeId, String)> {
+        let leader = self.raft.metrics().borrow().current_leader?;
+        Some((leader, self.member_url(leader)?))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid raft configuration: {0}")]
+    RaftConfig(#[from] openraft::ConfigError),
+    #[error("raft failed to start: {0}")]
+    Raft(#[from] openraft::error::Fatal<NodeId>),
+}
+
+/// A started replica: serve its [`RunningNode::router`] on a listener to make it reachable.
+pub struct RunningNode {
+    pub app: Arc<App>,
+    pub router: Router,
+}
+
+/// Builds and starts a replica. Bind the listener *before* calling this: Raft starts sending
+/// RPCs at once, and a peer that finds nobody listening backs off for a while.
+pub async fn start<LS, V>(setup: NodeSetup<LS, V>) -> Result<RunningNode, StartError>
+where
+    LS: RaftLogStorage<TypeConfig> + Clone,
+    V: SnapshotVault,
+{
+    let NodeSetup {
+        config,
+        secrets,
+        clock,
+        connector,
+        metrics,
+        log,
+        state_machine,
+    } = setup;
+    let id = config.node_id;
+    let peers = PeerClient::new(
+        connector,
+        secrets.cluster_secret.clone(),
+        config.limits.max_peer_body_bytes,
+    );
+    let raft_config = Arc::new(config.openraft().validate()?);
+    let state = state_machine.view();
+    let vault = state_machine.vault().clone();
+    let raft = Raft::new(
+        id,
+        raft_config,
+        Network::new(id, peers.clone()),
+        log.clone(),
+        state_machine,
+    )
+    .await?;
+    let committed: CommittedReader = Arc::new(move || {
+        let mut log = log.clone();
+        Box::pin(async move { log.read_committed().await.ok().flatten() })
+    });
+    let proposer = Proposer::new(
+        id,
+        raft.clone(),
+        peers.clone(),
+        clock.clone(),
+        Duration::from_millis(config.limits.propose_timeout_ms),
+    );
+    let app = Arc::new(App {
+        id,
+        url: config.advertise_url.clone(),
+        raft: raft.clone(),
+        proposer,
+        peers,
+        secrets,
+        limits: config.limits.clone(),
+        metrics,
+        state,
+        committed,
+        snapshot_file: Arc::new(move || vault.load_file()),
+        bootstrap: config.bootstrap.clone(),
+        clock,
+    });
+    tokio::spawn(watch_raft_metrics(app.clone()));
+    tokio::spawn(expiry::run(
+        app.clone(),
+        Duration::from_millis(config.limits.expiry_interval_ms),
+    ));
+    bootstrap_if_first(&app).await;
+    let router = http::router(app.clone());
+    Ok(RunningNode { app, router })
+}
+
+/// On first start, the lowest-id bootstrap member forms the cluster; the others are contacted.
+async fn bootstrap_if_first(app: &App) {
+    let Some((&first, _)) = app.bootstrap.first_key_value() else {
+        return;
+    };
+    if first != app.id {
+        return;
+    }
+    match app.raft.is_initialized().await {
+        Ok(false) => {
+            let members: BTreeMap<NodeId, BasicNode> = app
+                .bootstrap
+                .iter()
+                .map(|(id, url)| (*id, BasicNode::new(url)))
+                .collect();
+            match app.raft.initialize(members).await {
+                Ok(()) => tracing::info!("formed the cluster from the bootstrap members"),
+                Err(e) => tracing::warn!(error = %e, "bootstrap initialization refused"),
+            }
+        }
+        Ok(true) => {}
+        Err(e) => tracing::error!(error = %e, "cannot tell whether the cluster is initialized"),
+    }
+}
+
+async fn watch_raft_metrics(app: Arc<App>) {
+    let mut rx = app.raft.metrics();
+    let mut previous_leader = None;
+    loop {
+        {
+            let m = rx.borrow_and_update();
+            app.metrics.observe_raft(&m, previous_leader);
+            if m.current_leader != previous_leader {
+                tracing::info!(leader = ?m.current_leader, term = m.current_term, "leader changed");
+            }
+            previous_leader = m.current_leader;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, with at most `max_connections`
+/// connections open at once (the rest wait in the accept queue). HTTP/1.1 and HTTP/2 (prior
+/// knowledge, used between nodes) share the port.
+pub async fn serve<L>(
+    mut listener: L,
+    router: Router,
+    max_connections: usize,
+    shutdown: impl Future<Output = ()>,
+) where
+    L: axum::serve::Listener,
+{
+    let permits = Arc::new(Semaphore::new(max_connections.max(1)));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => return,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let (io, _addr) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => accepted,
+        };
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http2()
+                .initial_stream_window_size(8 << 20)
+                .initial_connection_window_size(32 << 20)
+                .max_concurrent_streams(1024);
+            if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+}

@@ -1,0 +1,415 @@
+//! The Raft log and vote on sled: the production [`RaftLogStorage`].
+//!
+//! Layout: tree `log` maps big-endian `u64` indexes (so sled's key order is log order) to
+//! `encode_record(entry)`; tree `meta` holds the vote, the committed log id and the last purged
+//! log id, each an `encode_record` value.
+//!
+//! Durability rules (openraft 0.9 `RaftLogStorage` contract, `reference/raft-stack.md` §2.2/2.6):
+//! - `save_vote` and `append` return / report completion only after the [`Flusher`] has made
+//!   the write durable;
+//! - `truncate`, `purge` and `save_committed` are not flushed on their own: sled's log is
+//!   ordered, so the next vote or append flush covers them, and losing them in a crash is safe
+//!   (truncated entries were uncommitted; purged entries are covered by a durable snapshot; a
+//!   stale committed id only means fewer entries are re-applied at start-up);
+//! - sled applies writes in submission order, which gives openraft's "all write I/O is
+//!   serialised" requirement.
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::{AnyError, OptionalSend, StorageIOError};
+use serde::de::DeserializeOwned;
+
+use super::flusher::{sled_io_error, Flusher};
+use super::open::{OpenError, SledOptions};
+use crate::codec::{decode_record, encode_record};
+use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+
+pub(crate) const LOG_TREE: &str = "log";
+pub(crate) const META_TREE: &str = "meta";
+const KEY_VOTE: &[u8] = b"vote";
+const KEY_COMMITTED: &[u8] = b"committed";
+pub(crate) const KEY_LAST_PURGED: &[u8] = b"last_purged";
+
+/// The Raft log on sled. Clones share one database and one flusher thread; the database is
+/// closed when the last clone is dropped.
+#[derive(Clone)]
+pub struct SledLogStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// First field, so it is dropped (and its thread joined, releasing its `Db` handle) before
+    /// the trees below.
+    flusher: Flusher,
+    log: sled::Tree,
+    meta: sled::Tree,
+    path: PathBuf,
+}
+
+impl Debug for SledLogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledLogStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_logs(AnyError::new(&e)).into()
+}
+
+fn write_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_logs(AnyError::new(&e)).into()
+}
+
+fn corrupt(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
+}
+
+/// The big-endian key of a log index.
+fn key_of(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+/// The index a stored key names; a key of another length is corruption.
+fn index_of(key: &[u8]) -> io::Result<u64> {
+    <[u8; 8]>::try_from(key)
+        .map(u64::from_be_bytes)
+        .map_err(|_| corrupt(format!("log key of {} bytes, expected 8", key.len())))
+}
+
+/// Decodes a stored entry and checks it sits under its own index.
+fn decode_entry(key: &[u8], value: &[u8]) -> io::Result<Entry> {
+    let index = index_of(key)?;
+    let entry: Entry =
+        decode_record(value).map_err(|e| corrupt(format!("log entry at index {index}: {e}")))?;
+    if entry.log_id.index != index {
+        return Err(corrupt(format!(
+            "log entry stored at index {index} claims index {}",
+            entry.log_id.index
+        )));
+    }
+    Ok(entry)
+}
+
+/// Maps a range of log indexes onto a range of sled keys.
+fn key_bound(bound: Bound<&u64>) -> Bound<[u8; 8]> {
+    match bound {
+        Bound::Included(i) => Bound::Included(key_of(*i)),
+        Bound::Excluded(i) => Bound::Excluded(key_of(*i)),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+impl SledLogStore {
+    /// Opens (creating if needed) the sled database at `path`, starts its flusher and checks
+    /// the stored log: every record decodes, entries are contiguous and start right after the
+    /// last purged id. A purge interrupted by a crash is finished here.
+    pub(crate) fn open(path: &Path, opts: &SledOptions) -> Result<Self, OpenError> {
+        let will_not_open = |reason: String| OpenError::WillNotOpen {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let config = sled::Config::new()
+            .path(path)
+            .cache_capacity(opts.cache_bytes)
+            .mode(sled::Mode::HighThroughput);
+        // sled 0.34 is known to panic, not only fail, on some damaged databases; either way the
+        // operator needs the same advice.
+        let db = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
+            Ok(Ok(db)) => db,
+            Ok(Err(sled::Error::Io(e))) if is_lock_error(&e) => {
+                return Err(OpenError::Locked {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })
+            }
+            Ok(Err(e)) => return Err(will_not_open(e.to_string())),
+            Err(panic) => {
+                return Err(will_not_open(format!(
+                    "sled panicked: {}",
+                    panic_message(&panic)
+                )))
+            }
+        };
+        let log = db
+            .open_tree(LOG_TREE)
+            .map_err(|e| will_not_open(e.to_string()))?;
+        let meta = db
+            .open_tree(META_TREE)
+            .map_err(|e| will_not_open(e.to_string()))?;
+        let flusher = Flusher::start(db, path, opts.flush_observer.clone()).map_err(|source| {
+            OpenError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        let store = Self {
+            inner: Arc::new(Inner {
+                flusher,
+                log,
+                meta,
+                path: path.to_path_buf(),
+            }),
+        };
+        store.check_and_repair().map_err(|e| OpenError::Corrupt {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        Ok(store)
+    }
+
+    /// Validates the whole stored log at open time (bounded by the snapshot policy, so a few
+    /// thousand entries), and removes entries an interrupted purge left behind.
+    fn check_and_repair(&self) -> io::Result<()> {
+        self.read_meta::<Vote>(KEY_VOTE)?;
+        self.read_meta::<LogId>(KEY_COMMITTED)?;
+        let last_purged = self.read_meta::<LogId>(KEY_LAST_PURGED)?;
+
+        if let Some(purged) = &last_purged {
+            let leftovers = self.keys_up_to(purged.index)?;
+            if !leftovers.is_empty() {
+                tracing::info!(
+                    count = leftovers.len(),
+                    upto = purged.index,
+                    "finishing a purge interrupted by a crash"
+                );
+                self.remove_keys(leftovers)?;
+            }
+        }
+
+        let next = |index: u64| {
+            index
+                .checked_add(1)
+                .ok_or_else(|| corrupt(format!("log index {index} cannot be followed")))
+        };
+        let mut expected = last_purged.as_ref().map(|p| next(p.index)).transpose()?;
+        for item in self.inner.log.iter() {
+            let (key, value) = item.map_err(sled_io_error)?;
+            let entry = decode_entry(&key, &value)?;
+            if let Some(want) = expected {
+                if entry.log_id.index != want {
+                    return Err(corrupt(format!(
+                        "hole in the log: expected index {want}, found {} (last purged {:?})",
+                        entry.log_id.index, last_purged
+                    )));
+                }
+            }
+            expected = Some(next(entry.log_id.index)?);
+        }
+        Ok(())
+    }
+
+    fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
+        match self.inner.meta.get(key).map_err(sled_io_error)? {
+            None => Ok(None),
+            Some(bytes) => decode_record(&bytes).map(Some).map_err(|e| {
+                corrupt(format!(
+                    "meta record {:?}: {e}",
+                    String::from_utf8_lossy(key)
+                ))
+            }),
+        }
+    }
+
+    fn write_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> io::Result<()> {
+        let bytes = encode_record(value).map_err(io::Error::other)?;
+        self.inner.meta.insert(key, bytes).map_err(sled_io_error)?;
+        Ok(())
+    }
+
+    /// Keys of all entries with index `<= upto`.
+    fn keys_up_to(&self, upto: u64) -> io::Result<Vec<sled::IVec>> {
+        self.inner
+            .log
+            .range(..=key_of(upto))
+            .keys()
+            .map(|k| k.map_err(sled_io_error))
+            .collect()
+    }
+
+    /// Removes `keys` in one atomic batch.
+    fn remove_keys(&self, keys: Vec<sled::IVec>) -> io::Result<()> {
+        let mut batch = sled::Batch::default();
+        for key in keys {
+            batch.remove(key);
+        }
+        self.inner.log.apply_batch(batch).map_err(sled_io_error)
+    }
+
+    async fn flush(&self) -> io::Result<()> {
+        self.inner
+            .flusher
+            .flush()
+            .await
+            .map_err(|e| io::Error::new(e.kind(), e.to_string()))
+    }
+
+    /// Appends `entries` and returns once they are durable. The [`RaftLogStorage::append`] of
+    /// this store is this plus the callback; tools and tests use it without openraft.
+    pub async fn append_durable(&self, entries: Vec<Entry>) -> Result<(), StorageError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for entry in &entries {
+            let bytes = encode_record(entry).map_err(write_err)?;
+            batch.insert(&key_of(entry.log_id.index)[..], bytes);
+        }
+        // Readable once this returns (openraft's requirement for `append`) ...
+        self.inner.log.apply_batch(batch).map_err(write_err)?;
+        // ... durable once this returns.
+        self.flush().await.map_err(write_err)
+    }
+
+    /// Starts an empty log right after a snapshot: records `last_purged` and `vote`, durably.
+    /// Synchronous (it blocks on the flusher) because a rebuild may run anywhere.
+    pub(crate) fn seed_blocking(&self, last_purged: Option<LogId>, vote: &Vote) -> io::Result<()> {
+        if let Some(last_purged) = last_purged {
+            self.write_meta(KEY_LAST_PURGED, &last_purged)?;
+        }
+        self.write_meta(KEY_VOTE, vote)?;
+        self.inner
+            .flusher
+            .flush_blocking()
+            .map_err(|e| io::Error::new(e.kind(), e.to_string()))
+    }
+
+    /// The last purged log id, as stored.
+    pub(crate) fn last_purged(&self) -> io::Result<Option<LogId>> {
+        self.read_meta(KEY_LAST_PURGED)
+    }
+}
+
+fn is_lock_error(e: &io::Error) -> bool {
+    // sled wraps the failed `flock` in an `Other` error with this text (sled 0.34 config.rs).
+    e.to_string().contains("could not acquire lock")
+}
+
+/// The text of a caught panic, for error messages.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_string()
+    }
+}
+
+impl RaftLogReader<TypeConfig> for SledLogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let keys = (key_bound(range.start_bound()), key_bound(range.end_bound()));
+        let mut entries = Vec::new();
+        for item in self.inner.log.range(keys) {
+            let (key, value) = item.map_err(read_err)?;
+            entries.push(decode_entry(&key, &value).map_err(read_err)?);
+        }
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for SledLogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id = self.read_meta::<LogId>(KEY_LAST_PURGED).map_err(read_err)?;
+        let last_entry = match self.inner.log.last().map_err(read_err)? {
+            Some((key, value)) => Some(decode_entry(&key, &value).map_err(read_err)?.log_id),
+            None => None,
+        };
+        // With no entry left (all purged), the last log id is the last purged one.
+        let last_log_id = std::cmp::max(last_entry, last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        let vote_err = |e: io::Error| StorageIOError::write_vote(AnyError::new(&e));
+        self.write_meta(KEY_VOTE, vote).map_err(vote_err)?;
+        // Raft's safety rests on never forgetting a vote: durable before returning.
+        self.flush().await.map_err(vote_err)?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.read_meta(KEY_VOTE)
+            .map_err(|e| StorageIOError::read_vote(AnyError::new(&e)).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not flushed: see the module documentation.
+        match committed {
+            Some(id) => self.write_meta(KEY_COMMITTED, &id),
+            None => self
+                .inner
+                .meta
+                .remove(KEY_COMMITTED)
+                .map(|_| ())
+                .map_err(sled_io_error),
+        }
+        .map_err(write_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        self.read_meta(KEY_COMMITTED).map_err(read_err)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let result = self.append_durable(entries.into_iter().collect()).await;
+        callback.log_io_completed(match &result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(io::Error::other(e.to_string())),
+        });
+        result
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Everything from `log_id.index` on, in one batch, so no hole can appear.
+        let keys = self
+            .inner
+            .log
+            .range(key_of(log_id.index)..)
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(write_err)?;
+        self.remove_keys(keys).map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // `last_purged` first: if a crash lands between the two writes, the store reads as
+        // purged and `open` deletes the leftovers, never the other way round (a log that
+        // starts after a gap the metadata does not explain).
+        let current = self
+            .read_meta::<LogId>(KEY_LAST_PURGED)
+            .map_err(write_err)?;
+        if current.as_ref() < Some(&log_id) {
+            self.write_meta(KEY_LAST_PURGED, &log_id)
+                .map_err(write_err)?;
+        }
+        let keys = self.keys_up_to(log_id.index).map_err(write_err)?;
+        self.remove_keys(keys).map_err(write_err)
+    }
+}

@@ -1,0 +1,286 @@
+//! Opening a node's on-disk store, and rebuilding one that will not open.
+//!
+//! A data directory holds `raft.sled/` (the log and vote, [`SledLogStore`]) and `snapshots/`
+//! (the state machine's snapshot, [`FileSnapshotVault`]). sled 0.34 has open reports of
+//! databases that fail to reopen after a crash (ARCHITECTURE.md, known hazards), so every way a
+//! store can fail to open ends in an [`OpenError`] that tells the operator what to do, and
+//! [`rebuild_from_snapshot`] turns a peer's snapshot into a fresh store without deleting the
+//! broken one.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::log_sled::SledLogStore;
+use super::snapshot_vault::{decode_snapshot_file, sync_dir, FileSnapshotVault, SnapshotVault};
+use super::state_machine::StateMachineStore;
+use super::FlushObserver;
+use crate::codec::CodecError;
+use crate::state::ClusterState;
+use crate::types::Vote;
+
+/// sled's directory inside a data directory.
+pub const SLED_DIR: &str = "raft.sled";
+/// The snapshot vault's directory inside a data directory.
+pub const SNAPSHOT_DIR: &str = "snapshots";
+
+/// Default size of sled's page cache. The log holds at most a few thousand small entries
+/// between snapshots, so this is generous; the node's config can change it.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+
+/// How many suffixes `rebuild_from_snapshot` tries when a name for the moved-aside or the new
+/// directory is taken (two rebuilds in the same second).
+const MAX_NAME_ATTEMPTS: u32 = 100;
+
+/// How the sled store is opened.
+#[derive(Clone)]
+pub struct SledOptions {
+    /// sled's page cache size.
+    pub cache_bytes: u64,
+    /// Told how long each group-commit flush (sled flush + fdatasync) took, e.g. for a metric.
+    pub flush_observer: Option<FlushObserver>,
+}
+
+impl Default for SledOptions {
+    fn default() -> Self {
+        Self {
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            flush_observer: None,
+        }
+    }
+}
+
+impl fmt::Debug for SledOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SledOptions")
+            .field("cache_bytes", &self.cache_bytes)
+            .field("flush_observer", &self.flush_observer.is_some())
+            .finish()
+    }
+}
+
+/// Why a store did not open (or could not be rebuilt).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot prepare store directory {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "store at {path} is in use by another process ({reason}); stop the other x402-node first"
+    )]
+    Locked { path: PathBuf, reason: String },
+    #[error(
+        "store at {path} will not open: {reason}; rebuild it from a peer with `x402-node rebuild`"
+    )]
+    WillNotOpen { path: PathBuf, reason: String },
+    #[error(
+        "store at {path} is corrupt: {reason}; rebuild it from a peer with `x402-node rebuild`"
+    )]
+    Corrupt { path: PathBuf, reason: String },
+    #[error(
+        "snapshot in {path} is unreadable: {reason}; rebuild the store from a peer with `x402-node rebuild`"
+    )]
+    Snapshot { path: PathBuf, reason: String },
+    #[error("the snapshot file given to rebuild is not valid: {0}")]
+    InvalidSnapshotFile(CodecError),
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> OpenError + '_ {
+    move |source| OpenError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Creates `dir` if needed, making its entry in the parent durable.
+fn ensure_dir(dir: &Path) -> Result<(), OpenError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+    sync_parent(dir)
+}
+
+fn sync_parent(path: &Path) -> Result<(), OpenError> {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => {
+            sync_dir(parent).map_err(io_error(parent))
+        }
+        // A relative path with no parent component lives in the current directory.
+        _ => sync_dir(Path::new(".")).map_err(io_error(path)),
+    }
+}
+
+/// Opens (creating if needed) the store in `data_dir`: `raft.sled` for the log, `snapshots/`
+/// for the state machine's snapshot. Checks that the snapshot covers everything the log purged.
+pub fn open_sled_stores(
+    data_dir: &Path,
+    opts: SledOptions,
+) -> Result<(SledLogStore, StateMachineStore<FileSnapshotVault>), OpenError> {
+    ensure_dir(data_dir)?;
+    let log = SledLogStore::open(&data_dir.join(SLED_DIR), &opts)?;
+    let snapshot_dir = data_dir.join(SNAPSHOT_DIR);
+    let vault = FileSnapshotVault::open(&snapshot_dir).map_err(io_error(&snapshot_dir))?;
+    // sled and the vault may have just created their directories.
+    sync_dir(data_dir).map_err(io_error(data_dir))?;
+    let state_machine = StateMachineStore::open(vault).map_err(|e| OpenError::Snapshot {
+        path: snapshot_dir.clone(),
+        reason: e.to_string(),
+    })?;
+
+    let purged = log.last_purged().map_err(|e| OpenError::Corrupt {
+        path: data_dir.join(SLED_DIR),
+        reason: e.to_string(),
+    })?;
+    let covered = state_machine.view().last_applied();
+    let purged_index = purged.map(|id| id.index);
+    if purged_index > covered.map(|id| id.index) {
+        // The entries in between exist nowhere on this node any more; starting would serve a
+        // state that silently misses them.
+        return Err(OpenError::Corrupt {
+            path: data_dir.to_path_buf(),
+            reason: format!(
+                "the log was purged up to {purged:?} but the snapshot only covers {covered:?}"
+            ),
+        });
+    }
+    Ok((log, state_machine))
+}
+
+/// Replaces the store in `data_dir` with one built from a peer's snapshot file
+/// ([`encode_snapshot_file`](super::encode_snapshot_file) format, as served by
+/// `GET /admin/snapshot`).
+///
+/// The new store is built and made durable in a sibling directory first, then swapped in (an
+/// atomic exchange on Linux), so a crash leaves either the old store or the complete new one.
+/// The old directory is moved to `<data_dir>.broken-<unix secs>`, never deleted, and that path
+/// is returned; when there was no old directory the returned path is empty.
+///
+/// The new store holds the snapshot, a log whose `last_purged` is the snapshot's last log id,
+/// and `vote`: the node must never vote again in a term it may have voted in before the
+/// rebuild, so pass a vote at least as recent as any it could have cast (the cluster's term).
+pub fn rebuild_from_snapshot(
+    data_dir: &Path,
+    snapshot_file: &[u8],
+    vote: Vote,
+) -> Result<PathBuf, OpenError> {
+    let (meta, data) =
+        decode_snapshot_file(snapshot_file).map_err(OpenError::InvalidSnapshotFile)?;
+    // Refuse a snapshot whose state does not decode before anything on disk changes.
+    ClusterState::from_bytes(&data).map_err(OpenError::InvalidSnapshotFile)?;
+
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let fresh = unused_sibling(data_dir, &format!("rebuilding-{secs}"))?;
+    ensure_dir(&fresh)?;
+    {
+        let snapshot_dir = fresh.join(SNAPSHOT_DIR);
+        let vault = FileSnapshotVault::open(&snapshot_dir).map_err(io_error(&snapshot_dir))?;
+        // The snapshot is durable before the log says everything up to it was purged.
+        vault.save(&meta, &data).map_err(io_error(&snapshot_dir))?;
+        let sled_dir = fresh.join(SLED_DIR);
+        let log = SledLogStore::open(&sled_dir, &SledOptions::default())?;
+        log.seed_blocking(meta.last_log_id, &vote)
+            .map_err(io_error(&sled_dir))?;
+        // Dropping the last handle stops the flusher and closes sled before the swap.
+    }
+    sync_dir(&fresh).map_err(io_error(&fresh))?;
+    sync_parent(&fresh)?;
+
+    let moved_to = if data_dir.exists() {
+        let aside = unused_sibling(data_dir, &format!("broken-{secs}"))?;
+        swap_into_place(&fresh, data_dir, &aside)?;
+        aside
+    } else {
+        std::fs::rename(&fresh, data_dir).map_err(io_error(data_dir))?;
+        PathBuf::new()
+    };
+    sync_parent(data_dir)?;
+
+    // Prove the result opens and is what was asked for before telling the operator it worked.
+    let (log, state_machine) = open_sled_stores(data_dir, SledOptions::default())?;
+    let applied = state_machine.view().last_applied();
+    let purged = log.last_purged().map_err(io_error(data_dir))?;
+    if applied != meta.last_log_id || purged != meta.last_log_id {
+        return Err(OpenError::Corrupt {
+            path: data_dir.to_path_buf(),
+            reason: format!(
+                "rebuilt store reads applied {applied:?} / purged {purged:?}, expected {:?}",
+                meta.last_log_id
+            ),
+        });
+    }
+    Ok(moved_to)
+}
+
+/// `<path>.<suffix>`, or `<path>.<suffix>-<n>` if that is taken.
+fn unused_sibling(path: &Path, suffix: &str) -> Result<PathBuf, OpenError> {
+    let base = path
+        .as_os_str()
+        .to_string_lossy()
+        .trim_end_matches('/')
+        .to_string();
+    for attempt in 0..MAX_NAME_ATTEMPTS {
+        let candidate = if attempt == 0 {
+            PathBuf::from(format!("{base}.{suffix}"))
+        } else {
+            PathBuf::from(format!("{base}.{suffix}-{attempt}"))
+        };
+        if !candidate.exists() {
+            return Ok(candidate);
+        }
+    }
+    Err(OpenError::Io {
+        path: path.to_path_buf(),
+        source: io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("no free name of the form {base}.{suffix}-N"),
+        ),
+    })
+}
+
+/// Puts `fresh` at `target` and the old `target` at `aside`.
+fn swap_into_place(fresh: &Path, target: &Path, aside: &Path) -> Result<(), OpenError> {
+    #[cfg(target_os = "linux")]
+    {
+        match exchange(fresh, target) {
+            // `fresh` now names the old store.
+            Ok(()) => return std::fs::rename(fresh, aside).map_err(io_error(aside)),
+            // Filesystems without RENAME_EXCHANGE: fall back to two renames below.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) => {}
+            Err(e) => return Err(io_error(target)(e)),
+        }
+    }
+    // Not atomic: a crash between the renames leaves no store at `target` (the new one waits
+    // at `fresh`, the old one at `aside`), which an operator can finish by hand.
+    std::fs::rename(target, aside).map_err(io_error(aside))?;
+    std::fs::rename(fresh, target).map_err(io_error(target))
+}
+
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let to_c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+    };
+    let (a, b) = (to_c(a)?, to_c(b)?);
+    // SAFETY: both pointers are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

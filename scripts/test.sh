@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every check and test of the workspace: formatting, lints, unit and property tests, the
+# openraft storage suites, kill -9 crash tests, turmoil simulations and end-to-end tests with real
+# node processes. Ends with nextest's summary line.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+# End-to-end tests start these binaries as real processes.
+cargo build --quiet -p x402-node -p x402-client --bins
+export X402_BIN_DIR="$PWD/target/debug"
+cargo nextest run --workspace --no-fail-fast "$@"
