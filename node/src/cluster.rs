@@ -1,6 +1,7 @@
 //! Everything between nodes: the Raft network over HTTP, the peer client under it, writes from
 //! any node (forwarding to the leader), and the leader's background duties.
 
+pub mod batcher;
 pub mod expiry;
 pub mod network;
 pub mod peer_client;

@@ -72,6 +72,12 @@ pub struct Limits {
     pub max_connections: usize,
     /// How often the leader checks for claims to expire.
     pub expiry_interval_ms: u64,
+    /// Client writes waiting to be batched; beyond this a write is refused as overloaded.
+    pub max_queued_writes: usize,
+    /// Client writes committed together in one Raft entry, at most.
+    pub max_writes_per_entry: usize,
+    /// Batches this node has proposed and not yet seen committed, at most.
+    pub max_entries_in_flight: usize,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -121,6 +127,9 @@ impl Default for Limits {
             peer_timeout_ms: 2_000,
             max_connections: 4_096,
             expiry_interval_ms: 1_000,
+            max_queued_writes: 65_536,
+            max_writes_per_entry: 1_024,
+            max_entries_in_flight: 4,
         }
     }
 }
@@ -194,6 +203,18 @@ impl Config {
             return Err(ConfigError::Invalid(format!(
                 "advertise_url {:?} must start with http://",
                 self.advertise_url
+            )));
+        }
+        let l = &self.limits;
+        if l.max_writes_per_entry == 0
+            || l.max_writes_per_entry > x402_raft_store::state::MAX_OPS_PER_COMMAND
+            || l.max_queued_writes == 0
+            || l.max_entries_in_flight == 0
+        {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_writes_per_entry must be 1..={}, and limits.max_queued_writes and \
+                 limits.max_entries_in_flight at least 1",
+                x402_raft_store::state::MAX_OPS_PER_COMMAND
             )));
         }
         if !self.bootstrap.is_empty() && !self.bootstrap.contains_key(&self.node_id) {

@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use x402_raft_store::storage::{SnapshotVault, StateMachineStore, StateView};
 use x402_raft_store::types::{LogId, NodeId, Raft, TypeConfig};
 
+use crate::cluster::batcher::{BatchLimits, Batcher};
 use crate::cluster::expiry;
 use crate::cluster::network::Network;
 use crate::cluster::peer_client::PeerClient;
@@ -49,6 +50,8 @@ pub struct App {
     pub url: String,
     pub raft: Raft,
     pub proposer: Proposer,
+    /// Client writes go through here (group commit); background duties use `proposer`.
+    pub batcher: Batcher,
     pub peers: PeerClient,
     pub secrets: Secrets,
     pub limits: Limits,
@@ -137,11 +140,20 @@ where
         clock.clone(),
         Duration::from_millis(config.limits.propose_timeout_ms),
     );
+    let batcher = Batcher::start(
+        proposer.clone(),
+        BatchLimits {
+            max_queued_ops: config.limits.max_queued_writes,
+            max_ops_per_entry: config.limits.max_writes_per_entry,
+            max_entries_in_flight: config.limits.max_entries_in_flight,
+        },
+    );
     let app = Arc::new(App {
         id,
         url: config.advertise_url.clone(),
         raft: raft.clone(),
         proposer,
+        batcher,
         peers,
         secrets,
         limits: config.limits.clone(),

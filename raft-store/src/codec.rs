@@ -31,6 +31,11 @@ pub enum CodecError {
     TrailingBytes { extra: usize },
 }
 
+/// Upper bound for decoding the whole replicated state (a snapshot body): it grows with live
+/// claims (about 73 bytes each), far past [`MAX_DECODE_BYTES`], and comes only from our own disk
+/// or from an authenticated peer's snapshot whose file checksum was verified.
+pub const MAX_STATE_BYTES: usize = 4 << 30;
+
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_DECODE_BYTES>()
 }
@@ -42,13 +47,7 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 
 /// Decodes a network message; refuses trailing garbage and oversized length prefixes.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, read) = bincode::serde::decode_from_slice(bytes, config())?;
-    if read != bytes.len() {
-        return Err(CodecError::TrailingBytes {
-            extra: bytes.len() - read,
-        });
-    }
-    Ok(value)
+    decode_body(bytes, config())
 }
 
 /// Encodes a persisted record: version byte, then the value.
@@ -61,11 +60,36 @@ pub fn encode_record<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 
 /// Decodes a persisted record written by [`encode_record`].
 pub fn decode_record<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    decode_body(record_body(bytes)?, config())
+}
+
+/// [`decode_record`] for the whole replicated state, allowed up to [`MAX_STATE_BYTES`].
+pub fn decode_state_record<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    decode_body(
+        record_body(bytes)?,
+        bincode::config::standard().with_limit::<MAX_STATE_BYTES>(),
+    )
+}
+
+fn record_body(bytes: &[u8]) -> Result<&[u8], CodecError> {
     match bytes.split_first() {
         None => Err(CodecError::EmptyRecord),
-        Some((&RECORD_FORMAT_VERSION, body)) => decode(body),
+        Some((&RECORD_FORMAT_VERSION, body)) => Ok(body),
         Some((&found, _)) => Err(CodecError::UnknownVersion { found }),
     }
+}
+
+fn decode_body<T: DeserializeOwned>(
+    bytes: &[u8],
+    config: impl bincode::config::Config,
+) -> Result<T, CodecError> {
+    let (value, read) = bincode::serde::decode_from_slice(bytes, config)?;
+    if read != bytes.len() {
+        return Err(CodecError::TrailingBytes {
+            extra: bytes.len() - read,
+        });
+    }
+    Ok(value)
 }
 
 #[cfg(test)]

@@ -20,12 +20,27 @@ pub use nonces::{ClaimOutcome, NonceClaim, NonceKey, NonceRegistry};
 /// apply never stalls the log for long.
 pub const MAX_EXPIRED_PER_COMMAND: u32 = 10_000;
 
-/// A replicated command: an operation plus the leader-stamped time it was proposed at.
+/// Most operations one command carries (the group-commit batch size).
+pub const MAX_OPS_PER_COMMAND: usize = 4096;
+
+/// A replicated command: operations applied in order, all at the leader-stamped time the command
+/// was proposed at. Many client writes share one command so that one log entry (and one fsync
+/// per replica) commits them all.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
     /// Unix time in milliseconds, read from the proposing leader's wall clock.
     pub at_ms: u64,
-    pub op: Op,
+    pub ops: Vec<Op>,
+}
+
+impl Command {
+    /// A command of one operation.
+    pub fn single(at_ms: u64, op: Op) -> Self {
+        Self {
+            at_ms,
+            ops: vec![op],
+        }
+    }
 }
 
 /// What a command does. New variants are only ever appended, so old log entries keep decoding.
@@ -37,15 +52,12 @@ pub enum Op {
     ExpireClaims { limit: u32 },
 }
 
-/// The answer of the state machine to one applied entry.
+/// The answer of the state machine to one operation. An applied entry answers one per operation
+/// of its command, in order (none for Raft's own blank and membership entries).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    /// Raft's own entries (blank, membership) answer nothing.
-    None,
     Claim(ClaimOutcome),
-    Expired {
-        removed: u32,
-    },
+    Expired { removed: u32 },
 }
 
 /// Everything the cluster replicates, in one value.
@@ -64,11 +76,17 @@ struct StateImage {
 }
 
 impl ClusterState {
-    /// Applies one command. Pure: the result depends only on `self` and `cmd`.
-    pub fn apply(&mut self, cmd: &Command) -> Response {
+    /// Applies one command, answering each of its operations. Pure: the result depends only on
+    /// `self` and `cmd`.
+    pub fn apply(&mut self, cmd: &Command) -> Vec<Response> {
+        debug_assert!(cmd.ops.len() <= MAX_OPS_PER_COMMAND);
         self.now_ms = self.now_ms.max(cmd.at_ms);
         let now_ms = self.now_ms;
-        match &cmd.op {
+        cmd.ops.iter().map(|op| self.apply_op(op, now_ms)).collect()
+    }
+
+    fn apply_op(&mut self, op: &Op, now_ms: u64) -> Response {
+        match op {
             Op::ClaimNonce(claim) => Response::Claim(self.nonces.claim(claim, now_ms)),
             Op::ExpireClaims { limit } => {
                 let limit = (*limit).min(MAX_EXPIRED_PER_COMMAND);
@@ -97,7 +115,7 @@ impl ClusterState {
 
     /// Rebuilds a state from [`ClusterState::to_bytes`] output.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CodecError> {
-        let image: StateImage = codec::decode_record(bytes)?;
+        let image: StateImage = codec::decode_state_record(bytes)?;
         Ok(Self {
             now_ms: image.now_ms,
             nonces: NonceRegistry::from_image(image.nonces),

@@ -9,7 +9,7 @@ openraft::declare_raft_types!(
     /// Raft types of the cluster: commands in, responses out, `u64` node ids, nodes named by URL.
     pub TypeConfig:
         D = Command,
-        R = Response,
+        R = Vec<Response>,
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,

@@ -38,11 +38,15 @@ impl StoreBuilder<TypeConfig, MemLogStore, StateMachineStore<MemSnapshotVault>> 
 }
 
 #[test]
-fn openraft_suite_on_sled_and_snapshot_files() -> Result<(), StorageError> {
-    Suite::test_all(SledBuilder)
+fn openraft_suite_on_sled_and_snapshot_files() {
+    if let Err(e) = Suite::test_all(SledBuilder) {
+        panic!("sled store fails the openraft suite: {e}");
+    }
 }
 
 #[test]
-fn openraft_suite_on_memory() -> Result<(), StorageError> {
-    Suite::test_all(MemBuilder)
+fn openraft_suite_on_memory() {
+    if let Err(e) = Suite::test_all(MemBuilder) {
+        panic!("memory store fails the openraft suite: {e}");
+    }
 }

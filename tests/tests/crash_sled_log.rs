@@ -29,15 +29,18 @@ use x402_raft_store::storage::{open_sled_stores, SledOptions, SnapshotVault};
 use x402_raft_store::types::{NodeId, Raft, TypeConfig};
 
 /// Kill/reopen cycles on the same directory.
-const ROUNDS: usize = 50;
+const ROUNDS: usize = 60;
 /// How long the child runs before SIGKILL, chosen uniformly per round.
 const RUN_MS: std::ops::RangeInclusive<u64> = 20..=300;
 /// Nonce numbers of round `r` start at `r * NONCES_PER_ROUND`, so rounds never reuse one.
 const NONCES_PER_ROUND: u64 = 1_000_000;
 /// How long a reopened Raft may take to apply its whole log.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(20);
-/// The test must actually exercise something: at least this many acknowledged writes overall.
-const MIN_TOTAL_ACKS: usize = 200;
+/// The test must actually exercise something: at least this many acknowledged writes overall
+/// (a few hundred to a few thousand on an idle 2-core machine; start-up eats part of each run).
+/// Fewer means the machine was too loaded for the kills to land anywhere interesting, and a
+/// pass would mean nothing.
+const MIN_TOTAL_ACKS: usize = 150;
 /// The node id the child uses.
 const NODE_ID: NodeId = 1;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use x402_raft_store::state::MAX_EXPIRED_PER_COMMAND;
 use x402_raft_store::{Op, Response};
 
-use crate::cluster::proposer::ProposeReply;
+use crate::cluster::proposer::LeaderWrite;
 use crate::node::App;
 
 /// Most expiry commands proposed in one round, so a huge backlog cannot monopolise the log.
@@ -34,11 +34,16 @@ pub async fn run(app: Arc<App>, interval: Duration) {
             let op = Op::ExpireClaims {
                 limit: MAX_EXPIRED_PER_COMMAND,
             };
-            match app.proposer.propose_as_leader_within_timeout(op).await {
-                Some(ProposeReply::Done {
-                    response: Response::Expired { removed },
-                    ..
-                }) => {
+            let deadline = tokio::time::Instant::now() + app.proposer.timeout();
+            match app.proposer.propose_as_leader(vec![op], deadline).await {
+                LeaderWrite::Committed { responses, .. } => {
+                    let removed = match responses.as_slice() {
+                        [Response::Expired { removed }] => *removed,
+                        other => {
+                            tracing::error!(?other, "unexpected answer to an expiry command");
+                            break;
+                        }
+                    };
                     tracing::debug!(removed, "expired nonce claims");
                     if removed < MAX_EXPIRED_PER_COMMAND {
                         break;

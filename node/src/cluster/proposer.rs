@@ -1,13 +1,9 @@
-//! Writes from any node: propose on the leader, or forward to it.
+//! Getting operations committed: on the leader as one Raft entry, or by forwarding them to it.
 //!
 //! The leader stamps each command with its wall-clock time when it proposes it (guarantee I6:
-//! apply never reads a clock). A follower forwards the bare operation to the leader over the peer
-//! API; the leader never forwards again, so a write travels at most one hop. While no leader is
-//! known (an election), the write waits for one until its deadline.
-//!
-//! A write whose answer was lost (the leader died or a forward timed out after sending) may still
-//! commit; the caller is told the outcome is unknown. Every operation is idempotent by content,
-//! so retrying it is safe.
+//! apply never reads a clock). A follower forwards bare operations over the peer API; the leader
+//! answers each operation on its own ([`OpAnswer`]) and never forwards again, so a write travels
+//! at most one hop. Batching and retries live in [`super::batcher`]; this module is the routing.
 
 use std::time::Duration;
 
@@ -15,6 +11,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 use x402_raft_store::codec;
+use x402_raft_store::state::MAX_OPS_PER_COMMAND;
 use x402_raft_store::types::{NodeId, Raft};
 use x402_raft_store::{Command, Op, Response};
 
@@ -25,26 +22,31 @@ use crate::seams::SharedClock;
 /// How long to wait for news of a leader before trying again.
 const LEADER_POLL: Duration = Duration::from_millis(50);
 
-/// Body of `POST /raft/propose`.
+/// Body of `POST /raft/propose`: operations for the leader to commit. The answer is one
+/// [`OpAnswer`] per operation, in order.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ProposeRequest {
-    pub op: Op,
+    pub ops: Vec<Op>,
 }
 
-/// Answer of `POST /raft/propose`.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum ProposeReply {
-    Done {
+/// What became of one operation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OpAnswer {
+    Committed {
         log_index: u64,
         response: Response,
     },
-    /// This node is not (or no longer) the leader.
+    /// Not written: the receiving node is not the leader.
     NotLeader,
-    /// The leader could not take the write and knows it was not applied.
+    /// Not written, for the reason given.
     Refused(String),
+    /// Not written: too many writes are waiting.
+    Overloaded,
+    /// Sent, but the answer was lost: it may or may not be committed.
+    Unknown,
 }
 
-/// A committed and applied write.
+/// One committed and applied operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Committed {
     pub log_index: u64,
@@ -61,9 +63,33 @@ pub enum ProposeError {
     Unknown,
     #[error("the write was refused: {0}")]
     Refused(String),
+    #[error("too many writes are waiting; retry shortly")]
+    Overloaded,
 }
 
-/// Proposes operations for this node.
+/// The outcome of proposing one entry on this node.
+#[derive(Debug)]
+pub enum LeaderWrite {
+    Committed {
+        log_index: u64,
+        responses: Vec<Response>,
+    },
+    NotLeader,
+    Refused(String),
+    /// The deadline passed first: the entry may still commit.
+    TimedOut,
+}
+
+/// Why a forward failed as a whole.
+#[derive(Debug)]
+pub enum ForwardFailure {
+    /// Certainly not received by the leader.
+    NotDelivered,
+    /// Sent, answer lost: the operations may or may not commit.
+    Lost,
+}
+
+/// Routes operations for one node. Cheap to clone.
 #[derive(Clone)]
 pub struct Proposer {
     id: NodeId,
@@ -90,118 +116,79 @@ impl Proposer {
         }
     }
 
-    /// Commits `op` through the leader, wherever it is, within the configured timeout.
-    pub async fn propose(&self, op: Op) -> Result<Committed, ProposeError> {
-        let deadline = Instant::now() + self.timeout;
-        let mut sent = false;
-        loop {
-            let (leader, leader_url) = self.leader();
-            let attempt = match leader {
-                Some(leader) if leader == self.id => {
-                    sent = true;
-                    match tokio::time::timeout_at(deadline, self.propose_as_leader(op.clone()))
-                        .await
-                    {
-                        Ok(reply) => reply,
-                        Err(_) => return Err(ProposeError::Unknown),
-                    }
-                }
-                Some(_) => match leader_url {
-                    Some(url) => match self.forward(&url, &op, deadline).await {
-                        Ok(reply) => {
-                            sent = true;
-                            reply
-                        }
-                        Err(Forward::NotDelivered) => ProposeReply::NotLeader,
-                        Err(Forward::Lost) => return Err(ProposeError::Unknown),
-                    },
-                    None => ProposeReply::NotLeader,
-                },
-                None => ProposeReply::NotLeader,
-            };
-            match attempt {
-                ProposeReply::Done {
-                    log_index,
-                    response,
-                } => {
-                    return Ok(Committed {
-                        log_index,
-                        response,
-                    })
-                }
-                ProposeReply::Refused(reason) => return Err(ProposeError::Refused(reason)),
-                ProposeReply::NotLeader => {}
-            }
-            if Instant::now() + LEADER_POLL >= deadline {
-                // A NotLeader answer means the write was not appended; but an earlier attempt
-                // that timed out inside a leader could still commit.
-                return Err(if sent {
-                    ProposeError::Unknown
-                } else {
-                    ProposeError::NoLeader
-                });
-            }
-            self.wait_for_leader_change(leader).await;
-        }
+    /// How long a write may take end to end.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
-    /// Appends `op` on this node if it is the leader. Used directly by the peer API, so a
-    /// forwarded write is never forwarded a second time.
-    pub async fn propose_as_leader(&self, op: Op) -> ProposeReply {
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Proposes `ops` as one entry on this node, which must be the leader, before `deadline`.
+    pub async fn propose_as_leader(&self, ops: Vec<Op>, deadline: Instant) -> LeaderWrite {
+        if ops.is_empty() || ops.len() > MAX_OPS_PER_COMMAND {
+            return LeaderWrite::Refused(format!(
+                "a command carries 1 to {MAX_OPS_PER_COMMAND} operations, not {}",
+                ops.len()
+            ));
+        }
         let cmd = Command {
             at_ms: self.clock.now_ms(),
-            op,
+            ops,
         };
-        match self.raft.client_write(cmd).await {
-            Ok(written) => ProposeReply::Done {
+        match tokio::time::timeout_at(deadline, self.raft.client_write(cmd)).await {
+            Err(_) => LeaderWrite::TimedOut,
+            Ok(Ok(written)) => LeaderWrite::Committed {
                 log_index: written.log_id.index,
-                response: written.data,
+                responses: written.data,
             },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                ProposeReply::NotLeader
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                LeaderWrite::NotLeader
             }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                ProposeReply::Refused(e.to_string())
+            Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+                LeaderWrite::Refused(e.to_string())
             }
-            Err(RaftError::Fatal(e)) => ProposeReply::Refused(format!("raft stopped: {e}")),
+            Ok(Err(RaftError::Fatal(e))) => LeaderWrite::Refused(format!("raft stopped: {e}")),
         }
     }
 
-    /// Like [`Proposer::propose_as_leader`], bounded by the write timeout (for the peer API).
-    pub async fn propose_as_leader_within_timeout(&self, op: Op) -> Option<ProposeReply> {
-        tokio::time::timeout(self.timeout, self.propose_as_leader(op))
-            .await
-            .ok()
-    }
-
-    async fn forward(
+    /// Sends `ops` to the leader at `leader_url`; one answer per operation.
+    pub async fn forward(
         &self,
         leader_url: &str,
-        op: &Op,
+        ops: Vec<Op>,
         deadline: Instant,
-    ) -> Result<ProposeReply, Forward> {
+    ) -> Result<Vec<OpAnswer>, ForwardFailure> {
+        let count = ops.len();
         let body =
-            codec::encode(&ProposeRequest { op: op.clone() }).map_err(|_| Forward::NotDelivered)?;
+            codec::encode(&ProposeRequest { ops }).map_err(|_| ForwardFailure::NotDelivered)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         match self
             .peers
             .post(leader_url, paths::PROPOSE, body, remaining)
             .await
         {
-            Ok(bytes) => codec::decode(&bytes).map_err(|_| Forward::Lost),
+            Ok(bytes) => match codec::decode::<Vec<OpAnswer>>(&bytes) {
+                Ok(answers) if answers.len() == count => Ok(answers),
+                _ => {
+                    tracing::error!("the leader answered a forward with an unreadable body");
+                    Err(ForwardFailure::Lost)
+                }
+            },
             Err(e) if e.not_delivered() => {
                 tracing::debug!(error = %e, "leader unreachable, waiting for a new one");
-                Err(Forward::NotDelivered)
+                Err(ForwardFailure::NotDelivered)
             }
             Err(e) => {
-                tracing::warn!(error = %e, "forwarded write lost");
-                Err(Forward::Lost)
+                tracing::warn!(error = %e, "forwarded writes lost");
+                Err(ForwardFailure::Lost)
             }
         }
     }
 
     /// The current leader and its URL, as this node knows them.
-    fn leader(&self) -> (Option<NodeId>, Option<String>) {
+    pub fn leader(&self) -> (Option<NodeId>, Option<String>) {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         let leader = m.current_leader;
@@ -214,8 +201,9 @@ impl Proposer {
         (leader, url)
     }
 
-    async fn wait_for_leader_change(&self, previous: Option<NodeId>) {
-        // Either the leader changes (an election finished) or the poll interval passes.
+    /// Waits until the leader differs from `previous` (an election finished), or a short poll
+    /// interval passes.
+    pub async fn wait_for_leader_change(&self, previous: Option<NodeId>) {
         let _ = self
             .raft
             .wait(Some(LEADER_POLL))
@@ -225,11 +213,4 @@ impl Proposer {
             )
             .await;
     }
-}
-
-enum Forward {
-    /// Certainly not received by the leader.
-    NotDelivered,
-    /// Sent, answer lost: the write may or may not commit.
-    Lost,
 }

@@ -53,7 +53,7 @@ pub fn routes(app: &Arc<App>) -> Router<Arc<App>> {
             post(take_snapshot).get(download_snapshot),
         )
         .layer(DefaultBodyLimit::max(app.limits.max_body_bytes))
-        .layer(middleware::from_fn_with_state(app.clone(), require_admin))
+        .route_layer(middleware::from_fn_with_state(app.clone(), require_admin))
 }
 
 async fn require_admin(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
@@ -341,13 +341,14 @@ async fn claim(
         valid_before: request.valid_before,
     };
     let started = Instant::now();
-    let result = app.proposer.propose(Op::ClaimNonce(claim)).await;
+    let result = app.batcher.propose(Op::ClaimNonce(claim)).await;
     let outcome_label = match &result {
         Ok(_) => "ok",
         Err(e) => match e {
             crate::cluster::proposer::ProposeError::NoLeader => "no_leader",
             crate::cluster::proposer::ProposeError::Unknown => "unknown",
             crate::cluster::proposer::ProposeError::Refused(_) => "refused",
+            crate::cluster::proposer::ProposeError::Overloaded => "overloaded",
         },
     };
     app.metrics

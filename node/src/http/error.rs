@@ -48,6 +48,7 @@ impl From<ProposeError> for ApiError {
             ProposeError::NoLeader => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
             ProposeError::Unknown => (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown"),
             ProposeError::Refused(_) => (StatusCode::CONFLICT, "refused"),
+            ProposeError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
         };
         Self::new(status, code, e.to_string())
     }

@@ -18,11 +18,12 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use x402_raft_store::codec;
+use x402_raft_store::state::MAX_OPS_PER_COMMAND;
 use x402_raft_store::types::{NodeId, TypeConfig};
 
 use super::error::ApiError;
 use crate::cluster::network::paths;
-use crate::cluster::proposer::{ProposeReply, ProposeRequest};
+use crate::cluster::proposer::ProposeRequest;
 use crate::node::App;
 use crate::secret::bearer_matches;
 
@@ -44,7 +45,7 @@ pub fn routes(app: &Arc<App>) -> Router<Arc<App>> {
         .route(paths::PROPOSE, post(propose))
         .route(paths::READ_INDEX, post(read_index))
         .layer(DefaultBodyLimit::max(app.limits.max_peer_body_bytes))
-        .layer(middleware::from_fn_with_state(app.clone(), require_peer))
+        .route_layer(middleware::from_fn_with_state(app.clone(), require_peer))
 }
 
 async fn require_peer(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
@@ -87,27 +88,12 @@ async fn snapshot(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, 
 
 async fn propose(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
     let request: ProposeRequest = decode(&body)?;
-    let started = std::time::Instant::now();
-    match app
-        .proposer
-        .propose_as_leader_within_timeout(request.op)
-        .await
-    {
-        Some(answer) => {
-            if matches!(answer, ProposeReply::Done { .. }) {
-                app.metrics
-                    .proposal_seconds
-                    .observe(started.elapsed().as_secs_f64());
-            }
-            Ok(reply(&answer))
-        }
-        // Dropping the connection tells the caller the outcome is unknown, which it is.
-        None => Err(ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            "outcome_unknown",
-            "the write did not commit in time",
-        )),
+    if request.ops.len() > MAX_OPS_PER_COMMAND {
+        return Err(ApiError::bad_request(format!(
+            "at most {MAX_OPS_PER_COMMAND} operations per forward"
+        )));
     }
+    Ok(reply(&app.batcher.propose_forwarded(request.ops).await))
 }
 
 async fn read_index(State(app): State<Arc<App>>) -> Response {

@@ -16,14 +16,21 @@ fn key(n: u8) -> NonceKey {
 }
 
 fn claim(n: u8, fp: u8, valid_before: u64) -> Command {
-    Command {
-        at_ms: 0,
-        op: Op::ClaimNonce(NonceClaim {
+    Command::single(
+        0,
+        Op::ClaimNonce(NonceClaim {
             key: key(n),
             fingerprint: [fp; 32],
             valid_before,
         }),
-    }
+    )
+}
+
+/// Applies a one-operation command and returns its one response.
+fn apply1(s: &mut ClusterState, cmd: &Command) -> Response {
+    let mut responses = s.apply(cmd);
+    assert_eq!(responses.len(), 1);
+    responses.remove(0)
 }
 
 fn at(mut cmd: Command, at_ms: u64) -> Command {
@@ -35,10 +42,10 @@ fn at(mut cmd: Command, at_ms: u64) -> Command {
 fn same_fingerprint_is_idempotent_other_fingerprint_is_replay() {
     let mut s = ClusterState::default();
     let c = at(claim(1, 7, 100), 1_000);
-    assert_eq!(s.apply(&c), Response::Claim(ClaimOutcome::Accepted));
-    assert_eq!(s.apply(&c), Response::Claim(ClaimOutcome::Accepted));
+    assert_eq!(apply1(&mut s, &c), Response::Claim(ClaimOutcome::Accepted));
+    assert_eq!(apply1(&mut s, &c), Response::Claim(ClaimOutcome::Accepted));
     assert_eq!(
-        s.apply(&at(claim(1, 8, 100), 1_000)),
+        apply1(&mut s, &at(claim(1, 8, 100), 1_000)),
         Response::Claim(ClaimOutcome::Replay)
     );
     assert_eq!(s.nonces().len(), 1);
@@ -48,7 +55,7 @@ fn same_fingerprint_is_idempotent_other_fingerprint_is_replay() {
 #[test]
 fn claim_of_expired_authorization_is_refused_and_leaves_nothing() {
     let mut s = ClusterState::default();
-    let out = s.apply(&at(claim(1, 7, 10), 10_000));
+    let out = apply1(&mut s, &at(claim(1, 7, 10), 10_000));
     assert_eq!(out, Response::Claim(ClaimOutcome::Expired));
     assert!(s.nonces().is_empty());
 }
@@ -57,21 +64,24 @@ fn claim_of_expired_authorization_is_refused_and_leaves_nothing() {
 fn expiry_waits_for_valid_before_plus_margin_and_respects_limit() {
     let mut s = ClusterState::default();
     for n in 0..5 {
-        s.apply(&at(claim(n, 1, 100 + n as u64), 1_000));
+        apply1(&mut s, &at(claim(n, 1, 100 + n as u64), 1_000));
     }
-    let gc = |t, limit| Command {
-        at_ms: t,
-        op: Op::ExpireClaims { limit },
-    };
+    let gc = |t, limit| Command::single(t, Op::ExpireClaims { limit });
     // validBefore passed, but not the margin: nothing goes.
-    assert_eq!(s.apply(&gc(200_000, 100)), Response::Expired { removed: 0 });
+    assert_eq!(
+        apply1(&mut s, &gc(200_000, 100)),
+        Response::Expired { removed: 0 }
+    );
     let t = 104_000 + nonces::RETENTION_MARGIN_MS;
-    assert_eq!(s.apply(&gc(t, 2)), Response::Expired { removed: 2 });
-    assert_eq!(s.apply(&gc(t, 100)), Response::Expired { removed: 3 });
+    assert_eq!(apply1(&mut s, &gc(t, 2)), Response::Expired { removed: 2 });
+    assert_eq!(
+        apply1(&mut s, &gc(t, 100)),
+        Response::Expired { removed: 3 }
+    );
     assert!(s.nonces().is_empty());
     // Once forgotten, the same authorization is refused as expired, not accepted again.
     assert_eq!(
-        s.apply(&at(claim(0, 1, 100), t)),
+        apply1(&mut s, &at(claim(0, 1, 100), t)),
         Response::Claim(ClaimOutcome::Expired)
     );
 }
@@ -79,9 +89,9 @@ fn expiry_waits_for_valid_before_plus_margin_and_respects_limit() {
 #[test]
 fn time_never_moves_backwards() {
     let mut s = ClusterState::default();
-    s.apply(&at(claim(1, 1, 1_000), 500_000));
+    apply1(&mut s, &at(claim(1, 1, 1_000), 500_000));
     // A lagging leader stamps an earlier time: the claim is judged at the later time.
-    let out = s.apply(&at(claim(2, 1, 400), 100_000));
+    let out = apply1(&mut s, &at(claim(2, 1, 400), 100_000));
     assert_eq!(out, Response::Claim(ClaimOutcome::Expired));
     assert_eq!(s.now_ms(), 500_000);
 }
@@ -90,14 +100,14 @@ fn time_never_moves_backwards() {
 fn snapshot_round_trip_preserves_state_and_hash() {
     let mut s = ClusterState::default();
     for n in 0..50 {
-        s.apply(&at(claim(n, n % 3, 1_000 + n as u64), 10));
+        apply1(&mut s, &at(claim(n, n % 3, 1_000 + n as u64), 10));
     }
     let bytes = s.to_bytes().unwrap();
     let back = ClusterState::from_bytes(&bytes).unwrap();
     assert_eq!(back, s);
     assert_eq!(back.state_hash().unwrap(), s.state_hash().unwrap());
     let mut other = s.clone();
-    other.apply(&at(claim(200, 1, 5_000), 10));
+    apply1(&mut other, &at(claim(200, 1, 5_000), 10));
     assert_ne!(other.state_hash().unwrap(), s.state_hash().unwrap());
 }
 
@@ -110,9 +120,13 @@ struct Model {
 }
 
 impl Model {
-    fn apply(&mut self, cmd: &Command) -> Response {
+    fn apply(&mut self, cmd: &Command) -> Vec<Response> {
         self.now_ms = self.now_ms.max(cmd.at_ms);
-        match &cmd.op {
+        cmd.ops.iter().map(|op| self.apply_op(op)).collect()
+    }
+
+    fn apply_op(&mut self, op: &Op) -> Response {
+        match op {
             Op::ClaimNonce(c) => Response::Claim(match self.claims.get(&c.key) {
                 Some((fp, _)) if *fp == c.fingerprint => ClaimOutcome::Accepted,
                 Some(_) => ClaimOutcome::Replay,
@@ -144,20 +158,18 @@ impl Model {
 }
 
 fn arb_command() -> impl Strategy<Value = Command> {
-    let claim =
-        (0u8..12, 0u8..3, 1u64..2_000, 0u64..2_500_000).prop_map(|(n, fp, vb, t)| Command {
-            at_ms: t,
-            op: Op::ClaimNonce(NonceClaim {
-                key: key(n),
-                fingerprint: [fp; 32],
-                valid_before: vb,
-            }),
-        });
-    let expire = (0u64..2_500_000, 0u32..5).prop_map(|(t, limit)| Command {
-        at_ms: t,
-        op: Op::ExpireClaims { limit },
+    let claim = (0u8..12, 0u8..3, 1u64..2_000).prop_map(|(n, fp, vb)| {
+        Op::ClaimNonce(NonceClaim {
+            key: key(n),
+            fingerprint: [fp; 32],
+            valid_before: vb,
+        })
     });
-    prop_oneof![4 => claim, 1 => expire]
+    let expire = (0u32..5).prop_map(|limit| Op::ExpireClaims { limit });
+    let op = prop_oneof![4 => claim, 1 => expire];
+    // Commands of one to a few operations: a batch must behave as its operations in order.
+    (0u64..2_500_000, proptest::collection::vec(op, 1..4))
+        .prop_map(|(at_ms, ops)| Command { at_ms, ops })
 }
 
 proptest! {

@@ -120,6 +120,9 @@ impl Drop for Flusher {
 }
 
 fn run(requests: mpsc::Receiver<Waiter>, mut target: FlushTarget, observer: Option<FlushObserver>) {
+    // After a failed fsync the kernel may have dropped the dirty pages and report the next
+    // fsync as a success ("fsyncgate"), so one failure fails every later flush too.
+    let mut failed: Option<Arc<io::Error>> = None;
     while let Ok(first) = requests.recv() {
         let mut waiters = vec![first];
         while waiters.len() < MAX_WAITERS_PER_FLUSH {
@@ -128,11 +131,20 @@ fn run(requests: mpsc::Receiver<Waiter>, mut target: FlushTarget, observer: Opti
                 Err(_) => break,
             }
         }
+        if let Some(e) = &failed {
+            for waiter in waiters {
+                waiter.answer(Err(e.clone()));
+            }
+            continue;
+        }
         let started = Instant::now();
         let result = target.flush().map_err(|e| {
-            tracing::error!(error = %e, "sled flush failed");
+            tracing::error!(error = %e, "sled flush failed; this store accepts no more writes");
             Arc::new(e)
         });
+        if let Err(e) = &result {
+            failed = Some(e.clone());
+        }
         if let Some(observe) = &observer {
             // A panicking metrics callback must not take durability down with it.
             let elapsed = started.elapsed();

@@ -40,7 +40,7 @@ pub struct StateView {
 }
 
 impl StateView {
-    /// Runs `f` on the state as of the last applied entry.
+    /// Runs `f` on the state as of the last applied entry. Keep `f` short: apply waits for it.
     pub fn read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> R {
         // A poisoned lock means an apply panicked; openraft has already stopped the node by
         // then, and reading what is there is more useful to a status page than a second panic.
@@ -212,6 +212,22 @@ impl<V: SnapshotVault> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<V> 
                 .map_err(|e| StorageIOError::read_state_machine(AnyError::new(&e)))?;
             (data, applied.last_applied, applied.last_membership.clone())
         };
+        // Never store a snapshot that cannot be read back: openraft purges the log behind it,
+        // so an unreadable snapshot would leave the node (and every peer rebuilt from it) unable
+        // to restart. Decoding refuses states over `codec::MAX_STATE_BYTES`, so refuse to save
+        // one here, while the log is still whole. (Decoding the whole state back to check would
+        // double the memory and time of every snapshot.)
+        if data.len() > crate::codec::MAX_STATE_BYTES {
+            return Err(StorageIOError::write_snapshot(
+                None,
+                AnyError::error(format!(
+                    "refusing to save a {} byte snapshot: states over {} bytes cannot be decoded",
+                    data.len(),
+                    crate::codec::MAX_STATE_BYTES
+                )),
+            )
+            .into());
+        }
         let counter = self.inner.snapshot_counter.fetch_add(1, Ordering::Relaxed) + 1;
         let snapshot_id = match &last_log_id {
             Some(id) => format!("{}-{}-{counter}", id.leader_id.term, id.index),
@@ -243,7 +259,7 @@ impl<V: SnapshotVault> RaftStateMachine<TypeConfig> for StateMachineStore<V> {
         Ok((applied.last_applied, applied.last_membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Response>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -254,11 +270,11 @@ impl<V: SnapshotVault> RaftStateMachine<TypeConfig> for StateMachineStore<V> {
         let mut applied = self.write_applied()?;
         for entry in entries {
             let response = match entry.payload {
-                EntryPayload::Blank => Response::None,
+                EntryPayload::Blank => Vec::new(),
                 EntryPayload::Normal(cmd) => applied.state.apply(&cmd),
                 EntryPayload::Membership(membership) => {
                     applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
-                    Response::None
+                    Vec::new()
                 }
             };
             applied.last_applied = Some(entry.log_id);

@@ -33,14 +33,14 @@ fn key(n: u64) -> NonceKey {
 fn claim_entry(term: u64, index: u64, n: u64) -> Entry {
     Entry {
         log_id: log_id(term, index),
-        payload: EntryPayload::Normal(Command {
-            at_ms: 1_000,
-            op: Op::ClaimNonce(NonceClaim {
+        payload: EntryPayload::Normal(Command::single(
+            1_000,
+            Op::ClaimNonce(NonceClaim {
                 key: key(n),
                 fingerprint: [7; 32],
                 valid_before: u64::MAX / 2_000,
             }),
-        }),
+        )),
     }
 }
 
@@ -135,8 +135,8 @@ async fn flush_observer_sees_flushes_and_concurrent_appends_all_land() {
 async fn snapshot_round_trip<V: SnapshotVault>(vault: V) {
     let mut sm = StateMachineStore::open(vault.clone()).unwrap();
     let responses = sm.apply(entries(5)).await.unwrap();
-    assert_eq!(responses[0], Response::None);
-    assert_eq!(responses[1], Response::Claim(ClaimOutcome::Accepted));
+    assert!(responses[0].is_empty());
+    assert_eq!(responses[1], vec![Response::Claim(ClaimOutcome::Accepted)]);
     let hash = sm.view().read(|s| s.state_hash().unwrap());
 
     let snapshot = sm
@@ -485,4 +485,18 @@ async fn mem_log_store_clones_share_one_disk() {
     assert_eq!(state.last_purged_log_id, Some(log_id(1, 1)));
     assert_eq!(state.last_log_id, Some(log_id(1, 3)));
     assert_eq!(b.try_get_log_entries(..).await.unwrap().len(), 2);
+    #[allow(clippy::reversed_empty_ranges)]
+    let inverted = 3..2;
+    assert!(b.try_get_log_entries(inverted).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sled_inverted_range_reads_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _sm) = open(dir.path());
+    log.append_durable(entries(5)).await.unwrap();
+    #[allow(clippy::reversed_empty_ranges)]
+    let inverted = 4..2;
+    assert!(log.try_get_log_entries(inverted).await.unwrap().is_empty());
+    assert_eq!(log.try_get_log_entries(2..4).await.unwrap().len(), 2);
 }
