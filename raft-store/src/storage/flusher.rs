@@ -159,12 +159,20 @@ fn run(requests: mpsc::Receiver<Waiter>, mut target: FlushTarget, observer: Opti
 }
 
 /// sled's database plus the files that must be fdatasync'ed after each `flush()`.
+///
+/// Every `fsync` may cost a device cache flush even when nothing is dirty, so only what can have
+/// changed is synced each time: sled's `db` file always; `conf` and the directory entries only
+/// when the directory's listing changed (sled writes `conf` when creating the database and
+/// creates, renames and removes `snap.*` files now and then).
 struct FlushTarget {
     db: sled::Db,
-    /// `db` (sled's log and heap) and `conf`: held open so a flush costs no `open`.
-    files: Vec<File>,
-    /// sled's directory: new `snap.*` files and renames become durable with it.
+    /// sled's log and heap, held open so a flush costs no `open`.
+    db_file: File,
+    /// sled's directory.
+    dir_path: PathBuf,
     dir: File,
+    /// The directory's names as of the last sync of the directory.
+    synced_names: BTreeSet<std::ffi::OsString>,
     /// sled stores values too big for its log as separate files here and never syncs them.
     blobs_dir: PathBuf,
     /// Blob files already synced, so each is synced once.
@@ -173,14 +181,13 @@ struct FlushTarget {
 
 impl FlushTarget {
     fn open(db: sled::Db, dir: &Path) -> io::Result<Self> {
-        let files = ["db", "conf"]
-            .iter()
-            .map(|name| File::open(dir.join(name)))
-            .collect::<io::Result<Vec<_>>>()?;
         Ok(Self {
             db,
-            files,
+            db_file: File::open(dir.join("db"))?,
+            dir_path: dir.to_path_buf(),
             dir: File::open(dir)?,
+            // Empty: the first flush syncs `conf` and the directory.
+            synced_names: BTreeSet::new(),
             blobs_dir: dir.join("blobs"),
             synced_blobs: BTreeSet::new(),
         })
@@ -188,11 +195,34 @@ impl FlushTarget {
 
     fn flush(&mut self) -> io::Result<()> {
         self.db.flush().map_err(sled_io_error)?;
-        for file in &self.files {
-            file.sync_data()?;
-        }
+        self.db_file.sync_data()?;
         self.sync_new_blobs()?;
-        self.dir.sync_all()
+        self.sync_directory_if_changed()
+    }
+
+    /// Syncs `conf`, new files and the directory itself when the listing differs from the last
+    /// synced one. A listing is one `getdents`, far cheaper than a sync.
+    fn sync_directory_if_changed(&mut self) -> io::Result<()> {
+        let names = fs::read_dir(&self.dir_path)?
+            .map(|entry| entry.map(|e| e.file_name()))
+            .collect::<io::Result<BTreeSet<_>>>()?;
+        if names == self.synced_names {
+            return Ok(());
+        }
+        for name in names.difference(&self.synced_names) {
+            let path = self.dir_path.join(name);
+            if path.is_file() {
+                match File::open(&path) {
+                    Ok(f) => f.sync_data()?,
+                    // sled may remove an old snapshot file between listing and opening it.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        self.dir.sync_all()?;
+        self.synced_names = names;
+        Ok(())
     }
 
     /// Syncs blob files sled created since the last flush. Log entries are far below sled's
