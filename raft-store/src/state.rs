@@ -122,9 +122,17 @@ impl ClusterState {
         })
     }
 
-    /// SHA-256 of the canonical serialisation: equal on replicas that applied the same log.
-    pub fn state_hash(&self) -> Result<[u8; 32], CodecError> {
-        Ok(Sha256::digest(self.to_bytes()?).into())
+    /// A hash of the whole state: equal on replicas that applied the same log, different as soon
+    /// as any claim differs. O(1): it combines the state's clock, the claim count and the
+    /// incrementally kept digest of the claim set (see `SetDigest`), so it is cheap enough for
+    /// every status call even with millions of claims.
+    pub fn state_hash(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"x402-cluster state v1");
+        h.update(self.now_ms.to_be_bytes());
+        h.update((self.nonces.len() as u64).to_be_bytes());
+        h.update(self.nonces.content_digest().to_bytes());
+        h.finalize().into()
     }
 }
 

@@ -76,6 +76,57 @@ struct ClaimRecord {
 pub struct NonceRegistry {
     claims: BTreeMap<ClaimId, ClaimRecord>,
     by_expiry: BTreeSet<(u64, ClaimId)>,
+    /// Sum (mod 2^256) of the digests of every live claim: a hash of the claim *set* kept up to
+    /// date in O(1) per change, so replicas can be compared without serialising the state.
+    content_digest: SetDigest,
+}
+
+/// An order-independent digest of a set: the wrapping sum of its members' SHA-256 digests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SetDigest([u64; 4]);
+
+impl SetDigest {
+    fn member(id: &ClaimId, record: &ClaimRecord) -> [u64; 4] {
+        let mut h = Sha256::new();
+        h.update(id);
+        h.update(record.fingerprint);
+        h.update(record.expires_at_ms.to_be_bytes());
+        let d: [u8; 32] = h.finalize().into();
+        let limb = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&d[i * 8..i * 8 + 8]);
+            u64::from_le_bytes(b)
+        };
+        [limb(0), limb(1), limb(2), limb(3)]
+    }
+
+    fn add(&mut self, x: [u64; 4]) {
+        let mut carry = 0u64;
+        for (limb, x) in self.0.iter_mut().zip(x) {
+            let (a, c1) = limb.overflowing_add(x);
+            let (b, c2) = a.overflowing_add(carry);
+            *limb = b;
+            carry = u64::from(c1) + u64::from(c2);
+        }
+    }
+
+    fn sub(&mut self, x: [u64; 4]) {
+        let mut borrow = 0u64;
+        for (limb, x) in self.0.iter_mut().zip(x) {
+            let (a, b1) = limb.overflowing_sub(x);
+            let (b, b2) = a.overflowing_sub(borrow);
+            *limb = b;
+            borrow = u64::from(b1) + u64::from(b2);
+        }
+    }
+
+    pub fn to_bytes(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (chunk, limb) in out.chunks_exact_mut(8).zip(self.0) {
+            chunk.copy_from_slice(&limb.to_le_bytes());
+        }
+        out
+    }
 }
 
 /// Serialised form of the registry: the claims in key order. The expiry index is derived.
@@ -98,13 +149,12 @@ impl NonceRegistry {
             return ClaimOutcome::Expired;
         }
         let expires_at_ms = valid_before_ms.saturating_add(RETENTION_MARGIN_MS);
-        self.claims.insert(
-            id,
-            ClaimRecord {
-                fingerprint: claim.fingerprint,
-                expires_at_ms,
-            },
-        );
+        let record = ClaimRecord {
+            fingerprint: claim.fingerprint,
+            expires_at_ms,
+        };
+        self.content_digest.add(SetDigest::member(&id, &record));
+        self.claims.insert(id, record);
         self.by_expiry.insert((expires_at_ms, id));
         debug_assert_eq!(self.claims.len(), self.by_expiry.len());
         ClaimOutcome::Accepted
@@ -121,8 +171,10 @@ impl NonceRegistry {
                 break;
             }
             self.by_expiry.pop_first();
-            let record = self.claims.remove(&id);
-            debug_assert!(record.is_some(), "expiry index names a missing claim");
+            match self.claims.remove(&id) {
+                Some(record) => self.content_digest.sub(SetDigest::member(&id, &record)),
+                None => debug_assert!(false, "expiry index names a missing claim"),
+            }
             removed += 1;
         }
         debug_assert_eq!(self.claims.len(), self.by_expiry.len());
@@ -152,15 +204,25 @@ impl NonceRegistry {
         RegistryImage(self.claims.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
+    /// The digest of the set of live claims.
+    pub fn content_digest(&self) -> SetDigest {
+        self.content_digest
+    }
+
     pub(crate) fn from_image(image: RegistryImage) -> Self {
         let by_expiry = image
             .0
             .iter()
             .map(|(id, r)| (r.expires_at_ms, *id))
             .collect();
+        let mut content_digest = SetDigest::default();
+        for (id, record) in &image.0 {
+            content_digest.add(SetDigest::member(id, record));
+        }
         Self {
             claims: image.0.into_iter().collect(),
             by_expiry,
+            content_digest,
         }
     }
 }

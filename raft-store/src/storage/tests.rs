@@ -137,7 +137,7 @@ async fn snapshot_round_trip<V: SnapshotVault>(vault: V) {
     let responses = sm.apply(entries(5)).await.unwrap();
     assert!(responses[0].is_empty());
     assert_eq!(responses[1], vec![Response::Claim(ClaimOutcome::Accepted)]);
-    let hash = sm.view().read(|s| s.state_hash().unwrap());
+    let hash = sm.view().read(|s| s.state_hash());
 
     let snapshot = sm
         .get_snapshot_builder()
@@ -153,7 +153,7 @@ async fn snapshot_round_trip<V: SnapshotVault>(vault: V) {
     assert_eq!(applied, Some(log_id(1, 5)));
     assert_eq!(membership.log_id(), &Some(log_id(1, 0)));
     assert_eq!(reopened.view().last_applied(), Some(log_id(1, 5)));
-    assert_eq!(reopened.view().read(|s| s.state_hash().unwrap()), hash);
+    assert_eq!(reopened.view().read(|s| s.state_hash()), hash);
     assert!(reopened
         .view()
         .read(|s| s.nonces().fingerprint_of(&key(3)).is_some()));
@@ -194,14 +194,14 @@ async fn install_snapshot_replaces_state_and_refuses_garbage() {
 
     let mut follower = StateMachineStore::open(MemSnapshotVault::default()).unwrap();
     follower.apply(vec![claim_entry(1, 0, 99)]).await.unwrap();
-    let before = follower.view().read(|s| s.state_hash().unwrap());
+    let before = follower.view().read(|s| s.state_hash());
 
     let garbage = Box::new(std::io::Cursor::new(vec![1, 2, 3]));
     assert!(follower
         .install_snapshot(&snapshot.meta, garbage)
         .await
         .is_err());
-    assert_eq!(follower.view().read(|s| s.state_hash().unwrap()), before);
+    assert_eq!(follower.view().read(|s| s.state_hash()), before);
     assert!(follower.vault().load().unwrap().is_none());
 
     follower
@@ -213,8 +213,8 @@ async fn install_snapshot_replaces_state_and_refuses_garbage() {
         .view()
         .read(|s| s.nonces().fingerprint_of(&key(99)).is_none()));
     assert_eq!(
-        follower.view().read(|s| s.state_hash().unwrap()),
-        leader.view().read(|s| s.state_hash().unwrap())
+        follower.view().read(|s| s.state_hash()),
+        leader.view().read(|s| s.state_hash())
     );
 }
 
@@ -425,7 +425,7 @@ async fn rebuild_from_snapshot_yields_a_store_matching_the_snapshot() {
             .await
             .unwrap();
         let file = sm.vault().load_file().unwrap().unwrap();
-        (file, sm.view().read(|s| s.state_hash().unwrap()), snap.meta)
+        (file, sm.view().read(|s| s.state_hash()), snap.meta)
     };
 
     // A "broken" node directory with content that must be kept aside, not deleted.
@@ -462,7 +462,7 @@ async fn rebuild_from_snapshot_yields_a_store_matching_the_snapshot() {
     let (applied, membership) = sm.applied_state().await.unwrap();
     assert_eq!(applied, meta.last_log_id);
     assert_eq!(membership, meta.last_membership);
-    assert_eq!(sm.view().read(|s| s.state_hash().unwrap()), hash);
+    assert_eq!(sm.view().read(|s| s.state_hash()), hash);
     drop((log, sm));
 
     // Rebuilding a directory that does not exist yet works too and moves nothing.
