@@ -52,6 +52,8 @@ pub struct RaftSettings {
     pub snapshot_after_logs: u64,
     /// Entries kept behind a snapshot so slightly lagging followers need no snapshot install.
     pub logs_to_keep: u64,
+    /// Purge the log only when at least this many entries can go at once (fewer, larger deletes).
+    pub purge_batch_size: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -113,6 +115,7 @@ impl Default for RaftSettings {
             max_payload_entries: 1024,
             snapshot_after_logs: 200_000,
             logs_to_keep: 20_000,
+            purge_batch_size: 256,
         }
     }
 }
@@ -258,7 +261,7 @@ impl Config {
             snapshot_max_chunk_size: self.limits.snapshot_chunk_bytes,
             // A chunk of several MiB to a busy follower takes longer than the 200 ms default.
             install_snapshot_timeout: 5_000,
-            purge_batch_size: 1024,
+            purge_batch_size: r.purge_batch_size.max(1),
             ..Default::default()
         }
     }

@@ -34,8 +34,20 @@ enum Command {
     },
 }
 
+/// Exit status when the node stops itself because Raft can no longer run (EX_SOFTWARE).
+const EXIT_RAFT_STOPPED: i32 = 70;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Crash-only: a panic anywhere (a task of the Raft core included) leaves state nobody has
+    // reasoned about, so the process ends at once and its supervisor restarts it from disk,
+    // rather than lingering with a dead core that still answers as if it led.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        eprintln!("fatal: x402-node panicked; aborting so that it restarts from its durable state");
+        std::process::abort();
+    }));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -115,10 +127,29 @@ async fn run(config: Config) -> Result<(), String> {
     })
     .await
     .map_err(|e| e.to_string())?;
+    let watchdog = tokio::spawn(exit_when_raft_stops(running.app.raft.clone()));
     node::serve(listener, running.router, max_connections, shutdown_signal()).await;
     tracing::info!("shutting down");
+    // A requested shutdown stops the core too; that is not a failure.
+    watchdog.abort();
     let _ = running.app.raft.shutdown().await;
     Ok(())
+}
+
+/// Ends the process when the Raft core stops on its own (a storage error, for example): a node
+/// without a core cannot serve, and only a restart can bring it back.
+async fn exit_when_raft_stops(raft: x402_raft_store::Raft) {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            tracing::error!(error = %fatal, "the Raft core stopped; exiting");
+            std::process::exit(EXIT_RAFT_STOPPED);
+        }
+        if metrics.changed().await.is_err() {
+            tracing::error!("the Raft core is gone; exiting");
+            std::process::exit(EXIT_RAFT_STOPPED);
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -14,7 +14,7 @@ use x402_client::wire::NodeStatus;
 use x402_raft_store::storage::rebuild_from_snapshot;
 use x402_raft_store::types::Vote;
 
-use crate::cluster::peer_client::PeerClient;
+use crate::cluster::peer_client::{PeerClient, JSON};
 use crate::config::Config;
 use crate::seams::TokioConnector;
 
@@ -60,6 +60,7 @@ pub async fn rebuild(config: &Config, peer_url: &str) -> Result<PathBuf, Rebuild
             Method::POST,
             peer_url,
             "/admin/snapshot",
+            JSON,
             Vec::new(),
             SNAPSHOT_DEADLINE,
         )
@@ -70,6 +71,7 @@ pub async fn rebuild(config: &Config, peer_url: &str) -> Result<PathBuf, Rebuild
             Method::GET,
             peer_url,
             "/admin/status",
+            JSON,
             Vec::new(),
             STATUS_DEADLINE,
         )
@@ -85,6 +87,7 @@ pub async fn rebuild(config: &Config, peer_url: &str) -> Result<PathBuf, Rebuild
             Method::GET,
             peer_url,
             "/admin/snapshot",
+            JSON,
             Vec::new(),
             SNAPSHOT_DEADLINE,
         )

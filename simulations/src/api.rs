@@ -20,6 +20,9 @@ use x402_node::seams::Connector;
 
 use crate::net::TurmoilConnector;
 
+/// How long a connection may take to open. A host that is down never answers a SYN; like a
+/// real client, give up on it quickly (the request was certainly not delivered).
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(250);
 /// Largest answer body read.
 const MAX_RESPONSE_BYTES: usize = 1 << 20;
 
@@ -107,12 +110,15 @@ impl AdminClient {
         body: Vec<u8>,
         deadline: Duration,
     ) -> Result<T, CallError> {
-        let deadline = tokio::time::Instant::now() + deadline;
-        let mut sender = match tokio::time::timeout_at(deadline, self.connection(authority)).await {
-            Ok(Ok(sender)) => sender,
-            Ok(Err(e)) => return Err(CallError::NotDelivered(e)),
-            Err(_) => return Err(CallError::NotDelivered("connect timed out".into())),
-        };
+        let started = tokio::time::Instant::now();
+        let deadline = started + deadline;
+        let connect_deadline = deadline.min(started + CONNECT_TIMEOUT);
+        let mut sender =
+            match tokio::time::timeout_at(connect_deadline, self.connection(authority)).await {
+                Ok(Ok(sender)) => sender,
+                Ok(Err(e)) => return Err(CallError::NotDelivered(e)),
+                Err(_) => return Err(CallError::NotDelivered("connect timed out".into())),
+            };
         let request = Request::builder()
             .method(method)
             .uri(format!("http://{authority}{path}"))

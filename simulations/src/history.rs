@@ -19,7 +19,7 @@ pub enum Answer {
         log_index: u64,
     },
     /// Certainly not written by this attempt: never delivered, or refused before being proposed
-    /// (`503 no_leader`, `409 refused`, `4xx`).
+    /// (`503 no_leader`, `503 overloaded`, `409 refused`, `4xx`).
     Failed(String),
     /// May or may not have been written: lost answer, `504 outcome_unknown`, other `5xx`.
     Unknown(String),
@@ -36,7 +36,7 @@ impl Answer {
             Err(e @ CallError::NotDelivered(_)) => Answer::Failed(e.label()),
             Err(e @ CallError::Lost(_)) => Answer::Unknown(e.label()),
             Err(e @ CallError::Status { status, code }) => {
-                let definite = *status == 503 && code == "no_leader"
+                let definite = *status == 503 && (code == "no_leader" || code == "overloaded")
                     || *status == 409
                     || (400..500).contains(status);
                 if definite {

@@ -2,9 +2,13 @@
 //! and, on any error, retried on the next node, every attempt recorded in a [`History`].
 //!
 //! Write number `op` claims nonce `op` with fingerprint [`Fingerprint::Main`]; its first attempt
-//! goes to node `op % n + 1`, so every node (an isolated old leader too) keeps receiving writes.
+//! goes to node `op % n + 1`, so every node (an isolated old leader too) keeps receiving writes,
+//! except that, as in a client library, a node whose last attempt failed is avoided for a while
+//! and then tried by one write at a time until one succeeds, so that a dead or isolated node
+//! does not stall every writer.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -64,17 +68,21 @@ pub struct WorkloadOptions {
     pub max_attempts: usize,
     /// The first write's number.
     pub first_op: u64,
+    /// After an attempt on a node fails, how long writes avoid that node before one write tries
+    /// it again, as a client library would (unless every node is avoided).
+    pub avoid_for: Duration,
 }
 
 impl Default for WorkloadOptions {
     fn default() -> Self {
         Self {
-            workers: 4,
+            workers: 6,
             pause: Duration::from_millis(10),
             retry_pause: Duration::from_millis(20),
             request_deadline: Duration::from_secs(3),
             max_attempts: 6,
             first_op: 1,
+            avoid_for: Duration::from_secs(1),
         }
     }
 }
@@ -87,6 +95,43 @@ struct Shared {
     stop: Cell<bool>,
     running: Cell<usize>,
     next_op: Cell<u64>,
+    /// Nodes whose last attempt failed -> simulated ms until which writes avoid them.
+    avoided: RefCell<BTreeMap<u64, u64>>,
+}
+
+impl Shared {
+    /// Where to send an attempt: the first node, from `preferred` on in id order, that is
+    /// healthy, or failed but due for one trial (then avoided by the others for `trial` while
+    /// that attempt runs); if every node is avoided, the one whose avoidance ends first.
+    fn pick(&self, preferred: u64, nodes: u64, trial: Duration) -> u64 {
+        let now = sim_elapsed_ms();
+        let mut avoided = self.avoided.borrow_mut();
+        let order = (0..nodes).map(|i| (preferred - 1 + i) % nodes + 1);
+        let mut best: Option<(u64, u64)> = None;
+        for id in order {
+            match avoided.get(&id) {
+                None => return id,
+                Some(&until) if until <= now => {
+                    avoided.insert(id, now + trial.as_millis() as u64);
+                    return id;
+                }
+                Some(&until) if best.is_none_or(|(_, b)| until < b) => best = Some((id, until)),
+                Some(_) => {}
+            }
+        }
+        let (id, until) = best.expect("at least one node");
+        avoided.insert(id, until + trial.as_millis() as u64);
+        id
+    }
+
+    fn succeeded(&self, node: u64) {
+        self.avoided.borrow_mut().remove(&node);
+    }
+
+    fn failed(&self, node: u64, avoid_for: Duration) {
+        let until = sim_elapsed_ms() + avoid_for.as_millis() as u64;
+        self.avoided.borrow_mut().insert(node, until);
+    }
 }
 
 /// The driver's handle on a running workload.
@@ -175,8 +220,9 @@ async fn run_worker(
         let op = shared.next_op.get();
         shared.next_op.set(op + 1);
         let request = claim_request(op, Fingerprint::Main);
-        let mut node = op % nodes + 1;
+        let mut next = op % nodes + 1;
         for _ in 0..options.max_attempts {
+            let node = shared.pick(next, nodes, options.request_deadline);
             let start_ms = sim_elapsed_ms();
             let answer = client
                 .claim(&node_authority(node), &request, options.request_deadline)
@@ -193,9 +239,11 @@ async fn run_worker(
                 result,
             });
             if answered {
+                shared.succeeded(node);
                 break;
             }
-            node = node % nodes + 1;
+            shared.failed(node, options.avoid_for);
+            next = node % nodes + 1;
             tokio::time::sleep(options.retry_pause).await;
         }
         tokio::time::sleep(options.pause).await;

@@ -24,7 +24,19 @@ fn partitioned_leader_is_replaced_and_nothing_acknowledged_is_lost() {
     println!("wall time {:?}", wall.elapsed());
 }
 
+/// Two runs of one seed make the same attempts with the same answers at the same simulated
+/// times, elect the same leaders and end in the same state.
+///
+/// Only meaningful when built with `RUSTFLAGS="--cfg tokio_unstable"`: turmoil seeds each host's
+/// tokio runtime only then, and tokio draws from that runtime's generator to order wake-ups
+/// (`watch` channels, which openraft's metrics and the node's proposer wait on) and `select!`
+/// branches. Without it, the first two writes waiting for a leader on one node reach the log in
+/// either order and the runs drift apart from there.
 #[test]
+#[cfg_attr(
+    not(tokio_unstable),
+    ignore = "needs RUSTFLAGS=\"--cfg tokio_unstable\" (turmoil seeds tokio's runtimes only then)"
+)]
 fn one_seed_gives_one_trace() {
     let seed = seed_from_env();
     let _hint = ReplayHint::new(seed, "partition_leader", "one_seed_gives_one_trace");
@@ -34,11 +46,6 @@ fn one_seed_gives_one_trace() {
     first.print();
     second.print();
     println!("wall time {:?} for both runs", wall.elapsed());
-    assert_eq!(
-        first.final_report.history.attempts.len(),
-        second.final_report.history.attempts.len(),
-        "two runs of seed {seed} made different numbers of attempts"
-    );
     if let Some((a, b)) = first
         .final_report
         .history
@@ -49,6 +56,11 @@ fn one_seed_gives_one_trace() {
     {
         panic!("two runs of seed {seed} diverged:\n  first:  {a:?}\n  second: {b:?}");
     }
+    assert_eq!(
+        first.final_report.history.attempts.len(),
+        second.final_report.history.attempts.len(),
+        "two runs of seed {seed} made different numbers of attempts"
+    );
     assert_eq!(
         first.trace_hash, second.trace_hash,
         "two runs of seed {seed} produced different traces"

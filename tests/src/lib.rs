@@ -1,1 +1,13 @@
-//! placeholder
+//! End-to-end test support for x402-cluster: real `x402-node` processes on loopback.
+//!
+//! - [`cluster`]: [`LocalCluster`], a harness that starts, kills, restarts and watches nodes.
+//! - [`workload`]: distinct nonce claims, retrying claim calls and a background writer that
+//!   records every acknowledged claim.
+//!
+//! The tests themselves live in `tests/cluster_*.rs` (and the sled crash test in
+//! `tests/crash_*.rs`); nextest runs them one at a time (`.config/nextest.toml`).
+
+pub mod cluster;
+pub mod workload;
+
+pub use cluster::{ClusterOptions, LocalCluster};

@@ -183,7 +183,8 @@ impl Batcher {
             q.sent = true;
         }
         let ops = mine.iter().map(|q| q.op.clone()).collect();
-        match self.proposer.forward(&url, ops, deadline).await {
+        let leader_id = leader.unwrap_or_default();
+        match self.proposer.forward(leader_id, &url, ops, deadline).await {
             Ok(answers) => {
                 let mut again = Vec::new();
                 for (q, answer) in mine.into_iter().zip(answers) {
@@ -203,7 +204,9 @@ impl Batcher {
                 }
                 self.retry_later(mine, leader);
             }
-            Err(ForwardFailure::Lost) => answer_all(mine, OpAnswer::Unknown),
+            // Maybe committed, maybe not: send again (idempotent by content) until the deadline;
+            // `sent` stays set, so running out of time answers `Unknown`.
+            Err(ForwardFailure::Lost) => self.retry_later(mine, leader),
         }
     }
 

@@ -19,6 +19,11 @@ use tokio::sync::Mutex;
 use crate::seams::SharedConnector;
 use crate::secret::Secret;
 
+/// Content type of peer RPC bodies (bincode).
+pub const BINARY: &str = "application/octet-stream";
+/// Content type of admin API bodies.
+pub const JSON: &str = "application/json";
+
 /// HTTP/2 flow-control windows: large enough that a multi-MiB snapshot chunk or append batch
 /// is not throttled by the 64 KiB protocol default.
 const STREAM_WINDOW_BYTES: u32 = 8 << 20;
@@ -88,16 +93,29 @@ impl PeerClient {
         body: Vec<u8>,
         deadline: Duration,
     ) -> Result<Bytes, PeerError> {
-        self.call(Method::POST, base_url, path, body, deadline)
+        self.call(Method::POST, base_url, path, BINARY, body, deadline)
             .await
     }
 
-    /// Like [`PeerClient::post`] with any method.
+    /// POSTs a JSON body (the admin API, when a request is passed on to the leader).
+    pub async fn post_json(
+        &self,
+        base_url: &str,
+        path: &str,
+        body: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<Bytes, PeerError> {
+        self.call(Method::POST, base_url, path, JSON, body, deadline)
+            .await
+    }
+
+    /// Like [`PeerClient::post`] with any method and content type.
     pub async fn call(
         &self,
         method: Method,
         base_url: &str,
         path: &str,
+        content_type: &'static str,
         body: Vec<u8>,
         deadline: Duration,
     ) -> Result<Bytes, PeerError> {
@@ -113,7 +131,7 @@ impl PeerClient {
                 header::AUTHORIZATION,
                 format!("Bearer {}", self.inner.secret.expose()),
             )
-            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_TYPE, content_type)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| transport(&e))?;
         let slot = self.slot(authority);

@@ -85,7 +85,9 @@ pub enum LeaderWrite {
 pub enum ForwardFailure {
     /// Certainly not received by the leader.
     NotDelivered,
-    /// Sent, answer lost: the operations may or may not commit.
+    /// Sent, answer lost (the leader died, a partition, a new leader took over): the operations
+    /// may or may not commit. Operations are idempotent by content, so sending them again to
+    /// the next leader is safe.
     Lost,
 }
 
@@ -153,9 +155,13 @@ impl Proposer {
         }
     }
 
-    /// Sends `ops` to the leader at `leader_url`; one answer per operation.
+    /// Sends `ops` to `leader`, reachable at `leader_url`; one answer per operation. Gives up
+    /// early (as [`ForwardFailure::Lost`]) when this node learns of another leader meanwhile: a
+    /// request to a leader that vanished behind a partition would otherwise hang to the end of
+    /// its deadline although a new leader could take it now.
     pub async fn forward(
         &self,
+        leader: NodeId,
         leader_url: &str,
         ops: Vec<Op>,
         deadline: Instant,
@@ -164,11 +170,21 @@ impl Proposer {
         let body =
             codec::encode(&ProposeRequest { ops }).map_err(|_| ForwardFailure::NotDelivered)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
-        match self
-            .peers
-            .post(leader_url, paths::PROPOSE, body, remaining)
-            .await
-        {
+        let call = self.peers.post(leader_url, paths::PROPOSE, body, remaining);
+        let waiter = self.raft.wait(Some(remaining));
+        let leader_changed = waiter.metrics(|m| m.current_leader != Some(leader), "leader change");
+        let result = tokio::select! {
+            result = call => result,
+            changed = leader_changed => match changed {
+                Ok(_) => {
+                    tracing::debug!("leader changed during a forward; sending to the new one");
+                    return Err(ForwardFailure::Lost);
+                }
+                // Timed out without a change: the call's own deadline decides.
+                Err(_) => return Err(ForwardFailure::Lost),
+            },
+        };
+        match result {
             Ok(bytes) => match codec::decode::<Vec<OpAnswer>>(&bytes) {
                 Ok(answers) if answers.len() == count => Ok(answers),
                 _ => {

@@ -7,7 +7,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -308,7 +310,11 @@ async fn pass_to_leader<T: serde::Serialize>(
         return Ok(None);
     }
     let body = serde_json::to_vec(request).map_err(|e| ApiError::internal(e.to_string()))?;
-    match app.peers.post(&url, path, body, FORWARD_DEADLINE).await {
+    match app
+        .peers
+        .post_json(&url, path, body, FORWARD_DEADLINE)
+        .await
+    {
         Ok(bytes) => Ok(Some(json_bytes(StatusCode::OK, bytes))),
         Err(PeerError::Status { status, body, .. }) => Ok(Some(json_bytes(status, body.into()))),
         Err(e) => Err(ApiError::new(

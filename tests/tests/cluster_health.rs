@@ -1,0 +1,156 @@
+//! `/readyz`, `/livez` and `/metrics` as a load balancer and Prometheus see them: every node of a
+//! healthy cluster is ready; with 2 of 3 nodes gone the survivor is alive but not ready (503 with
+//! reasons) and refuses writes quickly instead of hanging; the metrics a dashboard needs exist
+//! and move.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+use x402_client::wire::Readiness;
+use x402_tests::workload;
+use x402_tests::LocalCluster;
+
+/// The value of the first sample of `name` (`name{labels} value` or `name value`).
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn get(cluster: &LocalCluster, id: u64, path: &str) -> (StatusCode, Bytes) {
+    let response = cluster
+        .raw(id, Method::GET, path, &[], Bytes::new())
+        .await
+        .unwrap_or_else(|e| panic!("GET {path} on node {id}: {e}"));
+    (response.status(), response.into_body())
+}
+
+#[tokio::test]
+async fn readiness_and_metrics() {
+    let mut cluster = LocalCluster::start(3).await;
+    let salt = workload::new_salt();
+    let all = cluster.ids();
+    workload::claim_many(&cluster.admins(&all), salt, 0..30, 3).await;
+    let statuses = cluster.wait_converged().await;
+
+    // Healthy: every node live and ready.
+    for &id in &all {
+        let (status, body) = get(&cluster, id, "/livez").await;
+        assert_eq!(status, StatusCode::OK, "livez of node {id}");
+        assert_eq!(&body[..], b"ok");
+        let (status, body) = get(&cluster, id, "/readyz").await;
+        let readiness: Readiness = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("readyz of node {id} is not a Readiness ({e}): {body:?}"));
+        assert_eq!(status, StatusCode::OK, "readyz of node {id}: {readiness:?}");
+        assert!(
+            readiness.ready && readiness.reasons.is_empty(),
+            "{readiness:?}"
+        );
+    }
+
+    // Metrics: present, and in line with what the node reports.
+    for s in &statuses {
+        let (status, body) = get(&cluster, s.id, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        let text = String::from_utf8(body.to_vec()).expect("metrics are text");
+        for name in [
+            "x402_raft_term",
+            "x402_raft_applied_index",
+            "x402_proposal_seconds",
+            "x402_fsync_seconds",
+        ] {
+            assert!(
+                text.contains(name),
+                "/metrics of node {} lacks {name}:\n{text}",
+                s.id
+            );
+        }
+        assert_eq!(
+            metric(&text, "x402_raft_term"),
+            Some(s.term as f64),
+            "node {}",
+            s.id
+        );
+        let applied = metric(&text, "x402_raft_applied_index").unwrap();
+        assert!(
+            applied >= s.applied.unwrap() as f64,
+            "node {}: metric applied {applied} < status applied {:?}",
+            s.id,
+            s.applied
+        );
+        // Every node made its log durable at least once per write batch.
+        let fsyncs = metric(&text, "x402_fsync_seconds_count").unwrap_or(0.0);
+        assert!(fsyncs >= 1.0, "node {} counted {fsyncs} fsyncs", s.id);
+        // Every node took claims (claim_many spreads them), so each timed proposals.
+        let proposals = metric(&text, "x402_proposal_seconds_count").unwrap_or(0.0);
+        assert!(
+            proposals >= 1.0,
+            "node {} timed {proposals} proposals",
+            s.id
+        );
+    }
+
+    // Kill two of three (the leader among them): the survivor cannot reach a quorum.
+    let leader = cluster.leader_id().await;
+    let survivor = *all.iter().find(|&&i| i != leader).unwrap();
+    for &id in &all {
+        if id != survivor {
+            cluster.kill9(id);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let readiness = loop {
+        let (status, body) = get(&cluster, survivor, "/readyz").await;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            let readiness: Readiness = serde_json::from_slice(&body)
+                .unwrap_or_else(|e| panic!("503 readyz is not a Readiness ({e}): {body:?}"));
+            break readiness;
+        }
+        assert_eq!(status, StatusCode::OK, "readyz answered {status}: {body:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the survivor of a 3-node cluster still says ready without a quorum"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!readiness.ready, "{readiness:?}");
+    assert!(
+        !readiness.reasons.is_empty() && readiness.reasons.iter().all(|r| !r.is_empty()),
+        "a not-ready node must say why: {readiness:?}"
+    );
+    // Alive though, and it keeps saying not ready.
+    let (status, _) = get(&cluster, survivor, "/livez").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = get(&cluster, survivor, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+    // A write without a quorum fails within the write deadline (3 s by default), not never, and
+    // never claims success.
+    let started = Instant::now();
+    let answer = cluster
+        .admin(survivor)
+        .claim(&workload::claim(salt, 1_000))
+        .await;
+    let took = started.elapsed();
+    let err = answer.expect_err("a write without a quorum cannot succeed");
+    let status = err.status();
+    assert!(
+        matches!(
+            status,
+            Some(StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT)
+        ),
+        "write without a quorum answered {err}"
+    );
+    assert!(took < Duration::from_secs(8), "the write took {took:?}");
+    // Status and metrics still answer on the survivor.
+    cluster.status(survivor).await;
+    let (status, _) = get(&cluster, survivor, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    cluster.assert_running(survivor);
+}
