@@ -120,7 +120,7 @@ fn cases(admin: &str, secret: &str) -> Vec<Case> {
             a,
             good.clone(),
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Some("bad_request"),
+            Some("unsupported_media_type"),
             None,
         ),
         claim(
@@ -129,7 +129,7 @@ fn cases(admin: &str, secret: &str) -> Vec<Case> {
             a,
             good.clone(),
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Some("bad_request"),
+            Some("unsupported_media_type"),
             None,
         ),
         claim(
@@ -138,7 +138,7 @@ fn cases(admin: &str, secret: &str) -> Vec<Case> {
             a,
             br#"{"chain_id":31337}"#.to_vec(),
             unprocessable,
-            Some("bad_request"),
+            Some("invalid_body"),
             Some("missing field"),
         ),
         claim(
@@ -147,7 +147,7 @@ fn cases(admin: &str, secret: &str) -> Vec<Case> {
             a,
             b"[1,2,3]".to_vec(),
             unprocessable,
-            Some("bad_request"),
+            Some("invalid_body"),
             None,
         ),
         claim(
@@ -159,7 +159,7 @@ fn cases(admin: &str, secret: &str) -> Vec<Case> {
                 .replace("31337", "\"31337\"")
                 .into_bytes(),
             unprocessable,
-            Some("bad_request"),
+            Some("invalid_body"),
             None,
         ),
         claim(
@@ -171,7 +171,7 @@ fn cases(admin: &str, secret: &str) -> Vec<Case> {
                 .replace("31337", "-1")
                 .into_bytes(),
             unprocessable,
-            Some("bad_request"),
+            Some("invalid_body"),
             None,
         ),
         claim(

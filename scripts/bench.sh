@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Benchmarks of the replicated core, each on a fresh local 3-node cluster of release binaries.
+# Numbers come from here (and x402ctl bench), never from timed assertions in tests.
+#
+#   scripts/bench.sh claims   [SECS]   durable replicated nonce claims, 128 connections
+#   scripts/bench.sh failover [SECS]   the same, with the leader kill -9ed a third of the way in
+#   scripts/bench.sh million           1,000,000 live claims: RSS of each node, then the time a
+#                                      fresh learner needs to install the snapshot and catch up
+#
+# Environment: CONCURRENCY (default 128), X402_BASE_PORT (default 7101), BENCH_DIR (default
+# .local/bench, wiped first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-claims}
+secs=${2:-15}
+concurrency=${CONCURRENCY:-128}
+dir=${BENCH_DIR:-.local/bench}
+
+cargo build --release --quiet -p x402-node -p x402-client --bins
+export X402_BIN_DIR="$PWD/target/release"
+[ -f "$dir/pids" ] && deploy/local/down.sh "$dir" >/dev/null || true
+rm -rf "$dir"
+trap 'deploy/local/down.sh "$dir" >/dev/null 2>&1 || true' EXIT
+deploy/local/up.sh 3 "$dir" >/dev/null
+# shellcheck disable=SC1091
+. "$dir/env"
+nodes=$(paste -sd, "$dir/urls")
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r)" >&2
+
+leader_pid() {
+  local id
+  id=$(x402ctl status --json | python3 -c 'import json,sys; s=json.load(sys.stdin); print([n["id"] for n in s["nodes"] if n["role"]=="leader"][0])')
+  awk -v id="$id" '$1 == id {print $2}' "$dir/pids"
+}
+
+case "$what" in
+  claims)
+    x402ctl bench claims --nodes "$nodes" --concurrency "$concurrency" --duration "$secs" --json
+    ;;
+  failover)
+    pid=$(leader_pid)
+    ( sleep "$(python3 -c "print($secs/3)")"; kill -9 "$pid"; echo "killed leader pid $pid" >&2 ) &
+    x402ctl bench claims --nodes "$nodes" --concurrency "$concurrency" --duration "$secs" --json
+    wait
+    ;;
+  million)
+    target=1000000
+    while :; do
+      claims=$(x402ctl status --json | python3 -c 'import json,sys; print(max(n["claims"] for n in json.load(sys.stdin)["nodes"]))')
+      [ "$claims" -ge "$target" ] && break
+      x402ctl bench claims --nodes "$nodes" --concurrency "$concurrency" --duration 20 --json >&2
+    done
+    echo "live claims: $claims" >&2
+    while read -r id pid url; do
+      echo "node $id RSS: $(awk '/VmRSS/ {printf "%.0f MiB", $2/1024}' "/proc/$pid/status")"
+    done < "$dir/pids"
+    x402ctl snapshot >&2
+    while read -r id pid url; do
+      echo "node $id RSS after snapshot: $(awk '/VmRSS/ {printf "%.0f MiB", $2/1024}' "/proc/$pid/status")"
+    done < "$dir/pids"
+    # A fresh fourth node, added as a learner: it can only catch up by installing the snapshot.
+    port=$(( ${X402_BASE_PORT:-7101} + 3 ))
+    mkdir -p "$dir/node4"
+    sed -e 's/^node_id = 1$/node_id = 4/' -e "s/:$(( ${X402_BASE_PORT:-7101} ))\"/:$port\"/g" \
+        -e "s#$dir/node1#$dir/node4#; s#node1/data#node4/data#" "$dir/node1/config.toml" \
+      | sed '/^\[bootstrap\]/,$d' > "$dir/node4/config.toml"
+    "$X402_BIN_DIR/x402-node" --config "$dir/node4/config.toml" >> "$dir/node4/node.log" 2>&1 &
+    echo "4 $! http://127.0.0.1:$port" >> "$dir/pids"
+    sleep 1
+    leader_applied=$(x402ctl status --json | python3 -c 'import json,sys; print(max(n["applied"] or 0 for n in json.load(sys.stdin)["nodes"]))')
+    start=$(date +%s.%N)
+    x402ctl members add 4 "http://127.0.0.1:$port" >&2
+    until [ "$(X402_NODES=http://127.0.0.1:$port x402ctl status --json | python3 -c 'import json,sys; s=json.load(sys.stdin)["nodes"]; print(s[0]["applied"] or 0 if s else 0)')" -ge "$leader_applied" ]; do
+      sleep 0.1
+    done
+    end=$(date +%s.%N)
+    python3 -c "print('learner caught up (snapshot install) in %.2f s' % ($end - $start))"
+    echo "node 4 RSS: $(awk '/VmRSS/ {printf "%.0f MiB", $2/1024}' "/proc/$(awk '$1==4 {print $2}' "$dir/pids")/status")"
+    ;;
+  *)
+    echo "usage: $0 claims|failover|million [SECS]" >&2
+    exit 2
+    ;;
+esac
