@@ -5,11 +5,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use mimalloc::MiMalloc;
 use x402_node::config::Config;
 use x402_node::metrics::Metrics;
 use x402_node::node::{self, NodeSetup};
 use x402_node::seams::{SystemClock, TokioConnector};
 use x402_raft_store::storage::{open_sled_stores, FlushObserver, SledOptions};
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
 
 #[derive(Parser)]
 #[command(name = "x402-node", version, about = "One replica of an x402-cluster")]

@@ -4,7 +4,12 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use mimalloc::MiMalloc;
 use x402_client::ctl::{self, Cli};
+
+// The load generator must not be the bottleneck it measures.
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
