@@ -110,8 +110,11 @@ impl Default for RaftSettings {
     fn default() -> Self {
         Self {
             heartbeat_ms: 50,
-            election_min_ms: 300,
-            election_max_ms: 600,
+            // openraft 0.9 lets a follower start an election only after the leader's lease
+            // (election_max_ms) plus a random election timeout have passed without a heartbeat,
+            // so these bound failover at 450-600 ms plus one vote round.
+            election_min_ms: 150,
+            election_max_ms: 300,
             max_payload_entries: 1024,
             snapshot_after_logs: 200_000,
             logs_to_keep: 20_000,
