@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Runs every check and test of the workspace: formatting, lints, unit and property tests, the
-# openraft storage suites, kill -9 crash tests, turmoil simulations and end-to-end tests with real
-# node processes. Ends with nextest's summary line.
+# openraft storage suites, kill -9 crash tests, turmoil simulations, end-to-end tests with real
+# node processes, and the test token's tests on anvil. Ends with nextest's summary line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The EIP-3009 test token: its artifact is reproducible and it behaves on a real anvil.
+(cd contracts && npm ci --silent --no-audit --no-fund && npm test --silent)
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
