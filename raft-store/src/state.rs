@@ -68,8 +68,15 @@ pub struct ClusterState {
     nonces: NonceRegistry,
 }
 
-/// The serialised form of [`ClusterState`], used for snapshots and the state hash.
-#[derive(Serialize, Deserialize)]
+/// The serialised form of [`ClusterState`], used for snapshots: written from borrowed parts,
+/// read back into owned ones (same bytes).
+#[derive(Serialize)]
+struct StateImageRef<'a> {
+    now_ms: u64,
+    nonces: nonces::RegistryImageRef<'a>,
+}
+
+#[derive(Deserialize)]
 struct StateImage {
     now_ms: u64,
     nonces: nonces::RegistryImage,
@@ -107,7 +114,7 @@ impl ClusterState {
 
     /// Serialises the whole state (a snapshot body).
     pub fn to_bytes(&self) -> Result<Vec<u8>, CodecError> {
-        codec::encode_record(&StateImage {
+        codec::encode_record(&StateImageRef {
             now_ms: self.now_ms,
             nonces: self.nonces.image(),
         })

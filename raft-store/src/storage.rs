@@ -4,12 +4,14 @@
 //! - [`MemLogStore`]: the log in memory, shared by clones so it survives a simulated crash;
 //! - [`StateMachineStore`]: [`ClusterState`](crate::state::ClusterState) in memory, made durable
 //!   by snapshots kept in a [`SnapshotVault`] (files in production, memory in simulation);
-//! - [`open_sled_stores`] / [`rebuild_from_snapshot`]: opening a node's data directory, and
-//!   replacing one that will not open with a peer's snapshot.
+//! - [`open_sled_stores`] / [`rebuild_from_snapshot`]: opening a node's data directory (checked
+//!   against its store mark, so a sled that lost data refuses to open), and replacing one that
+//!   will not open with a peer's snapshot.
 
 mod flusher;
 mod log_mem;
 mod log_sled;
+mod mark;
 mod open;
 mod snapshot_vault;
 mod state_machine;
@@ -19,6 +21,7 @@ mod tests;
 
 pub use log_mem::MemLogStore;
 pub use log_sled::SledLogStore;
+pub use mark::{read_store_mark, StoreId, StoreMark, MARK_FILE, MARK_INTERVAL};
 pub use open::{
     open_sled_stores, rebuild_from_snapshot, OpenError, SledOptions, DEFAULT_CACHE_BYTES, SLED_DIR,
     SNAPSHOT_DIR,

@@ -6,6 +6,13 @@
 //! Raft on it catch up with its log, and checks that every nonce acknowledged in *any* round
 //! so far is claimed in the state. A store that does not reopen fails the test loudly: that is
 //! the known sled 0.34 hazard this test exists to catch.
+//!
+//! It also checks the store mark (`store.mark`, a lower bound of what the store made durable)
+//! against every crash: the reopen must pass the mark check (a refusal after a plain `kill -9`
+//! would be a false alarm that takes a healthy node down), and the mark the killed child left
+//! must never claim more than the reopened store holds. Odd rounds run the child with the mark
+//! rewritten after every flush (instead of every `MARK_INTERVAL`, longer than most rounds), so
+//! kills land in the middle of mark rewrites too.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read};
@@ -25,7 +32,9 @@ use openraft::storage::RaftLogStorage;
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use rand::Rng;
 use x402_raft_store::state::NonceKey;
-use x402_raft_store::storage::{open_sled_stores, SledOptions, SnapshotVault};
+use x402_raft_store::storage::{
+    open_sled_stores, read_store_mark, SledOptions, SnapshotVault, StoreMark,
+};
 use x402_raft_store::types::{NodeId, Raft, TypeConfig};
 
 /// Kill/reopen cycles on the same directory.
@@ -41,6 +50,8 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Fewer means the machine was too loaded for the kills to land anywhere interesting, and a
 /// pass would mean nothing.
 const MIN_TOTAL_ACKS: usize = 150;
+/// Every `MARK_EVERY_FLUSH_EVERY`-th round the child rewrites the store mark after every flush.
+const MARK_EVERY_FLUSH_EVERY: usize = 2;
 /// The node id the child uses.
 const NODE_ID: NodeId = 1;
 
@@ -140,14 +151,21 @@ struct RoundReport {
     acks: usize,
     last_log_index: Option<u64>,
     purged: bool,
+    /// The killed child had rewritten the mark (it differs from the one the previous check left).
+    child_moved_mark: bool,
+    /// The mark the check left when it closed the store.
+    mark_after_check: StoreMark,
 }
 
 /// Runs the child, kills it, and returns what it acknowledged.
 fn run_child(dir: &Path, round: usize, run_for: Duration) -> Result<Vec<u64>, String> {
     let first = round as u64 * NONCES_PER_ROUND;
-    let mut child: Child = Process::new(env!("CARGO_BIN_EXE_log-crash-child"))
-        .arg(dir)
-        .arg(first.to_string())
+    let mut command = Process::new(env!("CARGO_BIN_EXE_log-crash-child"));
+    command.arg(dir).arg(first.to_string());
+    if round % MARK_EVERY_FLUSH_EVERY == 1 {
+        command.arg("0");
+    }
+    let mut child: Child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -172,7 +190,14 @@ fn run_child(dir: &Path, round: usize, run_for: Duration) -> Result<Vec<u64>, St
 /// Reopens the store, lets a single-node Raft on it apply its whole log, and checks every
 /// acknowledged nonce. Everything is closed again before it returns (the next child needs the
 /// sled lock).
-async fn reopen_and_check(dir: &Path, acked: &BTreeSet<u64>) -> Result<RoundReport, String> {
+async fn reopen_and_check(
+    dir: &Path,
+    acked: &BTreeSet<u64>,
+    previous_mark: Option<&StoreMark>,
+) -> Result<RoundReport, String> {
+    // What the killed child left (none if it died before creating the store).
+    let left_mark =
+        read_store_mark(dir).map_err(|e| format!("FINDING: unreadable mark after kill -9: {e}"))?;
     let (log, state_machine) = open_sled_stores(dir, SledOptions::default())
         .map_err(|e| format!("FINDING: the store did not reopen after kill -9: {e}"))?;
     let state = state_machine.view();
@@ -183,6 +208,30 @@ async fn reopen_and_check(dir: &Path, acked: &BTreeSet<u64>) -> Result<RoundRepo
         .await
         .map_err(|e| format!("get_log_state: {e}"))?;
     let last_log_index = log_state.last_log_id.map(|id| id.index);
+    let vote = log
+        .clone()
+        .read_vote()
+        .await
+        .map_err(|e| format!("read_vote: {e}"))?;
+
+    // The mark never claims more than the store holds after the crash (open checked the same;
+    // this says it in the test's own words).
+    if let Some(mark) = &left_mark {
+        let durable_end = std::cmp::max(last_log_index, state.last_applied().map(|id| id.index));
+        if mark.committed.map(|id| id.index) > durable_end {
+            return Err(format!(
+                "MARK AHEAD OF DATA: the mark says committed {:?}, the store ends at {durable_end:?}",
+                mark.committed
+            ));
+        }
+        if mark.vote.is_some() && vote < mark.vote {
+            return Err(format!(
+                "MARK AHEAD OF DATA: the mark says vote {:?}, the store has {vote:?}",
+                mark.vote
+            ));
+        }
+    }
+    let child_moved_mark = left_mark.is_some() && left_mark.as_ref() != previous_mark;
 
     let config = Config {
         cluster_name: "crash-check".to_string(),
@@ -222,18 +271,28 @@ async fn reopen_and_check(dir: &Path, acked: &BTreeSet<u64>) -> Result<RoundRepo
             ));
         }
         let snapshot = vault.load().map_err(|e| format!("load snapshot: {e}"))?;
-        Ok(RoundReport {
-            acks: 0,
+        Ok((
             last_log_index,
-            purged: log_state.last_purged_log_id.is_some() && snapshot.is_some(),
-        })
+            log_state.last_purged_log_id.is_some() && snapshot.is_some(),
+        ))
     }
     .await;
     raft.shutdown()
         .await
         .map_err(|e| format!("shutting the check Raft down: {e}"))?;
     drop(raft);
-    result
+    let (last_log_index, purged) = result?;
+    // Closed cleanly: the mark is as current as the store.
+    let mark_after_check = read_store_mark(dir)
+        .map_err(|e| format!("mark after the check: {e}"))?
+        .ok_or("no mark after the check closed the store")?;
+    Ok(RoundReport {
+        acks: 0,
+        last_log_index,
+        purged,
+        child_moved_mark,
+        mark_after_check,
+    })
 }
 
 #[test]
@@ -251,13 +310,16 @@ fn acknowledged_writes_survive_repeated_kill_9() {
     let mut reports = BTreeMap::new();
 
     let mut outcome = Ok(());
+    let mut previous_mark: Option<StoreMark> = None;
     for round in 0..ROUNDS {
         let run_for = Duration::from_millis(rng.gen_range(RUN_MS));
         let result = run_child(&data_dir, round, run_for).and_then(|acks| {
             let count = acks.len();
             acked.extend(acks);
-            let mut report = runtime.block_on(reopen_and_check(&data_dir, &acked))?;
+            let mut report =
+                runtime.block_on(reopen_and_check(&data_dir, &acked, previous_mark.as_ref()))?;
             report.acks = count;
+            previous_mark = Some(report.mark_after_check.clone());
             Ok(report)
         });
         match result {
@@ -278,6 +340,7 @@ fn acknowledged_writes_survive_repeated_kill_9() {
     }
     let rounds_with_acks = reports.values().filter(|r| r.acks > 0).count();
     let purged_rounds = reports.values().filter(|r| r.purged).count();
+    let mark_rounds = reports.values().filter(|r| r.child_moved_mark).count();
     let last_index = reports
         .values()
         .filter_map(|r| r.last_log_index)
@@ -286,7 +349,8 @@ fn acknowledged_writes_survive_repeated_kill_9() {
     eprintln!(
         "{ROUNDS} kill -9 rounds in {:?}: {} acknowledged claims, {rounds_with_acks} rounds \
          with acks, log reached index {last_index}, {purged_rounds} reopens found a snapshot \
-         and a purged log",
+         and a purged log, {mark_rounds} killed children had rewritten the store mark (every \
+         reopen passed the mark check)",
         started.elapsed(),
         acked.len(),
     );
@@ -298,5 +362,9 @@ fn acknowledged_writes_survive_repeated_kill_9() {
     assert!(
         purged_rounds > 0,
         "no snapshot/purge happened: kills never hit the purge path"
+    );
+    assert!(
+        mark_rounds > 0,
+        "no killed child ever rewrote the store mark: the mark check was never put to the test"
     );
 }

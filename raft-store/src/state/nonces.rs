@@ -129,9 +129,13 @@ impl SetDigest {
     }
 }
 
-/// Serialised form of the registry: the claims in key order. The expiry index is derived.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct RegistryImage(Vec<(ClaimId, ClaimRecord)>);
+/// Serialised form of the registry, written straight from the live map (no copy) and read back
+/// into one. The expiry index and the set digest are derived.
+#[derive(Serialize)]
+pub(crate) struct RegistryImageRef<'a>(&'a BTreeMap<ClaimId, ClaimRecord>);
+
+#[derive(Deserialize)]
+pub(crate) struct RegistryImage(BTreeMap<ClaimId, ClaimRecord>);
 
 impl NonceRegistry {
     /// Claims `claim.key` for `claim.fingerprint` at time `now_ms`.
@@ -200,8 +204,8 @@ impl NonceRegistry {
         self.by_expiry.first().map(|&(t, _)| t)
     }
 
-    pub(crate) fn image(&self) -> RegistryImage {
-        RegistryImage(self.claims.iter().map(|(k, v)| (*k, *v)).collect())
+    pub(crate) fn image(&self) -> RegistryImageRef<'_> {
+        RegistryImageRef(&self.claims)
     }
 
     /// The digest of the set of live claims.
@@ -210,17 +214,14 @@ impl NonceRegistry {
     }
 
     pub(crate) fn from_image(image: RegistryImage) -> Self {
-        let by_expiry = image
-            .0
-            .iter()
-            .map(|(id, r)| (r.expires_at_ms, *id))
-            .collect();
+        let claims = image.0;
+        let by_expiry = claims.iter().map(|(id, r)| (r.expires_at_ms, *id)).collect();
         let mut content_digest = SetDigest::default();
-        for (id, record) in &image.0 {
+        for (id, record) in &claims {
             content_digest.add(SetDigest::member(id, record));
         }
         Self {
-            claims: image.0.into_iter().collect(),
+            claims,
             by_expiry,
             content_digest,
         }

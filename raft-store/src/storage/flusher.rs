@@ -10,6 +10,8 @@
 //!
 //! Writers first apply their batch to sled (so it is readable), then ask for a flush; a flush
 //! that starts after the request was queued covers the write, because sled's log is ordered.
+//!
+//! The same thread keeps the store mark ([`super::mark`]) current after successful flushes.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -22,6 +24,7 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use super::mark::{MarkKeeper, MarkState};
 use super::FlushObserver;
 
 /// How many waiters one flush answers at most, so a flood of writers cannot keep the thread
@@ -52,19 +55,28 @@ impl Waiter {
     }
 }
 
+/// One request for a flush: who waits, and whether the mark must be rewritten before the answer
+/// (a vote: losing one is the dangerous case, and votes are rare).
+struct Request {
+    waiter: Waiter,
+    mark: bool,
+}
+
 /// Handle to the flusher thread. Dropping it stops the thread and waits for it, so sled's files
 /// are closed (and their lock released) when the last store handle is gone.
 pub(crate) struct Flusher {
-    requests: Option<mpsc::Sender<Waiter>>,
+    requests: Option<mpsc::Sender<Request>>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Flusher {
-    /// Starts the thread for the sled database `db` stored in `dir`.
+    /// Starts the thread for the sled database `db` stored in `dir`; it keeps the mark of
+    /// `marks` once that is switched on.
     pub(crate) fn start(
         db: sled::Db,
         dir: &Path,
         observer: Option<FlushObserver>,
+        marks: Arc<MarkState>,
     ) -> io::Result<Self> {
         let mut target = FlushTarget::open(db, dir)?;
         // Make everything sled wrote while opening (conf, new files) durable before any
@@ -73,32 +85,33 @@ impl Flusher {
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(THREAD_NAME.to_string())
-            .spawn(move || run(rx, target, observer))?;
+            .spawn(move || run(rx, target, observer, MarkKeeper::new(marks)))?;
         Ok(Self {
             requests: Some(tx),
             thread: Some(thread),
         })
     }
 
-    /// Waits until everything written to sled before this call is durable.
-    pub(crate) async fn flush(&self) -> FlushResult {
+    /// Waits until everything written to sled before this call is durable. With `mark`, the
+    /// store mark (if kept) is also brought up to date before this returns.
+    pub(crate) async fn flush(&self, mark: bool) -> FlushResult {
         let (tx, rx) = oneshot::channel();
-        self.request(Waiter::Task(tx))?;
+        self.request(Waiter::Task(tx), mark)?;
         rx.await.map_err(|_| stopped())?
     }
 
     /// [`Flusher::flush`] for synchronous callers: blocks the calling thread.
-    pub(crate) fn flush_blocking(&self) -> FlushResult {
+    pub(crate) fn flush_blocking(&self, mark: bool) -> FlushResult {
         let (tx, rx) = mpsc::channel();
-        self.request(Waiter::Thread(tx))?;
+        self.request(Waiter::Thread(tx), mark)?;
         rx.recv().map_err(|_| stopped())?
     }
 
-    fn request(&self, waiter: Waiter) -> FlushResult {
+    fn request(&self, waiter: Waiter, mark: bool) -> FlushResult {
         self.requests
             .as_ref()
             .ok_or_else(stopped)?
-            .send(waiter)
+            .send(Request { waiter, mark })
             .map_err(|_| stopped())
     }
 }
@@ -109,7 +122,8 @@ fn stopped() -> Arc<io::Error> {
 
 impl Drop for Flusher {
     fn drop(&mut self) {
-        // Closing the channel ends the thread's loop after at most one more flush.
+        // Closing the channel ends the thread's loop after at most one more flush (and a last
+        // rewrite of the mark).
         drop(self.requests.take());
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {
@@ -119,24 +133,32 @@ impl Drop for Flusher {
     }
 }
 
-fn run(requests: mpsc::Receiver<Waiter>, mut target: FlushTarget, observer: Option<FlushObserver>) {
+fn run(
+    requests: mpsc::Receiver<Request>,
+    mut target: FlushTarget,
+    observer: Option<FlushObserver>,
+    mut marks: MarkKeeper,
+) {
     // After a failed fsync the kernel may have dropped the dirty pages and report the next
     // fsync as a success ("fsyncgate"), so one failure fails every later flush too.
     let mut failed: Option<Arc<io::Error>> = None;
     while let Ok(first) = requests.recv() {
-        let mut waiters = vec![first];
-        while waiters.len() < MAX_WAITERS_PER_FLUSH {
+        let mut batch = vec![first];
+        while batch.len() < MAX_WAITERS_PER_FLUSH {
             match requests.try_recv() {
-                Ok(waiter) => waiters.push(waiter),
+                Ok(request) => batch.push(request),
                 Err(_) => break,
             }
         }
         if let Some(e) = &failed {
-            for waiter in waiters {
-                waiter.answer(Err(e.clone()));
+            for request in batch {
+                request.waiter.answer(Err(e.clone()));
             }
             continue;
         }
+        // Read before the flush: everything it claims was written to sled before the flush
+        // started, so the flush covers it.
+        let mark = marks.before_flush();
         let started = Instant::now();
         let result = target.flush().map_err(|e| {
             tracing::error!(error = %e, "sled flush failed; this store accepts no more writes");
@@ -152,8 +174,24 @@ fn run(requests: mpsc::Receiver<Waiter>, mut target: FlushTarget, observer: Opti
                 tracing::error!("the flush observer panicked");
             }
         }
-        for waiter in waiters {
-            waiter.answer(result.clone());
+        let urgent = batch.iter().any(|r| r.mark);
+        if urgent && result.is_ok() {
+            marks.after_flush(mark.clone(), true);
+        }
+        for request in batch {
+            request.waiter.answer(result.clone());
+        }
+        if !urgent && result.is_ok() {
+            marks.after_flush(mark, false);
+        }
+    }
+    // The store is closing: leave a mark as current as sled, so that a store closed cleanly
+    // can be checked against everything it held.
+    if failed.is_none() && marks.behind() {
+        let mark = marks.before_flush();
+        match target.flush() {
+            Ok(()) => marks.after_flush(mark, true),
+            Err(e) => tracing::error!(error = %e, "last sled flush before closing failed"),
         }
     }
 }

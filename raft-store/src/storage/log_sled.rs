@@ -1,8 +1,10 @@
 //! The Raft log and vote on sled: the production [`RaftLogStorage`].
 //!
 //! Layout: tree `log` maps big-endian `u64` indexes (so sled's key order is log order) to
-//! `encode_record(entry)`; tree `meta` holds the vote, the committed log id and the last purged
-//! log id, each an `encode_record` value.
+//! `encode_record(entry)`; tree `meta` holds the store id (written once, when the store is
+//! created), the vote, the committed log id and the last purged log id, each an `encode_record`
+//! value. The store mark outside sled ([`super::mark`]) is kept by the flusher from what this
+//! store records in its [`MarkState`].
 //!
 //! Durability rules (openraft 0.9 `RaftLogStorage` contract, `reference/raft-stack.md` §2.2/2.6):
 //! - `save_vote` and `append` return / report completion only after the [`Flusher`] has made
@@ -25,6 +27,7 @@ use openraft::{AnyError, OptionalSend, StorageIOError};
 use serde::de::DeserializeOwned;
 
 use super::flusher::{sled_io_error, Flusher};
+use super::mark::{MarkState, Recorded, StoreId, StoreMark};
 use super::open::{OpenError, SledOptions};
 use crate::codec::{decode_record, encode_record};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
@@ -34,6 +37,7 @@ pub(crate) const META_TREE: &str = "meta";
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 pub(crate) const KEY_LAST_PURGED: &[u8] = b"last_purged";
+pub(crate) const KEY_STORE_ID: &[u8] = b"store_id";
 
 /// The Raft log on sled. Clones share one database and one flusher thread; the database is
 /// closed when the last clone is dropped.
@@ -49,6 +53,8 @@ struct Inner {
     log: sled::Tree,
     meta: sled::Tree,
     path: PathBuf,
+    /// The vote and committed id last written, for the flusher's rewrites of the store mark.
+    marks: Arc<MarkState>,
 }
 
 impl Debug for SledLogStore {
@@ -106,11 +112,33 @@ fn key_bound(bound: Bound<&u64>) -> Bound<[u8; 8]> {
     }
 }
 
+/// Reads and decodes one `meta` record.
+fn read_meta_in<T: DeserializeOwned>(meta: &sled::Tree, key: &[u8]) -> io::Result<Option<T>> {
+    match meta.get(key).map_err(sled_io_error)? {
+        None => Ok(None),
+        Some(bytes) => decode_record(&bytes).map(Some).map_err(|e| {
+            corrupt(format!(
+                "meta record {:?}: {e}",
+                String::from_utf8_lossy(key)
+            ))
+        }),
+    }
+}
+
 impl SledLogStore {
     /// Opens (creating if needed) the sled database at `path`, starts its flusher and checks
     /// the stored log: every record decodes, entries are contiguous and start right after the
     /// last purged id. A purge interrupted by a crash is finished here.
-    pub(crate) fn open(path: &Path, opts: &SledOptions) -> Result<Self, OpenError> {
+    ///
+    /// With `may_create`, an empty database gets a new store id (durable when this returns).
+    /// The store mark in `data_dir` is neither read nor written here: see
+    /// [`open_sled_stores`](super::open_sled_stores), which switches its keeping on.
+    pub(crate) fn open(
+        path: &Path,
+        data_dir: &Path,
+        opts: &SledOptions,
+        may_create: bool,
+    ) -> Result<Self, OpenError> {
         let will_not_open = |reason: String| OpenError::WillNotOpen {
             path: path.to_path_buf(),
             reason,
@@ -143,25 +171,88 @@ impl SledLogStore {
         let meta = db
             .open_tree(META_TREE)
             .map_err(|e| will_not_open(e.to_string()))?;
-        let flusher = Flusher::start(db, path, opts.flush_observer.clone()).map_err(|source| {
-            OpenError::Io {
+        let corrupt_store = |e: io::Error| OpenError::Corrupt {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let mut store_id = read_meta_in::<StoreId>(&meta, KEY_STORE_ID).map_err(corrupt_store)?;
+        if store_id.is_none() && may_create && log.is_empty() && meta.is_empty() {
+            let id = StoreId::random();
+            let bytes = encode_record(&id).map_err(|e| corrupt_store(io::Error::other(e)))?;
+            meta.insert(KEY_STORE_ID, bytes)
+                .map_err(|e| corrupt_store(sled_io_error(e)))?;
+            store_id = Some(id);
+        }
+        let marks = Arc::new(MarkState::new(data_dir, store_id, Recorded::default()));
+        // Its first flush makes a new store id durable.
+        let flusher = Flusher::start(db, path, opts.flush_observer.clone(), marks.clone())
+            .map_err(|source| OpenError::Io {
                 path: path.to_path_buf(),
                 source,
-            }
-        })?;
+            })?;
         let store = Self {
             inner: Arc::new(Inner {
                 flusher,
                 log,
                 meta,
                 path: path.to_path_buf(),
+                marks,
             }),
         };
-        store.check_and_repair().map_err(|e| OpenError::Corrupt {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        store.check_and_repair().map_err(corrupt_store)?;
+        // Everything sled holds is durable now (the flusher flushed at start): the mark may
+        // claim it.
+        let recorded = Recorded {
+            vote: store.read_meta(KEY_VOTE).map_err(corrupt_store)?,
+            committed: store.read_meta(KEY_COMMITTED).map_err(corrupt_store)?,
+        };
+        store.inner.marks.set_recorded(recorded);
         Ok(store)
+    }
+
+    /// The store id in sled's `meta` tree; `None` if sled has lost it (or never had one).
+    pub(crate) fn store_id(&self) -> Option<StoreId> {
+        self.inner.marks.store_id()
+    }
+
+    /// The vote as stored.
+    pub(crate) fn vote(&self) -> io::Result<Option<Vote>> {
+        self.read_meta(KEY_VOTE)
+    }
+
+    /// The mark this store would write now, from what it has recorded (`None` without a store
+    /// id). Everything in it is durable once a flush that started after this call succeeded.
+    pub(crate) fn recorded_mark(&self) -> Option<StoreMark> {
+        self.inner.marks.recorded_mark()
+    }
+
+    /// From now on the flusher keeps the store mark current. Call only once the store passed
+    /// its checks against the mark.
+    pub(crate) fn start_keeping_mark(&self) {
+        self.inner.marks.start_keeping();
+    }
+
+    /// Rewrites the store mark at most once per `interval` instead of
+    /// [`MARK_INTERVAL`](super::MARK_INTERVAL). For crash tests: with `Duration::ZERO` every
+    /// flush rewrites it, so that kills also land in the middle of mark rewrites.
+    #[doc(hidden)]
+    pub fn set_mark_interval(&self, interval: std::time::Duration) {
+        self.inner.marks.set_interval(interval);
+    }
+
+    /// The last log id held, or the last purged one when no entry is left.
+    fn last_log_id(&self) -> io::Result<Option<LogId>> {
+        let last_purged = self.read_meta::<LogId>(KEY_LAST_PURGED)?;
+        let last_entry = match self.inner.log.last().map_err(sled_io_error)? {
+            Some((key, value)) => Some(decode_entry(&key, &value)?.log_id),
+            None => None,
+        };
+        Ok(std::cmp::max(last_entry, last_purged))
+    }
+
+    /// The highest log index this store holds or has purged behind a snapshot.
+    pub(crate) fn log_end(&self) -> io::Result<Option<u64>> {
+        Ok(self.last_log_id()?.map(|id| id.index))
     }
 
     /// Validates the whole stored log at open time (bounded by the snapshot policy, so a few
@@ -206,15 +297,7 @@ impl SledLogStore {
     }
 
     fn read_meta<T: DeserializeOwned>(&self, key: &[u8]) -> io::Result<Option<T>> {
-        match self.inner.meta.get(key).map_err(sled_io_error)? {
-            None => Ok(None),
-            Some(bytes) => decode_record(&bytes).map(Some).map_err(|e| {
-                corrupt(format!(
-                    "meta record {:?}: {e}",
-                    String::from_utf8_lossy(key)
-                ))
-            }),
-        }
+        read_meta_in(&self.inner.meta, key)
     }
 
     fn write_meta<T: serde::Serialize>(&self, key: &[u8], value: &T) -> io::Result<()> {
@@ -242,10 +325,12 @@ impl SledLogStore {
         self.inner.log.apply_batch(batch).map_err(sled_io_error)
     }
 
-    async fn flush(&self) -> io::Result<()> {
+    /// Waits for a flush covering every write made so far; with `mark`, the store mark is
+    /// brought up to date before this returns.
+    async fn flush(&self, mark: bool) -> io::Result<()> {
         self.inner
             .flusher
-            .flush()
+            .flush(mark)
             .await
             .map_err(|e| io::Error::new(e.kind(), e.to_string()))
     }
@@ -264,19 +349,27 @@ impl SledLogStore {
         // Readable once this returns (openraft's requirement for `append`) ...
         self.inner.log.apply_batch(batch).map_err(write_err)?;
         // ... durable once this returns.
-        self.flush().await.map_err(write_err)
+        self.flush(false).await.map_err(write_err)
     }
 
-    /// Starts an empty log right after a snapshot: records `last_purged` and `vote`, durably.
-    /// Synchronous (it blocks on the flusher) because a rebuild may run anywhere.
+    /// Starts an empty log right after a snapshot: records `last_purged`, a committed id equal
+    /// to it (a snapshot holds only committed entries) and `vote`, durably, and brings the store
+    /// mark up to date (if kept). Synchronous (it blocks on the flusher) because a rebuild may
+    /// run anywhere.
     pub(crate) fn seed_blocking(&self, last_purged: Option<LogId>, vote: &Vote) -> io::Result<()> {
         if let Some(last_purged) = last_purged {
             self.write_meta(KEY_LAST_PURGED, &last_purged)?;
+            self.inner.marks.write_and_record(
+                || self.write_meta(KEY_COMMITTED, &last_purged),
+                |r| r.committed = Some(last_purged),
+            )?;
         }
-        self.write_meta(KEY_VOTE, vote)?;
+        self.inner
+            .marks
+            .write_and_record(|| self.write_meta(KEY_VOTE, vote), |r| r.vote = Some(*vote))?;
         self.inner
             .flusher
-            .flush_blocking()
+            .flush_blocking(true)
             .map_err(|e| io::Error::new(e.kind(), e.to_string()))
     }
 
@@ -322,12 +415,8 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let last_purged_log_id = self.read_meta::<LogId>(KEY_LAST_PURGED).map_err(read_err)?;
-        let last_entry = match self.inner.log.last().map_err(read_err)? {
-            Some((key, value)) => Some(decode_entry(&key, &value).map_err(read_err)?.log_id),
-            None => None,
-        };
         // With no entry left (all purged), the last log id is the last purged one.
-        let last_log_id = std::cmp::max(last_entry, last_purged_log_id);
+        let last_log_id = self.last_log_id().map_err(read_err)?;
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -340,9 +429,13 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         let vote_err = |e: io::Error| StorageIOError::write_vote(AnyError::new(&e));
-        self.write_meta(KEY_VOTE, vote).map_err(vote_err)?;
-        // Raft's safety rests on never forgetting a vote: durable before returning.
-        self.flush().await.map_err(vote_err)?;
+        self.inner
+            .marks
+            .write_and_record(|| self.write_meta(KEY_VOTE, vote), |r| r.vote = Some(*vote))
+            .map_err(vote_err)?;
+        // Raft's safety rests on never forgetting a vote: durable before returning, and in the
+        // store mark too, so that a sled that loses it later refuses to open.
+        self.flush(true).await.map_err(vote_err)?;
         Ok(())
     }
 
@@ -352,8 +445,8 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not flushed: see the module documentation.
-        match committed {
+        // Not flushed: see the module documentation. The next flush lets the mark claim it.
+        let write = || match committed {
             Some(id) => self.write_meta(KEY_COMMITTED, &id),
             None => self
                 .inner
@@ -361,8 +454,11 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
                 .remove(KEY_COMMITTED)
                 .map(|_| ())
                 .map_err(sled_io_error),
-        }
-        .map_err(write_err)
+        };
+        self.inner
+            .marks
+            .write_and_record(write, |r| r.committed = committed)
+            .map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

@@ -1,9 +1,11 @@
 //! Opening a node's on-disk store, and rebuilding one that will not open.
 //!
-//! A data directory holds `raft.sled/` (the log and vote, [`SledLogStore`]) and `snapshots/`
-//! (the state machine's snapshot, [`FileSnapshotVault`]). sled 0.34 has open reports of
-//! databases that fail to reopen after a crash (ARCHITECTURE.md, known hazards), so every way a
-//! store can fail to open ends in an [`OpenError`] that tells the operator what to do, and
+//! A data directory holds `raft.sled/` (the log and vote, [`SledLogStore`]), `snapshots/`
+//! (the state machine's snapshot, [`FileSnapshotVault`]) and `store.mark` (a lower bound of what
+//! the store made durable, [`super::mark`]). sled 0.34 has open reports of databases that fail
+//! to reopen after a crash, and opens some damaged ones *silently* with less data
+//! (ARCHITECTURE.md, known hazards), so every way a store can fail to open, or open with less
+//! than its mark says it had, ends in an [`OpenError`] that tells the operator what to do, and
 //! [`rebuild_from_snapshot`] turns a peer's snapshot into a fresh store without deleting the
 //! broken one.
 
@@ -13,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::log_sled::SledLogStore;
+use super::mark::{check_against_mark, read_store_mark, write_store_mark, MARK_FILE};
 use super::snapshot_vault::{decode_snapshot_file, sync_dir, FileSnapshotVault, SnapshotVault};
 use super::state_machine::StateMachineStore;
 use super::FlushObserver;
@@ -78,6 +81,17 @@ pub enum OpenError {
     )]
     Corrupt { path: PathBuf, reason: String },
     #[error(
+        "store at {path} has lost data it had made durable: {reason}; do not run this node on \
+         it (it could vote twice in a term or lose acknowledged writes): rebuild it from a \
+         healthy peer with `x402-node rebuild --from <peer URL>`"
+    )]
+    DataLost { path: PathBuf, reason: String },
+    #[error(
+        "store mark {path} is unreadable: {reason}; the store cannot be checked for lost data \
+         without it: rebuild it from a healthy peer with `x402-node rebuild --from <peer URL>`"
+    )]
+    BadMark { path: PathBuf, reason: String },
+    #[error(
         "snapshot in {path} is unreadable: {reason}; rebuild the store from a peer with `x402-node rebuild`"
     )]
     Snapshot { path: PathBuf, reason: String },
@@ -112,13 +126,35 @@ fn sync_parent(path: &Path) -> Result<(), OpenError> {
 }
 
 /// Opens (creating if needed) the store in `data_dir`: `raft.sled` for the log, `snapshots/`
-/// for the state machine's snapshot. Checks that the snapshot covers everything the log purged.
+/// for the state machine's snapshot, `store.mark` for what the store is known to have made
+/// durable. Checks that the snapshot covers everything the log purged, and that sled still
+/// holds everything the mark says it had: the same store id, a vote at least as recent, and a
+/// log (or purge point, or snapshot) reaching the marked committed index.
+///
+/// A store is new only when sled is empty and there is no mark; creating one writes the store
+/// id into sled (durably) and then the mark. A sled store with an id but no mark (a crash
+/// between those two writes) gets its mark and opens.
 pub fn open_sled_stores(
     data_dir: &Path,
     opts: SledOptions,
 ) -> Result<(SledLogStore, StateMachineStore<FileSnapshotVault>), OpenError> {
     ensure_dir(data_dir)?;
-    let log = SledLogStore::open(&data_dir.join(SLED_DIR), &opts)?;
+    let mark = read_store_mark(data_dir)?;
+    let sled_dir = data_dir.join(SLED_DIR);
+    let data_lost = |reason: String| OpenError::DataLost {
+        path: data_dir.to_path_buf(),
+        reason,
+    };
+    if let Some(mark) = &mark {
+        if !sled_dir.exists() {
+            // Do not let sled create an empty database that would then read as "lost".
+            return Err(data_lost(format!(
+                "its mark names store {}, but the `{SLED_DIR}` directory is missing",
+                mark.store_id
+            )));
+        }
+    }
+    let log = SledLogStore::open(&sled_dir, data_dir, &opts, mark.is_none())?;
     let snapshot_dir = data_dir.join(SNAPSHOT_DIR);
     let vault = FileSnapshotVault::open(&snapshot_dir).map_err(io_error(&snapshot_dir))?;
     // sled and the vault may have just created their directories.
@@ -128,10 +164,11 @@ pub fn open_sled_stores(
         reason: e.to_string(),
     })?;
 
-    let purged = log.last_purged().map_err(|e| OpenError::Corrupt {
-        path: data_dir.join(SLED_DIR),
+    let corrupt = |e: io::Error| OpenError::Corrupt {
+        path: sled_dir.clone(),
         reason: e.to_string(),
-    })?;
+    };
+    let purged = log.last_purged().map_err(corrupt)?;
     let covered = state_machine.view().last_applied();
     let purged_index = purged.map(|id| id.index);
     if purged_index > covered.map(|id| id.index) {
@@ -144,6 +181,41 @@ pub fn open_sled_stores(
             ),
         });
     }
+
+    match &mark {
+        Some(mark) => {
+            // Committed entries are in the log, or purged behind the snapshot, or covered by it
+            // (a follower installing a snapshot may record the new committed id before its
+            // purge).
+            let durable_end =
+                std::cmp::max(log.log_end().map_err(corrupt)?, covered.map(|id| id.index));
+            let vote = log.vote().map_err(corrupt)?;
+            check_against_mark(mark, log.store_id(), vote.as_ref(), durable_end)
+                .map_err(data_lost)?;
+        }
+        None => match log.recorded_mark() {
+            Some(new_mark) => {
+                if log.vote().map_err(corrupt)?.is_some()
+                    || log.log_end().map_err(corrupt)?.is_some()
+                {
+                    tracing::warn!(
+                        path = %data_dir.display(),
+                        "store {} had no {MARK_FILE} (a crash right after creating it?); writing it",
+                        new_mark.store_id
+                    );
+                }
+                write_store_mark(data_dir, &new_mark).map_err(io_error(data_dir))?;
+            }
+            None => {
+                return Err(data_lost(
+                    "the sled database holds data but has no store id, and there is no mark: \
+                     it was written by a build without store marks, or lost its first segment"
+                        .to_string(),
+                ))
+            }
+        },
+    }
+    log.start_keeping_mark();
     Ok((log, state_machine))
 }
 
@@ -176,15 +248,33 @@ pub fn rebuild_from_snapshot(
     let fresh = unused_sibling(data_dir, &format!("rebuilding-{secs}"))?;
     ensure_dir(&fresh)?;
     {
+        // A new store: a new store id, in sled and in its mark.
+        let (log, state_machine) = open_sled_stores(&fresh, SledOptions::default())?;
         let snapshot_dir = fresh.join(SNAPSHOT_DIR);
-        let vault = FileSnapshotVault::open(&snapshot_dir).map_err(io_error(&snapshot_dir))?;
         // The snapshot is durable before the log says everything up to it was purged.
-        vault.save(&meta, &data).map_err(io_error(&snapshot_dir))?;
+        state_machine
+            .vault()
+            .save(&meta, &data)
+            .map_err(io_error(&snapshot_dir))?;
         let sled_dir = fresh.join(SLED_DIR);
-        let log = SledLogStore::open(&sled_dir, &SledOptions::default())?;
+        // Also brings the mark to the vote and to committed = the snapshot's last log id.
         log.seed_blocking(meta.last_log_id, &vote)
             .map_err(io_error(&sled_dir))?;
         // Dropping the last handle stops the flusher and closes sled before the swap.
+    }
+    let expected_mark = (Some(vote), meta.last_log_id);
+    match read_store_mark(&fresh)? {
+        Some(mark) if (mark.vote, mark.committed) == expected_mark => {}
+        other => {
+            return Err(OpenError::Io {
+                path: fresh.join(MARK_FILE),
+                source: io::Error::other(format!(
+                    "the rebuilt store's mark reads {other:?}, expected vote {vote} and \
+                     committed {:?}",
+                    meta.last_log_id
+                )),
+            })
+        }
     }
     sync_dir(&fresh).map_err(io_error(&fresh))?;
     sync_parent(&fresh)?;

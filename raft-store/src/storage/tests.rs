@@ -435,6 +435,7 @@ async fn rebuild_from_snapshot_yields_a_store_matching_the_snapshot() {
         let (log, _sm) = open(&data_dir);
         log.append_durable(entries(2)).await.unwrap();
     }
+    let old_mark = read_store_mark(&data_dir).unwrap().unwrap();
     std::fs::write(data_dir.join("marker"), b"old").unwrap();
 
     assert!(matches!(
@@ -453,7 +454,15 @@ async fn rebuild_from_snapshot_yields_a_store_matching_the_snapshot() {
     assert_eq!(std::fs::read(moved.join("marker")).unwrap(), b"old");
     assert!(!data_dir.join("marker").exists());
 
+    // A new store: a new id, and a mark consistent with the snapshot.
+    let mark = read_store_mark(&data_dir).unwrap().unwrap();
+    assert_ne!(mark.store_id, old_mark.store_id);
+    assert_eq!(mark.vote, Some(Vote::new(7, 2)));
+    assert_eq!(mark.committed, meta.last_log_id);
+    assert_eq!(read_store_mark(&moved).unwrap(), Some(old_mark));
+
     let (mut log, mut sm) = open(&data_dir);
+    assert_eq!(log.store_id(), Some(mark.store_id));
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id, meta.last_log_id);
     assert_eq!(state.last_log_id, meta.last_log_id);
@@ -499,4 +508,457 @@ async fn sled_inverted_range_reads_nothing() {
     let inverted = 4..2;
     assert!(log.try_get_log_entries(inverted).await.unwrap().is_empty());
     assert_eq!(log.try_get_log_entries(2..4).await.unwrap().len(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The store mark: a sled that lost data must refuse to open, never open silently with less.
+
+/// Term of the histories written by [`write_history`].
+const HISTORY_TERM: u64 = 5;
+/// Entries in the histories of the tests that damage sled's contents on purpose.
+const HISTORY_LAST: u64 = 1_000;
+
+/// A real write history: a vote, entries `0..=last` appended `batch` at a time (index 0 is a
+/// membership entry) with `committed` following each append, the vote committed, then a clean
+/// close. Returns the mark it must leave.
+async fn write_history(dir: &Path, last: u64, batch: u64) -> StoreMark {
+    let (mut log, _sm) = open(dir);
+    log.save_vote(&Vote::new(HISTORY_TERM, 1)).await.unwrap();
+    log.append_durable(vec![membership_entry(HISTORY_TERM, 0)])
+        .await
+        .unwrap();
+    let mut first = 1;
+    while first <= last {
+        let end = (first + batch - 1).min(last);
+        let entries = (first..=end)
+            .map(|i| claim_entry(HISTORY_TERM, i, i))
+            .collect();
+        log.append_durable(entries).await.unwrap();
+        log.save_committed(Some(log_id(HISTORY_TERM, end)))
+            .await
+            .unwrap();
+        first = end + 1;
+    }
+    log.save_vote(&Vote::new_committed(HISTORY_TERM, 1))
+        .await
+        .unwrap();
+    let store_id = log.store_id().expect("a new store has an id");
+    drop(log);
+    let mark = read_store_mark(dir).unwrap().expect("a mark");
+    let expected = StoreMark {
+        store_id,
+        vote: Some(Vote::new_committed(HISTORY_TERM, 1)),
+        committed: Some(log_id(HISTORY_TERM, last)),
+    };
+    assert_eq!(
+        mark, expected,
+        "a clean close leaves a mark as current as sled"
+    );
+    expected
+}
+
+/// What a damaged store did when opened.
+enum Damaged {
+    /// It refused, twice, naming the rebuild.
+    Refused(OpenError),
+    /// It opened with everything its mark says it had, and every entry reads back intact.
+    Intact,
+}
+
+/// Opens a damaged store: it must either refuse (see [`expect_refusal`]) or hold everything
+/// the mark says. Opening silently with less fails the test.
+async fn open_damaged(dir: &Path, mark: &StoreMark, case: &str) -> Damaged {
+    match open_sled_stores(dir, SledOptions::default()) {
+        Err(_) => Damaged::Refused(expect_refusal(dir, case)),
+        Ok((mut log, _sm)) => {
+            let vote = log.read_vote().await.unwrap();
+            assert!(vote >= mark.vote, "{case}: opened with vote {vote:?}");
+            let last = mark.committed.unwrap().index;
+            let got = log.try_get_log_entries(..).await.unwrap();
+            assert_eq!(
+                got.len() as u64,
+                last + 1,
+                "{case}: opened with a short log"
+            );
+            assert_eq!(got[0], membership_entry(HISTORY_TERM, 0), "{case}");
+            for entry in &got[1..] {
+                let i = entry.log_id.index;
+                assert_eq!(*entry, claim_entry(HISTORY_TERM, i, i), "{case}");
+            }
+            Damaged::Intact
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Opens `dir` twice: both must refuse (a refused open must not "repair" the evidence away),
+/// the mark must be unchanged, and the error must send the operator to `x402-node rebuild`.
+fn expect_refusal(dir: &Path, case: &str) -> OpenError {
+    let mark_before = std::fs::read(dir.join(MARK_FILE)).ok();
+    let mut first = None;
+    for attempt in 0..2 {
+        match open_sled_stores(dir, SledOptions::default()) {
+            Ok((log, _sm)) => {
+                let vote = log.vote().unwrap();
+                let end = log.log_end().unwrap();
+                panic!("{case}: opened silently (attempt {attempt}) with vote {vote:?}, log end {end:?}")
+            }
+            Err(e) => {
+                let text = e.to_string();
+                assert!(text.contains("x402-node rebuild"), "{case}: {text}");
+                assert!(text.contains(&dir.display().to_string()), "{case}: {text}");
+                first.get_or_insert(e);
+            }
+        }
+    }
+    assert_eq!(
+        std::fs::read(dir.join(MARK_FILE)).ok(),
+        mark_before,
+        "{case}: a refused open changed the mark"
+    );
+    first.unwrap()
+}
+
+fn damage_db(dir: &Path, offset_from_len: impl Fn(u64) -> u64, bytes: &[u8]) {
+    use std::io::{Seek, SeekFrom, Write};
+    let db = dir.join(SLED_DIR).join("db");
+    let mut file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+    let len = file.metadata().unwrap().len();
+    file.seek(SeekFrom::Start(offset_from_len(len))).unwrap();
+    file.write_all(bytes).unwrap();
+    file.sync_all().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_mark_lifecycle_reopens_many_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store_id = None;
+    let mut next = 0u64;
+    let mut expected_vote = None;
+    for round in 1..=12u64 {
+        let (mut log, mut sm) = open(dir.path());
+        let mark = read_store_mark(dir.path())
+            .unwrap()
+            .expect("a mark after open");
+        assert_eq!(*store_id.get_or_insert(mark.store_id), mark.store_id);
+        assert_eq!(log.store_id(), Some(mark.store_id));
+        // The previous round closed cleanly: the mark holds its last vote and committed.
+        assert_eq!(mark.vote, expected_vote, "round {round}");
+        assert_eq!(
+            mark.committed,
+            next.checked_sub(1).map(|i| log_id(i / 40 + 1, i))
+        );
+
+        let batch: Vec<Entry> = (next..next + 40)
+            .map(|i| claim_entry(round, i, i))
+            .collect();
+        log.append_durable(batch.clone()).await.unwrap();
+        next += 40;
+        log.save_vote(&Vote::new(round, 1)).await.unwrap();
+        log.save_committed(Some(log_id(round, next - 1)))
+            .await
+            .unwrap();
+        if round % 4 == 0 {
+            // Snapshot and purge now and then: the mark's committed index may then only be
+            // reached through the purge point.
+            sm.apply(batch).await.unwrap();
+            sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            log.purge(log_id(round, next - 1)).await.unwrap();
+        } else {
+            sm.apply(batch).await.unwrap();
+        }
+        if round % 3 == 0 {
+            // No flush after `committed` (and the purge): the close itself must flush them
+            // before the mark may claim them.
+            expected_vote = Some(Vote::new(round, 1));
+        } else {
+            log.save_vote(&Vote::new_committed(round, 1)).await.unwrap();
+            expected_vote = Some(Vote::new_committed(round, 1));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_mark_follows_flushes_and_never_claims_unflushed_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _sm) = open(dir.path());
+    let id = log.store_id().unwrap();
+    let fresh = read_store_mark(dir.path()).unwrap().unwrap();
+    assert_eq!(
+        (fresh.store_id, fresh.vote, fresh.committed),
+        (id, None, None)
+    );
+
+    log.append_durable(entries(10)).await.unwrap();
+    // A vote is in the mark as soon as save_vote returns.
+    log.save_vote(&Vote::new(2, 1)).await.unwrap();
+    let mark = read_store_mark(dir.path()).unwrap().unwrap();
+    assert_eq!(mark.vote, Some(Vote::new(2, 1)));
+
+    // `committed` is not flushed on its own, so the mark must not claim it yet, however long
+    // we wait.
+    log.save_committed(Some(log_id(1, 8))).await.unwrap();
+    tokio::time::sleep(MARK_INTERVAL * 2).await;
+    assert_eq!(
+        read_store_mark(dir.path()).unwrap().unwrap().committed,
+        None
+    );
+
+    // The next flush covers it; once MARK_INTERVAL has passed the flusher rewrites the mark
+    // (right after answering, so poll briefly).
+    log.append_durable(vec![claim_entry(1, 11, 11)])
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let mark = read_store_mark(dir.path()).unwrap().unwrap();
+        if mark.committed == Some(log_id(1, 8)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mark stuck at {mark:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // A vote flush brings everything recorded so far along at once.
+    log.save_committed(Some(log_id(1, 11))).await.unwrap();
+    log.save_vote(&Vote::new(3, 1)).await.unwrap();
+    let mark = read_store_mark(dir.path()).unwrap().unwrap();
+    assert_eq!(
+        (mark.vote, mark.committed),
+        (Some(Vote::new(3, 1)), Some(log_id(1, 11)))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_sled_db_refuses_to_open_instead_of_opening_with_less() {
+    // What sled 0.34 does with a damaged `db` depends on how the history was laid out: with one
+    // segment it opens an empty (first page damaged) or truncated (garbage in the middle) store
+    // without a word; with several it may open everything, or panic. Whatever it does, the
+    // store must never open with less than its mark says.
+    let root = tempfile::tempdir().unwrap();
+    // (entries, entries per append, whether sled is known to lose data silently there)
+    for (last, batch, sled_loses_silently) in [(50, 1, true), (1000, 1, true), (3000, 100, false)] {
+        let history = root.path().join(format!("{last}-by-{batch}"));
+        let pristine = history.join("pristine");
+        let mark = write_history(&pristine, last, batch).await;
+        let case_dir = |name: &str| {
+            let dir = history.join(name);
+            copy_dir(&pristine, &dir);
+            dir
+        };
+
+        // The copy itself opens fine, with everything.
+        assert!(matches!(
+            open_damaged(&case_dir("copy"), &mark, "undamaged copy").await,
+            Damaged::Intact
+        ));
+
+        // The first page of `db` overwritten.
+        let case = format!("{last} entries by {batch}, first 4 KiB of db overwritten");
+        let dir = case_dir("first-page");
+        damage_db(&dir, |_| 0, &[0xab; 4096]);
+        match open_damaged(&dir, &mark, &case).await {
+            Damaged::Refused(e) => {
+                eprintln!("{case}: refused: {e}");
+                if sled_loses_silently {
+                    // Only the mark catches this: sled itself opens an empty store.
+                    assert!(
+                        matches!(&e, OpenError::DataLost { reason, .. } if reason.contains("no store id")),
+                        "{case}: {e}"
+                    );
+                }
+            }
+            Damaged::Intact => {
+                eprintln!("{case}: opened with everything");
+                assert!(
+                    !sled_loses_silently,
+                    "{case}: sled kept everything after all?"
+                );
+            }
+        }
+
+        // 64 KiB of garbage in the middle of `db`.
+        let case = format!("{last} entries by {batch}, 64 KiB of garbage in the middle of db");
+        let dir = case_dir("middle");
+        damage_db(&dir, |len| len / 2, &[0x5a; 64 << 10]);
+        match open_damaged(&dir, &mark, &case).await {
+            Damaged::Refused(e) => {
+                eprintln!("{case}: refused: {e}");
+                if sled_loses_silently {
+                    // sled opens the log (and meta) cut short: only the mark catches it.
+                    assert!(
+                        matches!(&e, OpenError::DataLost { reason, .. } if reason.contains("were committed")),
+                        "{case}: {e}"
+                    );
+                }
+            }
+            Damaged::Intact => eprintln!("{case}: opened with everything"),
+        }
+
+        // `db` truncated to nothing: sled opens an empty store.
+        let dir = case_dir("truncated");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join(SLED_DIR).join("db"))
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let e = expect_refusal(&dir, "db truncated to 0");
+        assert!(
+            matches!(&e, OpenError::DataLost { reason, .. } if reason.contains("no store id")),
+            "{e}"
+        );
+
+        // The whole sled directory gone, the mark kept: refused, and nothing is re-created.
+        let dir = case_dir("no-sled");
+        std::fs::remove_dir_all(dir.join(SLED_DIR)).unwrap();
+        let e = expect_refusal(&dir, "sled directory deleted");
+        assert!(
+            matches!(&e, OpenError::DataLost { reason, .. } if reason.contains("missing")),
+            "{e}"
+        );
+        assert!(!dir.join(SLED_DIR).exists());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_vote_or_committed_entries_are_named_in_the_refusal() {
+    let root = tempfile::tempdir().unwrap();
+    let pristine = root.path().join("pristine");
+    write_history(&pristine, HISTORY_LAST, 100).await;
+
+    // sled lost its vote (what a truncated recovery can do): "the node could vote twice".
+    let dir = root.path().join("no-vote");
+    copy_dir(&pristine, &dir);
+    {
+        let db = raw_sled(&dir);
+        db.open_tree(log_sled::META_TREE)
+            .unwrap()
+            .remove(b"vote")
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let e = expect_refusal(&dir, "vote removed");
+    let text = e.to_string();
+    assert!(
+        text.contains("vote of term 5") && text.contains("store has none"),
+        "{text}"
+    );
+
+    // An older vote is no better.
+    let dir = root.path().join("old-vote");
+    copy_dir(&pristine, &dir);
+    {
+        let db = raw_sled(&dir);
+        db.open_tree(log_sled::META_TREE)
+            .unwrap()
+            .insert(b"vote", encode_record(&Vote::new(4, 1)).unwrap())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let text = expect_refusal(&dir, "older vote").to_string();
+    assert!(text.contains("only term 4"), "{text}");
+
+    // The log cut short after 445 while 3000 were committed.
+    let dir = root.path().join("short-log");
+    copy_dir(&pristine, &dir);
+    {
+        let db = raw_sled(&dir);
+        let tree = db.open_tree(log_sled::LOG_TREE).unwrap();
+        for i in 446..=HISTORY_LAST {
+            tree.remove(i.to_be_bytes()).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let text = expect_refusal(&dir, "log cut short").to_string();
+    assert!(
+        text.contains(&format!(
+            "log ends at 445 but {HISTORY_LAST} were committed"
+        )),
+        "{text}"
+    );
+
+    // Another store's sled directory under this mark.
+    let dir = root.path().join("swapped");
+    copy_dir(&pristine, &dir);
+    let other = root.path().join("other");
+    write_history(&other, 20, 5).await;
+    std::fs::remove_dir_all(dir.join(SLED_DIR)).unwrap();
+    copy_dir(&other.join(SLED_DIR), &dir.join(SLED_DIR));
+    let text = expect_refusal(&dir, "sled of another store").to_string();
+    assert!(text.contains("another store"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_or_missing_mark() {
+    let root = tempfile::tempdir().unwrap();
+    let pristine = root.path().join("pristine");
+    let mark = write_history(&pristine, HISTORY_LAST, 100).await;
+    let mark_bytes = std::fs::read(pristine.join(MARK_FILE)).unwrap();
+
+    // Any damage to the mark: refused (it can no longer vouch for the store).
+    for (name, bytes) in [
+        ("flipped", {
+            let mut b = mark_bytes.clone();
+            b[3] ^= 0x01;
+            b
+        }),
+        ("garbage", b"not a mark at all".to_vec()),
+        ("empty", Vec::new()),
+        ("future-version", {
+            let mut b = mark_bytes.clone();
+            b[0] = 99;
+            b
+        }),
+    ] {
+        let dir = root.path().join(name);
+        copy_dir(&pristine, &dir);
+        std::fs::write(dir.join(MARK_FILE), bytes).unwrap();
+        let e = expect_refusal(&dir, name);
+        assert!(matches!(e, OpenError::BadMark { .. }), "{name}: {e}");
+    }
+
+    // A missing mark with an intact sled (a crash between the two writes that create a store):
+    // the mark is written again from sled and the store opens.
+    let dir = root.path().join("no-mark");
+    copy_dir(&pristine, &dir);
+    std::fs::remove_file(dir.join(MARK_FILE)).unwrap();
+    drop(open(&dir));
+    assert_eq!(read_store_mark(&dir).unwrap(), Some(mark));
+
+    // A store with data but neither a store id nor a mark (e.g. sled lost its first segment
+    // and the mark is gone too): never taken for a new store.
+    let dir = root.path().join("anonymous");
+    copy_dir(&pristine, &dir);
+    std::fs::remove_file(dir.join(MARK_FILE)).unwrap();
+    {
+        let db = raw_sled(&dir);
+        db.open_tree(log_sled::META_TREE)
+            .unwrap()
+            .remove(log_sled::KEY_STORE_ID)
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let text = expect_refusal(&dir, "no store id, no mark").to_string();
+    assert!(text.contains("no store id"), "{text}");
+    assert!(!dir.join(MARK_FILE).exists());
 }

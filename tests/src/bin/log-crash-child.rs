@@ -6,7 +6,9 @@
 //! exactly which writes a crash must not lose. Snapshots are taken every 100 entries so that
 //! kills also land while snapshots are written and the log is purged.
 //!
-//! Usage: `log-crash-child <data-dir> <first-nonce-number>`
+//! Usage: `log-crash-child <data-dir> <first-nonce-number> [<mark-interval-ms>]`; the optional
+//! interval replaces the store's `MARK_INTERVAL` (0: the store mark is rewritten after every
+//! flush, so that kills also land in the middle of mark rewrites).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -120,9 +122,12 @@ fn claim(n: u64) -> Command {
     )
 }
 
-async fn run(dir: PathBuf, first: u64) -> Result<(), String> {
+async fn run(dir: PathBuf, first: u64, mark_interval: Option<Duration>) -> Result<(), String> {
     let (log, state_machine) =
         open_sled_stores(&dir, SledOptions::default()).map_err(|e| e.to_string())?;
+    if let Some(interval) = mark_interval {
+        log.set_mark_interval(interval);
+    }
     let config = Config {
         cluster_name: "log-crash-child".to_string(),
         heartbeat_interval: 50,
@@ -185,12 +190,20 @@ async fn run(dir: PathBuf, first: u64) -> Result<(), String> {
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let (Some(dir), Some(first)) = (args.next(), args.next()) else {
-        eprintln!("usage: log-crash-child <data-dir> <first-nonce-number>");
+        eprintln!("usage: log-crash-child <data-dir> <first-nonce-number> [<mark-interval-ms>]");
         return ExitCode::from(2);
     };
     let Ok(first) = first.parse::<u64>() else {
         eprintln!("first nonce number must be an integer, got {first:?}");
         return ExitCode::from(2);
+    };
+    let mark_interval = match args.next().map(|ms| ms.parse::<u64>()) {
+        None => None,
+        Some(Ok(ms)) => Some(Duration::from_millis(ms)),
+        Some(Err(_)) => {
+            eprintln!("mark interval must be a number of milliseconds");
+            return ExitCode::from(2);
+        }
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -203,7 +216,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(PathBuf::from(dir), first)) {
+    match runtime.block_on(run(PathBuf::from(dir), first, mark_interval)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("log-crash-child: {e}");
