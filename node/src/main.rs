@@ -83,6 +83,11 @@ fn main() -> ExitCode {
                     config.data_dir.display(),
                     moved.display()
                 );
+                println!(
+                    "node {id} is a learner now: start it, then once it has caught up run \
+                     `x402ctl members promote {id}`",
+                    id = config.node_id
+                );
                 Ok(())
             }
         }

@@ -1,16 +1,23 @@
 //! `x402-node rebuild`: replace a store that will not open with a peer's snapshot.
 //!
-//! sled 0.34 databases sometimes fail to reopen after a crash (ARCHITECTURE.md, known hazards).
-//! Rather than lose the node, the operator rebuilds it: the broken directory is moved aside (never
-//! deleted), a fresh snapshot is taken on a healthy peer and installed, and the node restarts
-//! with the peer's term as its vote, so it can never vote twice in a term it may already have
-//! voted in. The leader then sends it whatever the snapshot does not cover.
+//! sled 0.34 databases sometimes fail to reopen after a crash (ARCHITECTURE.md, known hazards), and
+//! a store that lost acknowledged data refuses to open. Rather than lose the node, the operator
+//! rebuilds it. A node that lost its store has also lost its vote: Raft is only safe if it can
+//! never vote twice in a term, so the node first leaves the voters (as etcd's procedure for a
+//! member with lost data), and comes back as a learner that must be promoted again:
+//!
+//! 1. the node is removed from the membership, through the peer (which passes it to the leader);
+//! 2. the peer takes a fresh snapshot (it includes the removal, so the rebuilt node knows it is not
+//!    a voter and never campaigns) and the node's store is replaced by it; the broken directory is
+//!    moved aside, never deleted;
+//! 3. the node is added back as a learner; the leader sends it the rest of the log once it runs;
+//! 4. the operator starts it and, once it has caught up, runs `x402ctl members promote <id>`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use hyper::Method;
-use x402_client::wire::NodeStatus;
+use x402_client::wire::{AddLearnerRequest, MemberIdRequest, NodeStatus};
 use x402_raft_store::storage::rebuild_from_snapshot;
 use x402_raft_store::types::Vote;
 
@@ -22,6 +29,7 @@ use crate::seams::TokioConnector;
 const MAX_SNAPSHOT_BYTES: usize = 4 << 30;
 const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(600);
 const STATUS_DEADLINE: Duration = Duration::from_secs(10);
+const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RebuildError {
@@ -54,45 +62,51 @@ pub async fn rebuild(config: &Config, peer_url: &str) -> Result<PathBuf, Rebuild
         peer: peer_url.to_string(),
         source,
     };
-    // A fresh snapshot keeps the log the leader must replay afterwards short.
-    peers
-        .call(
-            Method::POST,
-            peer_url,
-            "/admin/snapshot",
-            JSON,
-            Vec::new(),
-            SNAPSHOT_DEADLINE,
-        )
+    let get = |path: &'static str, deadline| {
+        peers.call(Method::GET, peer_url, path, JSON, Vec::new(), deadline)
+    };
+    let post = |path: &'static str, body: Vec<u8>, deadline| {
+        peers.call(Method::POST, peer_url, path, JSON, body, deadline)
+    };
+    let status: NodeStatus = decode_status(
+        peer_url,
+        &get("/admin/status", STATUS_DEADLINE)
+            .await
+            .map_err(peer_err)?,
+    )?;
+    if status.members.iter().any(|m| m.id == config.node_id) {
+        let body = member_body(config.node_id);
+        post("/admin/members/remove", body, MEMBERSHIP_DEADLINE)
+            .await
+            .map_err(peer_err)?;
+    }
+    post("/admin/snapshot", Vec::new(), SNAPSHOT_DEADLINE)
         .await
         .map_err(peer_err)?;
-    let status = peers
-        .call(
-            Method::GET,
-            peer_url,
-            "/admin/status",
-            JSON,
-            Vec::new(),
-            STATUS_DEADLINE,
-        )
+    let snapshot = get("/admin/snapshot", SNAPSHOT_DEADLINE)
         .await
         .map_err(peer_err)?;
-    let status: NodeStatus =
-        serde_json::from_slice(&status).map_err(|source| RebuildError::Status {
-            peer: peer_url.to_string(),
-            source,
-        })?;
-    let snapshot = peers
-        .call(
-            Method::GET,
-            peer_url,
-            "/admin/snapshot",
-            JSON,
-            Vec::new(),
-            SNAPSHOT_DEADLINE,
-        )
+    // No vote at all: the node is not a voter of the membership in the snapshot, and a learner
+    // must accept the leader's vote, whatever its term.
+    let moved = rebuild_from_snapshot(&config.data_dir, &snapshot, Vote::default())?;
+    let body = serde_json::to_vec(&AddLearnerRequest {
+        id: config.node_id,
+        url: config.advertise_url.clone(),
+    })
+    .unwrap_or_default();
+    post("/admin/members/add", body, MEMBERSHIP_DEADLINE)
         .await
         .map_err(peer_err)?;
-    let vote = Vote::new(status.term, config.node_id);
-    Ok(rebuild_from_snapshot(&config.data_dir, &snapshot, vote)?)
+    Ok(moved)
+}
+
+fn member_body(id: u64) -> Vec<u8> {
+    serde_json::to_vec(&MemberIdRequest { id }).unwrap_or_default()
+}
+
+fn decode_status(peer: &str, body: &[u8]) -> Result<NodeStatus, RebuildError> {
+    serde_json::from_slice(body).map_err(|source| RebuildError::Status {
+        peer: peer.to_string(),
+        source,
+    })
 }

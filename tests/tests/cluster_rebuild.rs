@@ -74,9 +74,9 @@ async fn store_that_will_not_open_is_rebuilt_from_the_leader() {
         out.status
     );
     let moved = stdout
-        .trim()
-        .rsplit_once("moved to ")
-        .map(|(_, path)| PathBuf::from(path))
+        .lines()
+        .find_map(|line| line.rsplit_once("moved to "))
+        .map(|(_, path)| PathBuf::from(path.trim()))
         .unwrap_or_else(|| panic!("rebuild did not say where the old store went: {stdout:?}"));
     let data_dir = cluster.data_dir(follower).to_path_buf();
     let expected_prefix = format!("{}.broken-", data_dir.display());
@@ -98,6 +98,14 @@ async fn store_that_will_not_open_is_rebuilt_from_the_leader() {
 
     // It starts, rejoins and converges.
     cluster.restart(follower);
+    // A rebuilt node lost its vote, so it comes back as a learner: catch up, then promote.
+    cluster.wait_converged().await;
+    let leader_now = cluster.leader_id().await;
+    cluster
+        .admin(leader_now)
+        .promote(follower)
+        .await
+        .expect("promote the rebuilt node");
     let statuses = cluster.wait_converged().await;
     assert_eq!(statuses.len(), 3);
     let rebuilt = statuses.iter().find(|s| s.id == follower).unwrap();

@@ -95,9 +95,9 @@ async fn rebuild_from_leader(cluster: &mut LocalCluster, id: u64) -> PathBuf {
         out.status
     );
     stdout
-        .trim()
-        .rsplit_once("moved to ")
-        .map(|(_, path)| PathBuf::from(path))
+        .lines()
+        .find_map(|line| line.rsplit_once("moved to "))
+        .map(|(_, path)| PathBuf::from(path.trim()))
         .unwrap_or_else(|| panic!("rebuild did not say where the old store went: {stdout:?}"))
 }
 
@@ -182,6 +182,14 @@ async fn follower_with_a_damaged_db_refuses_to_start_and_is_rebuilt() {
 
         // It rejoins and converges; the others never noticed.
         cluster.assert_running(leader);
+        // A rebuilt node lost its vote, so it comes back as a learner: catch up, then promote.
+        cluster.wait_converged().await;
+        let leader_now = cluster.leader_id().await;
+        cluster
+            .admin(leader_now)
+            .promote(follower)
+            .await
+            .expect("promote the rebuilt node");
         let statuses = cluster.wait_converged().await;
         let back = statuses.iter().find(|s| s.id == follower).unwrap();
         assert_eq!(back.claims, written.len() as u64, "{back:?}");

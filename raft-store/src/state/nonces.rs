@@ -215,7 +215,10 @@ impl NonceRegistry {
 
     pub(crate) fn from_image(image: RegistryImage) -> Self {
         let claims = image.0;
-        let by_expiry = claims.iter().map(|(id, r)| (r.expires_at_ms, *id)).collect();
+        let by_expiry = claims
+            .iter()
+            .map(|(id, r)| (r.expires_at_ms, *id))
+            .collect();
         let mut content_digest = SetDigest::default();
         for (id, record) in &claims {
             content_digest.add(SetDigest::member(id, record));
