@@ -52,7 +52,15 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
 
 /// Encodes a persisted record: version byte, then the value.
 pub fn encode_record<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let mut out = Vec::with_capacity(64);
+    encode_record_with_capacity(value, 64)
+}
+
+/// [`encode_record`] into a buffer of `capacity` bytes, for large values of known size.
+pub fn encode_record_with_capacity<T: Serialize>(
+    value: &T,
+    capacity: usize,
+) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(capacity);
     out.push(RECORD_FORMAT_VERSION);
     bincode::serde::encode_into_std_write(value, &mut out, config())?;
     Ok(out)

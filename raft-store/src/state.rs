@@ -114,10 +114,16 @@ impl ClusterState {
 
     /// Serialises the whole state (a snapshot body).
     pub fn to_bytes(&self) -> Result<Vec<u8>, CodecError> {
-        codec::encode_record(&StateImageRef {
-            now_ms: self.now_ms,
-            nonces: self.nonces.image(),
-        })
+        // Sized up front: with a million claims, growing by doubling would briefly hold twice
+        // the snapshot (and copy it) on every snapshot.
+        let capacity = 64 + self.nonces.len() * nonces::MAX_ENCODED_CLAIM_BYTES;
+        codec::encode_record_with_capacity(
+            &StateImageRef {
+                now_ms: self.now_ms,
+                nonces: self.nonces.image(),
+            },
+            capacity,
+        )
     }
 
     /// Rebuilds a state from [`ClusterState::to_bytes`] output.

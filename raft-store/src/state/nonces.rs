@@ -40,6 +40,9 @@ impl NonceKey {
     }
 }
 
+/// Most bytes one claim takes in a snapshot: id and fingerprint (32 each) and a varint time.
+pub const MAX_ENCODED_CLAIM_BYTES: usize = 32 + 32 + 9;
+
 /// The digest of a [`NonceKey`].
 pub type ClaimId = [u8; 32];
 

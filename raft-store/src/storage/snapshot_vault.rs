@@ -66,24 +66,52 @@ struct SnapshotFileHeader {
 
 /// Encodes a snapshot as one self-describing file (see the module documentation).
 pub fn encode_snapshot_file(meta: &SnapshotMeta, data: &[u8]) -> Result<Vec<u8>, CodecError> {
+    let mut out = Vec::with_capacity(PREFIX_LEN + 1024 + data.len() + DIGEST_LEN);
+    write_snapshot_file(&mut out, meta, data).map_err(|e| match e {
+        WriteError::Codec(e) => e,
+        // Writing into a Vec cannot fail.
+        WriteError::Io(e) => {
+            CodecError::Encode(bincode::error::EncodeError::Io { inner: e, index: 0 })
+        }
+    })?;
+    Ok(out)
+}
+
+enum WriteError {
+    Codec(CodecError),
+    Io(io::Error),
+}
+
+/// Writes the [`encode_snapshot_file`] format to `out` piece by piece, hashing as it goes, so a
+/// large snapshot is never copied into one more buffer just to be written.
+fn write_snapshot_file(
+    out: &mut impl Write,
+    meta: &SnapshotMeta,
+    data: &[u8],
+) -> Result<(), WriteError> {
     let header = codec::encode_record(&SnapshotFileHeader {
         meta: meta.clone(),
         data_len: data.len() as u64,
-    })?;
+    })
+    .map_err(WriteError::Codec)?;
     let header_len = u32::try_from(header.len())
         .ok()
         .filter(|len| *len <= MAX_SNAPSHOT_HEADER_BYTES)
-        .ok_or(CodecError::Encode(bincode::error::EncodeError::Other(
-            "snapshot header exceeds MAX_SNAPSHOT_HEADER_BYTES",
+        .ok_or(WriteError::Codec(CodecError::Encode(
+            bincode::error::EncodeError::Other("snapshot header exceeds MAX_SNAPSHOT_HEADER_BYTES"),
         )))?;
-    let mut out = Vec::with_capacity(PREFIX_LEN + header.len() + data.len() + DIGEST_LEN);
-    out.extend_from_slice(&SNAPSHOT_FILE_MAGIC);
-    out.extend_from_slice(&header_len.to_be_bytes());
-    out.extend_from_slice(&header);
-    out.extend_from_slice(data);
-    let digest: [u8; DIGEST_LEN] = Sha256::digest(&out).into();
-    out.extend_from_slice(&digest);
-    Ok(out)
+    let mut digest = Sha256::new();
+    for piece in [
+        &SNAPSHOT_FILE_MAGIC[..],
+        &header_len.to_be_bytes()[..],
+        &header[..],
+        data,
+    ] {
+        digest.update(piece);
+        out.write_all(piece).map_err(WriteError::Io)?;
+    }
+    let digest: [u8; DIGEST_LEN] = digest.finalize().into();
+    out.write_all(&digest).map_err(WriteError::Io)
 }
 
 /// Decodes and verifies a file written by [`encode_snapshot_file`]: the trailing SHA-256, the
@@ -199,8 +227,6 @@ impl FileSnapshotVault {
 
 impl SnapshotVault for FileSnapshotVault {
     fn save(&self, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
-        let file = encode_snapshot_file(meta, data)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let _guard = self
             .write_lock
             .lock()
@@ -212,7 +238,13 @@ impl SnapshotVault for FileSnapshotVault {
                 .create(true)
                 .truncate(true)
                 .open(&tmp)?;
-            f.write_all(&file)?;
+            let mut writer = io::BufWriter::with_capacity(1 << 20, &mut f);
+            write_snapshot_file(&mut writer, meta, data).map_err(|e| match e {
+                WriteError::Codec(e) => io::Error::new(io::ErrorKind::InvalidInput, e),
+                WriteError::Io(e) => e,
+            })?;
+            writer.flush()?;
+            drop(writer);
             // Data and size must be on disk before the rename makes the file current.
             f.sync_all()?;
         }
