@@ -57,7 +57,11 @@ case "$what" in
     done < "$dir/pids"
     x402ctl snapshot >&2
     while read -r id pid url; do
-      echo "node $id RSS after snapshot: $(awk '/VmRSS/ {printf "%.0f MiB", $2/1024}' "/proc/$pid/status")"
+      echo "node $id RSS right after the snapshot: $(awk '/VmRSS/ {printf "%.0f MiB", $2/1024}' "/proc/$pid/status")"
+    done < "$dir/pids"
+    sleep 5
+    while read -r id pid url; do
+      echo "node $id RSS 5 s later: $(awk '/VmRSS/ {printf "%.0f MiB", $2/1024}' "/proc/$pid/status")"
     done < "$dir/pids"
     # A fresh fourth node, added as a learner: it can only catch up by installing the snapshot.
     port=$(( ${X402_BASE_PORT:-7101} + 3 ))

@@ -38,6 +38,8 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 pub(crate) const KEY_LAST_PURGED: &[u8] = b"last_purged";
 pub(crate) const KEY_STORE_ID: &[u8] = b"store_id";
+/// Log entries one purge step removes at most (see `purge`).
+const MAX_REMOVALS_PER_BATCH: usize = 1024;
 
 /// The Raft log on sled. Clones share one database and one flusher thread; the database is
 /// closed when the last clone is dropped.
@@ -263,14 +265,13 @@ impl SledLogStore {
         let last_purged = self.read_meta::<LogId>(KEY_LAST_PURGED)?;
 
         if let Some(purged) = &last_purged {
-            let leftovers = self.keys_up_to(purged.index)?;
-            if !leftovers.is_empty() {
+            let removed = self.remove_up_to(purged.index)?;
+            if removed > 0 {
                 tracing::info!(
-                    count = leftovers.len(),
+                    count = removed,
                     upto = purged.index,
-                    "finishing a purge interrupted by a crash"
+                    "finished a purge interrupted by a crash"
                 );
-                self.remove_keys(leftovers)?;
             }
         }
 
@@ -307,13 +308,28 @@ impl SledLogStore {
     }
 
     /// Keys of all entries with index `<= upto`.
-    fn keys_up_to(&self, upto: u64) -> io::Result<Vec<sled::IVec>> {
-        self.inner
-            .log
-            .range(..=key_of(upto))
-            .keys()
-            .map(|k| k.map_err(sled_io_error))
-            .collect()
+    /// Removes every entry at or below `upto`, in bounded batches: one sled batch of tens of
+    /// thousands of removals holds them all in memory at once (and sled's cache grows with it).
+    /// Atomicity is not needed: callers write `last_purged` first, and `open` removes whatever
+    /// a crash left behind. Returns how many entries went.
+    fn remove_up_to(&self, upto: u64) -> io::Result<usize> {
+        let mut removed = 0;
+        loop {
+            let keys: Vec<sled::IVec> = self
+                .inner
+                .log
+                .range(..=key_of(upto))
+                .keys()
+                .take(MAX_REMOVALS_PER_BATCH)
+                .collect::<Result<_, _>>()
+                .map_err(sled_io_error)?;
+            let count = keys.len();
+            self.remove_keys(keys)?;
+            removed += count;
+            if count < MAX_REMOVALS_PER_BATCH {
+                return Ok(removed);
+            }
+        }
     }
 
     /// Removes `keys` in one atomic batch.
@@ -505,7 +521,8 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
             self.write_meta(KEY_LAST_PURGED, &log_id)
                 .map_err(write_err)?;
         }
-        let keys = self.keys_up_to(log_id.index).map_err(write_err)?;
-        self.remove_keys(keys).map_err(write_err)
+        self.remove_up_to(log_id.index)
+            .map(|_| ())
+            .map_err(write_err)
     }
 }
