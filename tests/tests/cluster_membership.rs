@@ -147,8 +147,6 @@ async fn add_promote_remove_online_with_x402ctl() {
 /// Membership changes through any node: `x402ctl` documents that it uses the first reachable
 /// node of X402_NODES and that followers forward to the leader. Here the follower is first.
 #[tokio::test]
-#[ignore = "node bug: a follower forwards /admin/members/* to the leader with \
-            Content-Type application/octet-stream and the leader answers 415"]
 async fn membership_change_through_a_follower_is_forwarded() {
     let mut cluster = LocalCluster::start(3).await;
     let leader = cluster.leader_id().await;
