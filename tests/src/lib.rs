@@ -1,6 +1,7 @@
 //! End-to-end test support for x402-cluster: real `x402-node` processes on loopback.
 //!
 //! - [`cluster`]: [`LocalCluster`], a harness that starts, kills, restarts and watches nodes.
+//! - [`single_node`]: the one-node Raft of the sled `kill -9` crash test.
 //! - [`workload`]: distinct nonce claims, retrying claim calls and a background writer that
 //!   records every acknowledged claim.
 //!
@@ -8,6 +9,7 @@
 //! `tests/crash_*.rs`); nextest runs them one at a time (`.config/nextest.toml`).
 
 pub mod cluster;
+pub mod single_node;
 pub mod workload;
 
 pub use cluster::{ClusterOptions, LocalCluster};

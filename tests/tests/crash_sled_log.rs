@@ -22,20 +22,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
 use openraft::storage::RaftLogStorage;
-use openraft::{BasicNode, Config, SnapshotPolicy};
+use openraft::{Config, SnapshotPolicy};
 use rand::Rng;
-use x402_raft_store::state::NonceKey;
 use x402_raft_store::storage::{
     open_sled_stores, read_store_mark, SledOptions, SnapshotVault, StoreMark,
 };
-use x402_raft_store::types::{NodeId, Raft, TypeConfig};
+use x402_raft_store::types::Raft;
+use x402_tests::single_node::{nonce_key, NoPeers, NODE_ID};
 
 /// Kill/reopen cycles on the same directory.
 const ROUNDS: usize = 60;
@@ -52,66 +46,6 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(20);
 const MIN_TOTAL_ACKS: usize = 150;
 /// Every `MARK_EVERY_FLUSH_EVERY`-th round the child rewrites the store mark after every flush.
 const MARK_EVERY_FLUSH_EVERY: usize = 2;
-/// The node id the child uses.
-const NODE_ID: NodeId = 1;
-
-/// Same as the child's: a single-node cluster never sends an RPC.
-struct NoPeers;
-
-impl RaftNetworkFactory<TypeConfig> for NoPeers {
-    type Network = NoPeers;
-
-    async fn new_client(&mut self, _target: NodeId, _node: &BasicNode) -> Self::Network {
-        NoPeers
-    }
-}
-
-fn no_peer<E: std::error::Error>() -> RPCError<NodeId, BasicNode, E> {
-    RPCError::Network(NetworkError::new(&std::io::Error::other(
-        "single-node cluster has no peers",
-    )))
-}
-
-impl RaftNetwork<TypeConfig> for NoPeers {
-    async fn append_entries(
-        &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(no_peer())
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        Err(no_peer())
-    }
-
-    async fn vote(
-        &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(no_peer())
-    }
-}
-
-/// The nonce key the child claims for number `n` (must match `log-crash-child`).
-fn nonce_key(n: u64) -> NonceKey {
-    let mut nonce = [0u8; 32];
-    nonce[..8].copy_from_slice(&n.to_be_bytes());
-    NonceKey {
-        chain_id: 31337,
-        asset: [0xA5; 20],
-        payer: [0x5A; 20],
-        nonce,
-    }
-}
 
 /// Collects the complete `acked <n>` lines a child printed. A line cut by the kill has no
 /// newline and is ignored: its write was never reported as acknowledged.

@@ -18,17 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
 use openraft::{BasicNode, Config, SnapshotPolicy};
-use x402_raft_store::state::{ClaimOutcome, NonceClaim, NonceKey};
+use x402_raft_store::state::{ClaimOutcome, NonceClaim};
 use x402_raft_store::storage::{open_sled_stores, SledOptions};
-use x402_raft_store::types::{NodeId, Raft, TypeConfig};
+use x402_raft_store::types::Raft;
 use x402_raft_store::{Command, Op, Response};
+use x402_tests::single_node::{nonce_key, NoPeers, NODE_ID};
 
 /// Concurrent writers, so that kills land with several writes in flight at once (openraft 0.9
 /// still appends and flushes them one entry at a time on the leader).
@@ -42,66 +37,6 @@ const KEEP_BEHIND_SNAPSHOT: u64 = 20;
 const MAX_RUN: Duration = Duration::from_secs(60);
 /// How long to wait for the single node to become leader.
 const LEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// The only node.
-const NODE_ID: NodeId = 1;
-
-/// A network with no peers: a single-node cluster never sends an RPC, so any call is a bug.
-struct NoPeers;
-
-impl RaftNetworkFactory<TypeConfig> for NoPeers {
-    type Network = NoPeers;
-
-    async fn new_client(&mut self, _target: NodeId, _node: &BasicNode) -> Self::Network {
-        NoPeers
-    }
-}
-
-fn no_peer<E: std::error::Error>() -> RPCError<NodeId, BasicNode, E> {
-    RPCError::Network(NetworkError::new(&std::io::Error::other(
-        "single-node cluster has no peers",
-    )))
-}
-
-impl RaftNetwork<TypeConfig> for NoPeers {
-    async fn append_entries(
-        &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(no_peer())
-    }
-
-    async fn install_snapshot(
-        &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
-    ) -> Result<
-        InstallSnapshotResponse<NodeId>,
-        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
-    > {
-        Err(no_peer())
-    }
-
-    async fn vote(
-        &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
-    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        Err(no_peer())
-    }
-}
-
-/// The nonce key the crash test expects for claim number `n`.
-fn nonce_key(n: u64) -> NonceKey {
-    let mut nonce = [0u8; 32];
-    nonce[..8].copy_from_slice(&n.to_be_bytes());
-    NonceKey {
-        chain_id: 31337,
-        asset: [0xA5; 20],
-        payer: [0x5A; 20],
-        nonce,
-    }
-}
 
 fn now() -> Duration {
     SystemTime::now()
