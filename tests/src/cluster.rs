@@ -334,6 +334,32 @@ impl LocalCluster {
 
     /// Runs `x402-node --config <node id's config> ARGS` to completion (e.g. `rebuild`), with
     /// the same environment as the node, and returns its output.
+    /// Runs `x402-node rebuild --from <leader>` for node `id` (which must be stopped) and
+    /// returns where its old data directory was moved. Panics if the rebuild fails.
+    pub async fn rebuild_from_leader(&mut self, id: u64) -> PathBuf {
+        let leader = self.leader_id().await;
+        let leader_url = self.url(leader).to_owned();
+        let out = self
+            .run_node_command(
+                id,
+                &["rebuild", "--from", &leader_url],
+                Duration::from_secs(120),
+            )
+            .await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "rebuild failed ({}): stdout {stdout:?} stderr {stderr:?}",
+            out.status
+        );
+        stdout
+            .lines()
+            .find_map(|line| line.rsplit_once("moved to "))
+            .map(|(_, path)| PathBuf::from(path.trim()))
+            .unwrap_or_else(|| panic!("rebuild did not say where the old store went: {stdout:?}"))
+    }
+
     pub async fn run_node_command(
         &self,
         id: u64,

@@ -8,7 +8,6 @@
 //! segment and opens an empty or truncated store without a word; see the report of this suite.)
 
 use std::io::{Seek, SeekFrom, Write};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use x402_tests::workload;
@@ -58,26 +57,7 @@ async fn store_that_will_not_open_is_rebuilt_from_the_leader() {
     );
 
     // Rebuild from the leader.
-    let leader_url = cluster.url(leader).to_owned();
-    let out = cluster
-        .run_node_command(
-            follower,
-            &["rebuild", "--from", &leader_url],
-            Duration::from_secs(120),
-        )
-        .await;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "rebuild failed ({}): stdout {stdout:?} stderr {stderr:?}",
-        out.status
-    );
-    let moved = stdout
-        .lines()
-        .find_map(|line| line.rsplit_once("moved to "))
-        .map(|(_, path)| PathBuf::from(path.trim()))
-        .unwrap_or_else(|| panic!("rebuild did not say where the old store went: {stdout:?}"));
+    let moved = cluster.rebuild_from_leader(follower).await;
     let data_dir = cluster.data_dir(follower).to_path_buf();
     let expected_prefix = format!("{}.broken-", data_dir.display());
     assert!(

@@ -8,7 +8,7 @@
 //! `x402-node rebuild --from <leader>` brings it back with everything.
 
 use std::io::{Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use x402_tests::workload;
@@ -76,31 +76,6 @@ async fn verdict(cluster: &mut LocalCluster, id: u64, log_offset: usize) -> Verd
     }
 }
 
-/// `x402-node rebuild --from <leader>`; returns where the damaged directory was moved.
-async fn rebuild_from_leader(cluster: &mut LocalCluster, id: u64) -> PathBuf {
-    let leader = cluster.leader_id().await;
-    let leader_url = cluster.url(leader).to_owned();
-    let out = cluster
-        .run_node_command(
-            id,
-            &["rebuild", "--from", &leader_url],
-            Duration::from_secs(120),
-        )
-        .await;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "rebuild failed ({}): stdout {stdout:?} stderr {stderr:?}",
-        out.status
-    );
-    stdout
-        .lines()
-        .find_map(|line| line.rsplit_once("moved to "))
-        .map(|(_, path)| PathBuf::from(path.trim()))
-        .unwrap_or_else(|| panic!("rebuild did not say where the old store went: {stdout:?}"))
-}
-
 #[tokio::test]
 async fn follower_with_a_damaged_db_refuses_to_start_and_is_rebuilt() {
     let mut cluster = LocalCluster::start(3).await;
@@ -149,7 +124,7 @@ async fn follower_with_a_damaged_db_refuses_to_start_and_is_rebuilt() {
                     "{damage:?}: the start-up error must say the store lost data and name \
                      `x402-node rebuild`: {error_line}"
                 );
-                let moved = rebuild_from_leader(&mut cluster, follower).await;
+                let moved = cluster.rebuild_from_leader(follower).await;
                 // The damaged store is kept aside, mark included, for a post-mortem.
                 assert!(moved.join("store.mark").is_file(), "{}", moved.display());
                 assert!(moved.join("raft.sled").join("db").is_file());

@@ -19,13 +19,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::raft::ClientWriteResponse;
 use openraft::{BasicNode, ChangeMembers, Membership, ServerState};
 use x402_client::wire::{
     self, AddLearnerRequest, ClaimRequest, ClaimResponse, InitRequest, Member, MemberIdRequest,
     MembershipResponse, NodeStatus, Role, SnapshotResponse,
 };
 use x402_raft_store::state::{ClaimOutcome, NonceClaim, NonceKey};
-use x402_raft_store::types::{Node, NodeId};
+use x402_raft_store::types::{Node, NodeId, TypeConfig};
 use x402_raft_store::{Op, Response as StateResponse};
 
 use super::error::{ApiError, JsonBody};
@@ -177,11 +178,7 @@ async fn add_learner(
         .add_learner(request.id, BasicNode::new(&request.url), false)
         .await
         .map_err(membership_error)?;
-    Ok(Json(MembershipResponse {
-        members: members_of(&written.membership.unwrap_or_default()),
-        log_index: Some(written.log_id.index),
-    })
-    .into_response())
+    Ok(membership_answer(written))
 }
 
 async fn promote(
@@ -200,11 +197,7 @@ async fn promote(
         )
         .await
         .map_err(membership_error)?;
-    Ok(Json(MembershipResponse {
-        members: members_of(&written.membership.unwrap_or_default()),
-        log_index: Some(written.log_id.index),
-    })
-    .into_response())
+    Ok(membership_answer(written))
 }
 
 async fn remove(
@@ -233,11 +226,7 @@ async fn remove(
         .change_membership(change, false)
         .await
         .map_err(membership_error)?;
-    Ok(Json(MembershipResponse {
-        members: members_of(&written.membership.unwrap_or_default()),
-        log_index: Some(written.log_id.index),
-    })
-    .into_response())
+    Ok(membership_answer(written))
 }
 
 /// Waits until the leader has replicated (almost) its whole log to `id`.
@@ -273,6 +262,15 @@ async fn wait_for_catch_up(app: &App, id: NodeId) -> Result<(), ApiError> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The answer to a membership change: the membership it installed and where.
+fn membership_answer(written: ClientWriteResponse<TypeConfig>) -> Response {
+    Json(MembershipResponse {
+        members: members_of(&written.membership.unwrap_or_default()),
+        log_index: Some(written.log_id.index),
+    })
+    .into_response()
 }
 
 fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> ApiError {
