@@ -59,6 +59,9 @@ pub enum Command {
         #[arg(long = "member", value_name = "ID=URL")]
         members: Vec<MemberArg>,
     },
+    /// Cluster-wide operations (`cluster init` is `init`)
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Change membership, through the first reachable node (it forwards to the leader)
     #[command(subcommand)]
     Members(MembersCommand),
@@ -73,6 +76,16 @@ pub enum Command {
     /// Load generators
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Subcommand, Debug, PartialEq)]
+pub enum ClusterCommand {
+    /// Form the cluster, on the first node of --nodes
+    Init {
+        /// A founding member (repeat it); none = the members in the node's configuration
+        #[arg(long = "member", value_name = "ID=URL")]
+        members: Vec<MemberArg>,
+    },
 }
 
 #[derive(Subcommand, Debug, PartialEq)]
@@ -247,6 +260,16 @@ mod tests {
         assert!(parse(&["init", "--member", "3="]).is_err());
         let cli = parse(&["init"]).unwrap();
         assert_eq!(cli.command, Command::Init { members: vec![] });
+        let cli = parse(&["cluster", "init", "--member", "1=http://a:1"]).unwrap();
+        assert_eq!(
+            cli.command,
+            Command::Cluster(ClusterCommand::Init {
+                members: vec![MemberArg {
+                    id: 1,
+                    url: "http://a:1".into()
+                }]
+            })
+        );
     }
 
     #[test]

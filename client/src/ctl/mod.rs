@@ -15,7 +15,9 @@ use std::process::ExitCode;
 
 use tokio::task::JoinSet;
 
-pub use args::{BenchCommand, ClaimsArgs, Cli, Command, MemberArg, MembersCommand, Token};
+pub use args::{
+    BenchCommand, ClaimsArgs, Cli, ClusterCommand, Command, MemberArg, MembersCommand, Token,
+};
 
 use crate::admin::AdminClient;
 use crate::bench::BenchError;
@@ -81,7 +83,7 @@ pub async fn execute(cli: Cli) -> Result<Output, CtlError> {
     };
     match &cli.command {
         Command::Status => status::run(clients(&cli, &operator)?, cli.json).await,
-        Command::Init { members } => {
+        Command::Init { members } | Command::Cluster(ClusterCommand::Init { members }) => {
             members::init(clients(&cli, &operator)?, members, cli.json).await
         }
         Command::Members(cmd) => members::change(clients(&cli, &operator)?, cmd, cli.json).await,
