@@ -6,6 +6,7 @@
 //! - [`error`]: [`ClientError`], the error of every call.
 //! - [`bench`]: the load generator's engine (workers, failover, statistics) and `bench claims`.
 //! - [`ctl`]: the `x402ctl` operator commands; the binary only parses and runs them.
+//! - [`x402`]: the x402 protocol's v1/v2 wire types (verify, settle, supported) and decoder.
 
 pub mod admin;
 pub mod bench;
@@ -13,6 +14,7 @@ pub mod ctl;
 pub mod error;
 pub mod http;
 pub mod wire;
+pub mod x402;
 
 pub use admin::AdminClient;
 pub use error::ClientError;
