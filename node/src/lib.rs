@@ -7,6 +7,7 @@
 //! - [`http`]: the axum routers (admin, health, metrics, peer API);
 //! - [`node`]: assembling and serving one replica.
 
+pub mod chain;
 pub mod cluster;
 pub mod config;
 pub mod http;
@@ -15,3 +16,4 @@ pub mod node;
 pub mod rebuild;
 pub mod seams;
 pub mod secret;
+pub mod x402;

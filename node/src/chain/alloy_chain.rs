@@ -1,0 +1,400 @@
+//! [`AlloyChain`]: the production [`Chain`] over one or more JSON-RPC HTTP endpoints.
+//!
+//! Every call has a deadline ([`ChainLimits::call_timeout`]). A call that finds its endpoint
+//! unavailable (transport error, HTTP error status, timeout, rate limit) is tried on the next URL,
+//! at most once per URL; the endpoint that last answered is tried first next time. Any other
+//! outcome (a value, a revert, a refusal) is the chain's answer and is returned as is.
+//!
+//! The transport is reqwest without TLS: only `http://` URLs (a local node or an RPC sidecar).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use alloy::eips::BlockNumberOrTag;
+use alloy::network::Ethereum;
+use alloy::primitives::{keccak256, Bytes};
+use alloy::providers::{Provider, RootProvider};
+use alloy::rpc::types::{TransactionInput, TransactionRequest};
+use alloy::sol_types::{ContractError, GenericRevertReason};
+use alloy::transports::{RpcError, TransportErrorKind};
+
+use super::{
+    Address, CallRequest, Chain, ChainError, ChainFuture, Fees, Log, NonceTag, Receipt, B256,
+};
+
+/// Most RPC URLs one chain may be configured with.
+pub const MAX_RPC_URLS: usize = 8;
+/// Default deadline of one JSON-RPC call on one endpoint.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest revert reason kept (a contract controls it; it ends up in logs and answers).
+pub const MAX_REVERT_REASON_BYTES: usize = 1024;
+/// Longest error text kept from an RPC node.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
+
+/// Limits of an [`AlloyChain`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChainLimits {
+    /// Deadline of one call on one endpoint; with failover a call can take up to
+    /// `call_timeout × number of URLs`.
+    pub call_timeout: Duration,
+}
+
+impl Default for ChainLimits {
+    fn default() -> Self {
+        ChainLimits {
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+        }
+    }
+}
+
+/// A configuration an [`AlloyChain`] cannot be built from.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChainConfigError {
+    #[error("no RPC URL configured")]
+    NoUrls,
+    #[error("{0} RPC URLs configured, at most {MAX_RPC_URLS} allowed")]
+    TooManyUrls(usize),
+    #[error("invalid RPC URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+}
+
+/// The production [`Chain`]: alloy's HTTP provider over each URL, with failover.
+pub struct AlloyChain {
+    endpoints: Vec<Endpoint>,
+    /// Index of the endpoint that answered last; calls start there.
+    preferred: AtomicUsize,
+    limits: ChainLimits,
+}
+
+struct Endpoint {
+    /// The URL without any credentials in it, for error messages.
+    label: String,
+    provider: RootProvider<Ethereum>,
+}
+
+impl AlloyChain {
+    /// Connects (lazily: no request is made here) to `urls`, tried in order on failover.
+    pub fn new<S: AsRef<str>>(urls: &[S], limits: ChainLimits) -> Result<Self, ChainConfigError> {
+        if urls.is_empty() {
+            return Err(ChainConfigError::NoUrls);
+        }
+        if urls.len() > MAX_RPC_URLS {
+            return Err(ChainConfigError::TooManyUrls(urls.len()));
+        }
+        let mut endpoints = Vec::with_capacity(urls.len());
+        for url in urls {
+            let raw = url.as_ref();
+            let bad = |reason: &str| ChainConfigError::BadUrl {
+                // An RPC URL often carries an API key: never echo more than scheme and host.
+                url: redact(raw),
+                reason: reason.to_owned(),
+            };
+            let parsed = raw
+                .parse::<alloy::transports::http::reqwest::Url>()
+                .map_err(|e| bad(&e.to_string()))?;
+            if parsed.scheme() != "http" {
+                return Err(bad("only http:// is supported (built without TLS)"));
+            }
+            endpoints.push(Endpoint {
+                label: redact(raw),
+                provider: RootProvider::new_http(parsed),
+            });
+        }
+        Ok(AlloyChain {
+            endpoints,
+            preferred: AtomicUsize::new(0),
+            limits,
+        })
+    }
+
+    /// Runs `call` on the preferred endpoint, then on the others while they are unavailable.
+    async fn with_failover<T, F, Fut>(&self, what: &'static str, call: F) -> Result<T, ChainError>
+    where
+        F: Fn(RootProvider<Ethereum>) -> Fut,
+        Fut: Future<Output = Result<T, ChainError>>,
+    {
+        let n = self.endpoints.len();
+        let start = self.preferred.load(Ordering::Relaxed) % n;
+        let mut failures = Vec::new();
+        for i in 0..n {
+            let idx = (start + i) % n;
+            let endpoint = &self.endpoints[idx];
+            let outcome = match tokio::time::timeout(
+                self.limits.call_timeout,
+                call(endpoint.provider.clone()),
+            )
+            .await
+            {
+                Ok(outcome) => outcome,
+                Err(_) => Err(ChainError::Unavailable(format!(
+                    "timed out after {:?}",
+                    self.limits.call_timeout
+                ))),
+            };
+            match outcome {
+                Err(ChainError::Unavailable(why)) => {
+                    tracing::debug!(rpc = %endpoint.label, what, %why, "chain RPC unavailable");
+                    failures.push(format!("{}: {why}", endpoint.label));
+                }
+                other => {
+                    if idx != start {
+                        self.preferred.store(idx, Ordering::Relaxed);
+                    }
+                    return other;
+                }
+            }
+        }
+        Err(ChainError::Unavailable(format!(
+            "{what}: {}",
+            failures.join("; ")
+        )))
+    }
+}
+
+impl Chain for AlloyChain {
+    fn chain_id(&self) -> ChainFuture<'_, u64> {
+        Box::pin(self.with_failover("eth_chainId", |p| async move {
+            p.get_chain_id().await.map_err(classify)
+        }))
+    }
+
+    fn code_at(&self, address: Address) -> ChainFuture<'_, Vec<u8>> {
+        Box::pin(self.with_failover("eth_getCode", move |p| async move {
+            p.get_code_at(address)
+                .await
+                .map(|b| b.to_vec())
+                .map_err(classify)
+        }))
+    }
+
+    fn eth_call(&self, call: CallRequest) -> ChainFuture<'_, Vec<u8>> {
+        let request = to_request(call);
+        Box::pin(self.with_failover("eth_call", move |p| {
+            let request = request.clone();
+            async move { p.call(request).await.map(|b| b.to_vec()).map_err(classify) }
+        }))
+    }
+
+    fn estimate_gas(&self, call: CallRequest) -> ChainFuture<'_, u64> {
+        let request = to_request(call);
+        Box::pin(self.with_failover("eth_estimateGas", move |p| {
+            let request = request.clone();
+            async move { p.estimate_gas(request).await.map_err(classify) }
+        }))
+    }
+
+    fn nonce(&self, address: Address, tag: NonceTag) -> ChainFuture<'_, u64> {
+        Box::pin(
+            self.with_failover("eth_getTransactionCount", move |p| async move {
+                let count = p.get_transaction_count(address);
+                let count = match tag {
+                    NonceTag::Latest => count.latest(),
+                    NonceTag::Pending => count.pending(),
+                };
+                count.await.map_err(classify)
+            }),
+        )
+    }
+
+    fn fees(&self) -> ChainFuture<'_, Fees> {
+        Box::pin(async move {
+            let history = self
+                .with_failover("eth_feeHistory", |p| async move {
+                    p.get_fee_history(1, BlockNumberOrTag::Latest, &[])
+                        .await
+                        .map_err(classify)
+                })
+                .await?;
+            let base_fee_per_gas = history.next_block_base_fee().ok_or_else(|| {
+                ChainError::BadResponse("eth_feeHistory without a next-block base fee".into())
+            })?;
+            let max_priority_fee_per_gas = self
+                .with_failover("eth_maxPriorityFeePerGas", |p| async move {
+                    p.get_max_priority_fee_per_gas().await.map_err(classify)
+                })
+                .await?;
+            Ok(Fees {
+                base_fee_per_gas,
+                max_priority_fee_per_gas,
+            })
+        })
+    }
+
+    fn send_raw_transaction(&self, raw: Vec<u8>) -> ChainFuture<'_, B256> {
+        // The hash of an EIP-2718 envelope (or a legacy RLP transaction) is keccak256 of its
+        // bytes: known before sending, and checked against what the node says.
+        let expected = keccak256(&raw);
+        let raw = Bytes::from(raw);
+        Box::pin(self.with_failover("eth_sendRawTransaction", move |p| {
+            let raw = raw.clone();
+            async move {
+                match p.send_raw_transaction(&raw).await {
+                    Ok(pending) if *pending.tx_hash() == expected => Ok(expected),
+                    Ok(pending) => Err(ChainError::BadResponse(format!(
+                        "node returned hash {} for transaction {expected}",
+                        pending.tx_hash()
+                    ))),
+                    // A failover resend of a transaction the first node did forward.
+                    Err(RpcError::ErrorResp(e)) if e.message.contains("already known") => {
+                        Ok(expected)
+                    }
+                    Err(e) => Err(classify(e)),
+                }
+            }
+        }))
+    }
+
+    fn receipt(&self, tx_hash: B256) -> ChainFuture<'_, Option<Receipt>> {
+        Box::pin(
+            self.with_failover("eth_getTransactionReceipt", move |p| async move {
+                let Some(r) = p.get_transaction_receipt(tx_hash).await.map_err(classify)? else {
+                    return Ok(None);
+                };
+                let logs = r
+                    .inner
+                    .logs()
+                    .iter()
+                    .map(|l| Log {
+                        address: l.address(),
+                        topics: l.topics().to_vec(),
+                        data: l.data().data.to_vec(),
+                    })
+                    .collect();
+                Ok(Some(Receipt {
+                    transaction_hash: r.transaction_hash,
+                    status: r.status(),
+                    block_number: r.block_number,
+                    block_hash: r.block_hash,
+                    gas_used: r.gas_used,
+                    logs,
+                }))
+            }),
+        )
+    }
+}
+
+fn to_request(call: CallRequest) -> TransactionRequest {
+    let mut request = TransactionRequest::default()
+        .to(call.to)
+        .input(TransactionInput::new(call.data.into()));
+    if let Some(from) = call.from {
+        request = request.from(from);
+    }
+    request
+}
+
+/// Sorts an alloy transport error into the [`ChainError`] a caller acts on.
+fn classify(e: RpcError<TransportErrorKind>) -> ChainError {
+    match e {
+        RpcError::ErrorResp(payload) => {
+            if let Some(data) = payload.as_revert_data() {
+                return ChainError::Reverted {
+                    reason: decode_revert(&data),
+                    data: data.to_vec(),
+                };
+            }
+            let message = truncate(&payload.message, MAX_ERROR_MESSAGE_BYTES);
+            if payload.message.contains("revert") {
+                // A node that reports a revert without data: keep its text as the reason.
+                let reason = message
+                    .strip_prefix("execution reverted: ")
+                    .map(str::to_owned)
+                    .filter(|r| !r.is_empty());
+                return ChainError::Reverted {
+                    reason,
+                    data: Vec::new(),
+                };
+            }
+            if payload.is_retry_err() {
+                return ChainError::Unavailable(format!("({}) {message}", payload.code));
+            }
+            ChainError::Rejected {
+                code: payload.code,
+                message,
+            }
+        }
+        RpcError::Transport(kind) => {
+            ChainError::Unavailable(truncate(&kind.to_string(), MAX_ERROR_MESSAGE_BYTES))
+        }
+        RpcError::NullResp => ChainError::BadResponse("null result".into()),
+        RpcError::DeserError { err, .. } => ChainError::BadResponse(err.to_string()),
+        other => ChainError::BadResponse(truncate(&other.to_string(), MAX_ERROR_MESSAGE_BYTES)),
+    }
+}
+
+/// `Error(string)` → its string; `Panic(uint256)` → a description; a bare UTF-8 string → itself.
+fn decode_revert(data: &[u8]) -> Option<String> {
+    let reason = match GenericRevertReason::decode(data)? {
+        GenericRevertReason::ContractError(ContractError::Revert(r)) => r.reason,
+        other => other.to_string(),
+    };
+    // Empty revert data "decodes" as an empty string: that is no reason.
+    (!reason.is_empty()).then(|| truncate(&reason, MAX_REVERT_REASON_BYTES))
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// `scheme://host:port` of a URL, dropping user info, path and query (where API keys live).
+fn redact(url: &str) -> String {
+    match url.parse::<alloy::transports::http::reqwest::Url>() {
+        Ok(u) => match (u.host_str(), u.port()) {
+            (Some(h), Some(p)) => format!("{}://{h}:{p}", u.scheme()),
+            (Some(h), None) => format!("{}://{h}", u.scheme()),
+            _ => format!("{}://?", u.scheme()),
+        },
+        Err(_) => "<unparseable URL>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy::sol_types::{Revert, SolError};
+
+    #[test]
+    fn config_is_checked() {
+        let none: [&str; 0] = [];
+        assert_eq!(
+            AlloyChain::new(&none, ChainLimits::default()).err(),
+            Some(ChainConfigError::NoUrls)
+        );
+        let many = vec!["http://127.0.0.1:8545"; MAX_RPC_URLS + 1];
+        assert!(matches!(
+            AlloyChain::new(&many, ChainLimits::default()),
+            Err(ChainConfigError::TooManyUrls(_))
+        ));
+        let err = AlloyChain::new(
+            &["https://user:secret@rpc.example/v2/KEY"],
+            ChainLimits::default(),
+        )
+        .err()
+        .unwrap();
+        let text = err.to_string();
+        assert!(text.contains("only http://"), "{text}");
+        assert!(!text.contains("secret") && !text.contains("KEY"), "{text}");
+        assert!(AlloyChain::new(&["not a url"], ChainLimits::default()).is_err());
+        assert!(AlloyChain::new(&["http://127.0.0.1:8545"], ChainLimits::default()).is_ok());
+    }
+
+    #[test]
+    fn revert_reasons_are_decoded() {
+        let data = Revert::from("FiatTokenV2: invalid signature").abi_encode();
+        assert_eq!(
+            decode_revert(&data).as_deref(),
+            Some("FiatTokenV2: invalid signature")
+        );
+        assert_eq!(decode_revert(&[]), None);
+        let long = Revert::from("x".repeat(5000)).abi_encode();
+        assert!(decode_revert(&long).unwrap().len() <= MAX_REVERT_REASON_BYTES + '…'.len_utf8());
+    }
+}
