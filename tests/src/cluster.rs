@@ -360,6 +360,17 @@ impl LocalCluster {
             .unwrap_or_else(|| panic!("rebuild did not say where the old store went: {stdout:?}"))
     }
 
+    /// A rebuilt node lost its vote, so `rebuild` brings it back as a learner: wait until it
+    /// has caught up, then promote it to voter again (as an operator would).
+    pub async fn promote_rebuilt(&self, id: u64) {
+        self.wait_converged().await;
+        let leader = self.leader_id().await;
+        self.admin(leader)
+            .promote(id)
+            .await
+            .expect("promote the rebuilt node");
+    }
+
     pub async fn run_node_command(
         &self,
         id: u64,

@@ -78,14 +78,7 @@ async fn store_that_will_not_open_is_rebuilt_from_the_leader() {
 
     // It starts, rejoins and converges.
     cluster.restart(follower);
-    // A rebuilt node lost its vote, so it comes back as a learner: catch up, then promote.
-    cluster.wait_converged().await;
-    let leader_now = cluster.leader_id().await;
-    cluster
-        .admin(leader_now)
-        .promote(follower)
-        .await
-        .expect("promote the rebuilt node");
+    cluster.promote_rebuilt(follower).await;
     let statuses = cluster.wait_converged().await;
     assert_eq!(statuses.len(), 3);
     let rebuilt = statuses.iter().find(|s| s.id == follower).unwrap();

@@ -157,14 +157,7 @@ async fn follower_with_a_damaged_db_refuses_to_start_and_is_rebuilt() {
 
         // It rejoins and converges; the others never noticed.
         cluster.assert_running(leader);
-        // A rebuilt node lost its vote, so it comes back as a learner: catch up, then promote.
-        cluster.wait_converged().await;
-        let leader_now = cluster.leader_id().await;
-        cluster
-            .admin(leader_now)
-            .promote(follower)
-            .await
-            .expect("promote the rebuilt node");
+        cluster.promote_rebuilt(follower).await;
         let statuses = cluster.wait_converged().await;
         let back = statuses.iter().find(|s| s.id == follower).unwrap();
         assert_eq!(back.claims, written.len() as u64, "{back:?}");
