@@ -135,7 +135,9 @@ impl Default for Limits {
             expiry_interval_ms: 1_000,
             max_queued_writes: 65_536,
             max_writes_per_entry: 1_024,
-            max_entries_in_flight: 4,
+            // Measured on 2 cores, 3 nodes, 128 connections: 1, 2, 4, 8 gave about 14.6k, 14.8k,
+            // 12.2k, 10.9k claims/s; fewer, larger entries cost fewer fsyncs and less CPU.
+            max_entries_in_flight: 2,
         }
     }
 }
