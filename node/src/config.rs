@@ -68,8 +68,6 @@ pub struct Limits {
     /// How long a write may take end to end (including forwarding) before the caller is told the
     /// outcome is unknown.
     pub propose_timeout_ms: u64,
-    /// Deadline of one peer RPC that is not a Raft RPC (forwarded writes, read index).
-    pub peer_timeout_ms: u64,
     /// Open connections served at once; more wait in the kernel's accept queue.
     pub max_connections: usize,
     /// How often the leader checks for claims to expire.
@@ -130,7 +128,6 @@ impl Default for Limits {
             max_peer_body_bytes: 32 << 20,
             snapshot_chunk_bytes: 4 << 20,
             propose_timeout_ms: 3_000,
-            peer_timeout_ms: 2_000,
             max_connections: 4_096,
             expiry_interval_ms: 1_000,
             max_queued_writes: 65_536,

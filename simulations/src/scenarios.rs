@@ -15,7 +15,7 @@ use crate::api::CallError;
 use crate::checks::{finish_and_check, FinalReport};
 use crate::clock::sim_elapsed_ms;
 use crate::cluster::{node_authority, SimCluster, SimOptions};
-use crate::workload::{claim_request, Fingerprint, WorkloadOptions};
+use crate::workload::{claim_request, Fingerprint, Workload, WorkloadOptions};
 
 /// How long the first leader may take to appear, and a replacement after a fault.
 const ELECTION_TIMEOUT: Duration = Duration::from_secs(5);
@@ -132,12 +132,7 @@ impl ScenarioReport {
 /// - the majority keeps acknowledging writes during the partition;
 /// - after the heal: the checks of [`finish_and_check`].
 pub fn partition_leader(seed: u64, timing: PartitionTiming) -> ScenarioReport {
-    let mut cluster = SimCluster::new(SimOptions::new(seed));
-    let workload = cluster.start_workload(WorkloadOptions::default());
-    let (first, took) = cluster
-        .wait_for_leader(ELECTION_TIMEOUT, &[])
-        .expect("no leader was elected at start");
-    cluster.note(format!("initial leader node-{first} after {took:?}"));
+    let (mut cluster, workload) = start_with_workload(seed);
 
     cluster.run_until_ms(timing.partition_at_ms);
     let old = cluster
@@ -264,12 +259,7 @@ fn assert_frozen(old: u64, frozen: &NodeStatus, late: &NodeStatus) {
 /// - the restarted node catches up (through a snapshot install) within [`CATCH_UP_TIMEOUT`];
 /// - the checks of [`finish_and_check`], so it ends with the same state hash as the others.
 pub fn crash_leader(seed: u64) -> ScenarioReport {
-    let mut cluster = SimCluster::new(SimOptions::new(seed));
-    let workload = cluster.start_workload(WorkloadOptions::default());
-    let (first, took) = cluster
-        .wait_for_leader(ELECTION_TIMEOUT, &[])
-        .expect("no leader was elected at start");
-    cluster.note(format!("initial leader node-{first} after {took:?}"));
+    let (mut cluster, workload) = start_with_workload(seed);
 
     cluster.run_until_ms(2_000);
     let old = cluster.leader().expect("no agreed leader before the crash");
@@ -335,4 +325,15 @@ pub fn crash_leader(seed: u64) -> ScenarioReport {
     cluster.run_for(Duration::from_secs(1));
     let final_report = finish_and_check(&mut cluster, &workload, &BTreeSet::new());
     ScenarioReport::new(&cluster, old, new, failover, final_report)
+}
+
+/// A 3-node cluster with the writers running and a leader elected.
+fn start_with_workload(seed: u64) -> (SimCluster, Workload) {
+    let mut cluster = SimCluster::new(SimOptions::new(seed));
+    let workload = cluster.start_workload(WorkloadOptions::default());
+    let (first, took) = cluster
+        .wait_for_leader(ELECTION_TIMEOUT, &[])
+        .expect("no leader was elected at start");
+    cluster.note(format!("initial leader node-{first} after {took:?}"));
+    (cluster, workload)
 }

@@ -253,25 +253,19 @@ impl Writer {
 
     /// Waits until `count` claims were acknowledged in all; panics after `timeout`.
     pub async fn wait_acked(&self, count: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let acked = self.acked();
-            if acked >= count {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "only {acked} of {count} claims acknowledged within {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_until_acked(count, timeout, || self.acked()).await
     }
 
     /// Waits until `count` claims were acknowledged after `since`; panics after `timeout`.
     pub async fn wait_acked_since(&self, since: Instant, count: usize, timeout: Duration) {
+        self.wait_until_acked(count, timeout, || self.acked_since(since))
+            .await
+    }
+
+    async fn wait_until_acked(&self, count: usize, timeout: Duration, acked: impl Fn() -> usize) {
         let deadline = Instant::now() + timeout;
         loop {
-            let acked = self.acked_since(since);
+            let acked = acked();
             if acked >= count {
                 return;
             }
