@@ -18,11 +18,13 @@
 //!
 //! Unknown fields are ignored everywhere (no `deny_unknown_fields`); the free-form objects the
 //! protocol passes through (`extra`, `extensions`, `outputSchema`) are kept as
-//! `serde_json::Value`. No Ethereum library is involved: signatures and checksums are the
-//! verifier's business.
+//! `serde_json::Value`. The wire types need no Ethereum library; [`eip3009`] (typed data,
+//! signing and strict recovery, calldata) uses alloy and is shared by the node's verifier and
+//! `x402ctl pay`.
 
 pub mod amount;
 pub mod common;
+pub mod eip3009;
 pub mod evm;
 pub mod hexstr;
 pub mod network;

@@ -1,5 +1,4 @@
-//! The x402 facilitator's protocol code. For now only [`eip3009`], the pure (no network) EIP-712
-//! and calldata layer of the `exact` EVM scheme; the `/verify`, `/settle` and `/supported`
-//! endpoints build on it.
+//! The x402 facilitator's protocol code. [`eip3009`] (the pure EIP-712 and calldata layer of the
+//! `exact` EVM scheme) lives in `x402-client`, shared with `x402ctl pay`; it is re-exported here.
 
-pub mod eip3009;
+pub use x402_client::x402::eip3009;
