@@ -159,6 +159,12 @@ impl Chain for AlloyChain {
         }))
     }
 
+    fn block_number(&self) -> ChainFuture<'_, u64> {
+        Box::pin(self.with_failover("eth_blockNumber", |p| async move {
+            p.get_block_number().await.map_err(classify)
+        }))
+    }
+
     fn code_at(&self, address: Address) -> ChainFuture<'_, Vec<u8>> {
         Box::pin(self.with_failover("eth_getCode", move |p| async move {
             p.get_code_at(address)

@@ -128,6 +128,9 @@ pub trait Chain: Send + Sync + 'static {
     /// `eth_chainId`.
     fn chain_id(&self) -> ChainFuture<'_, u64>;
 
+    /// `eth_blockNumber`: the latest block (to count a receipt's confirmations).
+    fn block_number(&self) -> ChainFuture<'_, u64>;
+
     /// `eth_getCode` at the latest block; empty for an EOA (or an undeployed contract).
     fn code_at(&self, address: Address) -> ChainFuture<'_, Vec<u8>>;
 
