@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
 
+pub mod facilitator;
+pub use facilitator::{AssetSettings, FacilitatorSettings, NetworkSettings};
+
 /// Shortest secret accepted: anything shorter is guessable.
 pub const MIN_SECRET_LEN: usize = 16;
 
@@ -38,6 +41,7 @@ pub struct Config {
     pub raft: RaftSettings,
     pub limits: Limits,
     pub storage: StorageSettings,
+    pub facilitator: FacilitatorSettings,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -100,6 +104,7 @@ impl Default for Config {
             raft: RaftSettings::default(),
             limits: Limits::default(),
             storage: StorageSettings::default(),
+            facilitator: FacilitatorSettings::default(),
         }
     }
 }
@@ -222,6 +227,7 @@ impl Config {
                 x402_raft_store::state::MAX_OPS_PER_COMMAND
             )));
         }
+        self.facilitator.validate()?;
         if !self.bootstrap.is_empty() && !self.bootstrap.contains_key(&self.node_id) {
             return Err(ConfigError::Invalid(format!(
                 "bootstrap members do not include this node ({})",
