@@ -10,6 +10,7 @@
 pub mod chain;
 pub mod cluster;
 pub mod config;
+pub mod facilitator;
 pub mod http;
 pub mod metrics;
 pub mod node;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
 use x402_node::config::Config;
+use x402_node::facilitator::Facilitator;
 use x402_node::metrics::Metrics;
 use x402_node::node::{self, NodeSetup};
 use x402_node::seams::{SystemClock, TokioConnector};
@@ -110,6 +111,16 @@ async fn run(config: Config) -> Result<(), String> {
         data_dir = %config.data_dir.display(),
         "starting x402-node"
     );
+    let facilitator = Facilitator::from_settings(&config.facilitator).map_err(|e| e.to_string())?;
+    for n in facilitator.networks.values() {
+        tracing::info!(
+            network = %n.caip2,
+            v1_name = n.v1_name.as_deref().unwrap_or("-"),
+            signers = ?n.signer_addresses(),
+            onchain_checks = config.facilitator.onchain_checks,
+            "facilitator network"
+        );
+    }
     let metrics = Metrics::new(config.node_id).map_err(|e| e.to_string())?;
     let fsync = metrics.fsync_seconds.clone();
     let observer: FlushObserver = Arc::new(move |d| fsync.observe(d.as_secs_f64()));
@@ -133,6 +144,7 @@ async fn run(config: Config) -> Result<(), String> {
         metrics,
         log,
         state_machine,
+        facilitator: Arc::new(facilitator),
     })
     .await
     .map_err(|e| e.to_string())?;

@@ -28,6 +28,12 @@ pub struct Metrics {
     pub fsync_seconds: Histogram,
     /// Writes by outcome: `ok`, `forwarded_ok`, `no_leader`, `unknown`, `refused`.
     pub proposals: IntCounterVec,
+    /// `/verify` answers by result: `valid` or the reason code; `error` when none was given.
+    pub verifications: IntCounterVec,
+    /// `/settle` answers by result: `success`, the reason code, or `error`.
+    pub settlements: IntCounterVec,
+    pub verify_seconds: Histogram,
+    pub settle_seconds: Histogram,
 }
 
 impl Metrics {
@@ -61,6 +67,13 @@ impl Metrics {
             &["outcome"],
         )?;
         registry.register(Box::new(proposals.clone()))?;
+        let by_result = |name: &str, help: &str| -> Result<IntCounterVec, prometheus::Error> {
+            let c = IntCounterVec::new(Opts::new(name, help), &["result"])?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let verifications = by_result("verify_total", "POST /verify answers, by result")?;
+        let settlements = by_result("settle_total", "POST /settle answers, by result")?;
         Ok(Self {
             term: gauge("raft_term", "Current Raft term")?,
             is_leader: gauge("raft_is_leader", "1 when this node is the leader")?,
@@ -79,6 +92,10 @@ impl Metrics {
                 "Duration of one durable flush of the Raft log (sled flush + fdatasync)",
             )?,
             proposals,
+            verifications,
+            settlements,
+            verify_seconds: histogram("verify_seconds", "Time to answer POST /verify")?,
+            settle_seconds: histogram("settle_seconds", "Time to answer POST /settle")?,
             registry,
         })
     }

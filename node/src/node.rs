@@ -23,6 +23,7 @@ use crate::cluster::network::Network;
 use crate::cluster::peer_client::PeerClient;
 use crate::cluster::proposer::Proposer;
 use crate::config::{Config, Limits, Secrets};
+use crate::facilitator::{reconcile, Facilitator};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::seams::{SharedClock, SharedConnector};
@@ -42,6 +43,8 @@ pub struct NodeSetup<LS, V: SnapshotVault> {
     pub metrics: Metrics,
     pub log: LS,
     pub state_machine: StateMachineStore<V>,
+    /// The networks this node verifies and settles on (their chain clients and signer keys).
+    pub facilitator: Arc<Facilitator>,
 }
 
 /// What every request handler can reach.
@@ -61,6 +64,7 @@ pub struct App {
     pub snapshot_file: SnapshotFileReader,
     pub bootstrap: BTreeMap<NodeId, String>,
     pub clock: SharedClock,
+    pub facilitator: Arc<Facilitator>,
 }
 
 impl App {
@@ -111,6 +115,7 @@ where
         metrics,
         log,
         state_machine,
+        facilitator,
     } = setup;
     let id = config.node_id;
     let peers = PeerClient::new(
@@ -163,12 +168,14 @@ where
         snapshot_file: Arc::new(move || vault.load_file()),
         bootstrap: config.bootstrap.clone(),
         clock,
+        facilitator,
     });
     tokio::spawn(watch_raft_metrics(app.clone()));
     tokio::spawn(expiry::run(
         app.clone(),
         Duration::from_millis(config.limits.expiry_interval_ms),
     ));
+    tokio::spawn(reconcile::run(app.clone()));
     bootstrap_if_first(&app).await;
     let router = http::router(app.clone());
     Ok(RunningNode { app, router })

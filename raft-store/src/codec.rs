@@ -45,6 +45,19 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     Ok(bincode::serde::encode_to_vec(value, config())?)
 }
 
+/// Encodes `value` (as [`encode`] would) into `writer`, answering how many bytes it wrote. For
+/// digests of values, which need the bytes but not a buffer holding them.
+pub fn encode_into<T: Serialize, W: std::io::Write>(
+    value: &T,
+    writer: &mut W,
+) -> Result<usize, CodecError> {
+    Ok(bincode::serde::encode_into_std_write(
+        value,
+        writer,
+        config(),
+    )?)
+}
+
 /// Decodes a network message; refuses trailing garbage and oversized length prefixes.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     decode_body(bytes, config())

@@ -542,6 +542,14 @@ async fn run_node(config: Config, disk: Disk) -> turmoil::Result {
         metrics,
         log: disk.log,
         state_machine,
+        // No chain yet: the facilitator's simulation (in-memory chains) is issue 5's.
+        facilitator: Arc::new(
+            x402_node::facilitator::Facilitator::with_chains(
+                &x402_node::config::FacilitatorSettings::default(),
+                Default::default(),
+            )
+            .map_err(|e| e.to_string())?,
+        ),
     })
     .await
     .map_err(|e| e.to_string())?;

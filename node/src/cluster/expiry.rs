@@ -26,7 +26,7 @@ pub async fn run(app: Arc<App>, interval: Duration) {
         for _ in 0..MAX_COMMANDS_PER_ROUND {
             let due = app
                 .state
-                .read(|s| s.nonces().next_expiry_ms())
+                .read(|s| s.next_expiry_ms())
                 .is_some_and(|t| t <= app.clock.now_ms());
             if !due {
                 break;

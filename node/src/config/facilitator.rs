@@ -11,7 +11,7 @@
 //! rpc_urls = ["http://127.0.0.1:8545", "http://127.0.0.1:8546"]
 //! signer_keys_env = "X402_SIGNER_KEYS_84532"   # comma-separated 0x keys in that variable
 //! signer_key_files = ["/etc/x402/signer1.key"] # one 0x key per file
-//! receipt_timeout_ms = 30000
+//! receipt_timeout_ms = 20000
 //! confirmations = 1
 //! gas_limit = 200000
 //!
@@ -103,7 +103,7 @@ impl Default for FacilitatorSettings {
     fn default() -> Self {
         Self {
             onchain_checks: true,
-            settle_wait_ms: 30_000,
+            settle_wait_ms: 20_000,
             reconcile_interval_ms: 1_000,
             reconcile_after_ms: 3_000,
             networks: Vec::new(),
@@ -120,7 +120,7 @@ impl Default for NetworkSettings {
             signer_keys_env: None,
             signer_key_files: Vec::new(),
             assets: Vec::new(),
-            receipt_timeout_ms: 30_000,
+            receipt_timeout_ms: 20_000,
             receipt_poll_ms: 100,
             confirmations: 1,
             gas_limit: 200_000,

@@ -14,6 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::set_digest::{Member, SetDigest};
+
 /// How long a claim outlives its authorization's `validBefore`. The margin covers clock
 /// differences between the cluster and the chain: after it, the token contract itself refuses
 /// the authorization, so forgetting the claim cannot let a replay through.
@@ -84,52 +86,28 @@ pub struct NonceRegistry {
     content_digest: SetDigest,
 }
 
-/// An order-independent digest of a set: the wrapping sum of its members' SHA-256 digests.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SetDigest([u64; 4]);
+/// A claim's contribution to the registry's [`SetDigest`]. (Hashed field by field rather than
+/// through bincode: the same bytes as before settlements existed, so claim digests are stable.)
+fn member(id: &ClaimId, record: &ClaimRecord) -> Member {
+    let mut h = Sha256::new();
+    h.update(id);
+    h.update(record.fingerprint);
+    h.update(record.expires_at_ms.to_be_bytes());
+    Member::from_hasher(h)
+}
 
-impl SetDigest {
-    fn member(id: &ClaimId, record: &ClaimRecord) -> [u64; 4] {
-        let mut h = Sha256::new();
-        h.update(id);
-        h.update(record.fingerprint);
-        h.update(record.expires_at_ms.to_be_bytes());
-        let d: [u8; 32] = h.finalize().into();
-        let limb = |i: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&d[i * 8..i * 8 + 8]);
-            u64::from_le_bytes(b)
-        };
-        [limb(0), limb(1), limb(2), limb(3)]
-    }
+/// Whether an authorization valid before `valid_before` (unix seconds) can no longer be used at
+/// `now_ms`. The one rule for claims and settlements alike.
+pub(crate) fn authorization_expired(valid_before: u64, now_ms: u64) -> bool {
+    valid_before.saturating_mul(1000) <= now_ms
+}
 
-    fn add(&mut self, x: [u64; 4]) {
-        let mut carry = 0u64;
-        for (limb, x) in self.0.iter_mut().zip(x) {
-            let (a, c1) = limb.overflowing_add(x);
-            let (b, c2) = a.overflowing_add(carry);
-            *limb = b;
-            carry = u64::from(c1) + u64::from(c2);
-        }
-    }
-
-    fn sub(&mut self, x: [u64; 4]) {
-        let mut borrow = 0u64;
-        for (limb, x) in self.0.iter_mut().zip(x) {
-            let (a, b1) = limb.overflowing_sub(x);
-            let (b, b2) = a.overflowing_sub(borrow);
-            *limb = b;
-            borrow = u64::from(b1) + u64::from(b2);
-        }
-    }
-
-    pub fn to_bytes(self) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        for (chunk, limb) in out.chunks_exact_mut(8).zip(self.0) {
-            chunk.copy_from_slice(&limb.to_le_bytes());
-        }
-        out
-    }
+/// When a claim (or a finished settlement) of an authorization valid before `valid_before` may
+/// be forgotten, unix milliseconds.
+pub(crate) fn retention_end_ms(valid_before: u64) -> u64 {
+    valid_before
+        .saturating_mul(1000)
+        .saturating_add(RETENTION_MARGIN_MS)
 }
 
 /// Serialised form of the registry, written straight from the live map (no copy) and read back
@@ -151,16 +129,15 @@ impl NonceRegistry {
                 ClaimOutcome::Replay
             };
         }
-        let valid_before_ms = claim.valid_before.saturating_mul(1000);
-        if valid_before_ms <= now_ms {
+        if authorization_expired(claim.valid_before, now_ms) {
             return ClaimOutcome::Expired;
         }
-        let expires_at_ms = valid_before_ms.saturating_add(RETENTION_MARGIN_MS);
+        let expires_at_ms = retention_end_ms(claim.valid_before);
         let record = ClaimRecord {
             fingerprint: claim.fingerprint,
             expires_at_ms,
         };
-        self.content_digest.add(SetDigest::member(&id, &record));
+        self.content_digest.add(member(&id, &record));
         self.claims.insert(id, record);
         self.by_expiry.insert((expires_at_ms, id));
         debug_assert_eq!(self.claims.len(), self.by_expiry.len());
@@ -179,7 +156,7 @@ impl NonceRegistry {
             }
             self.by_expiry.pop_first();
             match self.claims.remove(&id) {
-                Some(record) => self.content_digest.sub(SetDigest::member(&id, &record)),
+                Some(record) => self.content_digest.sub(member(&id, &record)),
                 None => debug_assert!(false, "expiry index names a missing claim"),
             }
             removed += 1;
@@ -212,7 +189,7 @@ impl NonceRegistry {
     }
 
     /// The digest of the set of live claims.
-    pub fn content_digest(&self) -> SetDigest {
+    pub(crate) fn content_digest(&self) -> SetDigest {
         self.content_digest
     }
 
@@ -224,7 +201,7 @@ impl NonceRegistry {
             .collect();
         let mut content_digest = SetDigest::default();
         for (id, record) in &claims {
-            content_digest.add(SetDigest::member(id, record));
+            content_digest.add(member(id, record));
         }
         Self {
             claims,

@@ -1,9 +1,8 @@
 //! Unit and property tests of the state machines.
 
-use std::collections::BTreeMap;
-
 use proptest::prelude::*;
 
+use super::model::Model;
 use super::*;
 
 fn key(n: u8) -> NonceKey {
@@ -111,52 +110,6 @@ fn snapshot_round_trip_preserves_state_and_hash() {
     let mut other = s.clone();
     apply1(&mut other, &at(claim(200, 1, 5_000), 10));
     assert_ne!(other.state_hash(), s.state_hash());
-}
-
-/// The plain model the registry is checked against: a map from key to (fingerprint, validBefore),
-/// with expiry done by a full scan.
-#[derive(Default)]
-struct Model {
-    now_ms: u64,
-    claims: BTreeMap<NonceKey, ([u8; 32], u64)>,
-}
-
-impl Model {
-    fn apply(&mut self, cmd: &Command) -> Vec<Response> {
-        self.now_ms = self.now_ms.max(cmd.at_ms);
-        cmd.ops.iter().map(|op| self.apply_op(op)).collect()
-    }
-
-    fn apply_op(&mut self, op: &Op) -> Response {
-        match op {
-            Op::ClaimNonce(c) => Response::Claim(match self.claims.get(&c.key) {
-                Some((fp, _)) if *fp == c.fingerprint => ClaimOutcome::Accepted,
-                Some(_) => ClaimOutcome::Replay,
-                None if c.valid_before * 1000 <= self.now_ms => ClaimOutcome::Expired,
-                None => {
-                    self.claims.insert(c.key, (c.fingerprint, c.valid_before));
-                    ClaimOutcome::Accepted
-                }
-            }),
-            Op::ExpireClaims { limit } => {
-                let limit = (*limit).min(MAX_EXPIRED_PER_COMMAND) as usize;
-                let mut due: Vec<(u64, [u8; 32], NonceKey)> = self
-                    .claims
-                    .iter()
-                    .map(|(k, (_, vb))| (vb * 1000 + nonces::RETENTION_MARGIN_MS, k.digest(), *k))
-                    .filter(|(exp, _, _)| *exp <= self.now_ms)
-                    .collect();
-                due.sort();
-                due.truncate(limit);
-                for (_, _, k) in &due {
-                    self.claims.remove(k);
-                }
-                Response::Expired {
-                    removed: due.len() as u32,
-                }
-            }
-        }
-    }
 }
 
 fn arb_command() -> impl Strategy<Value = Command> {

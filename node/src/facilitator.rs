@@ -1,0 +1,153 @@
+//! The x402 facilitator on top of the replicated state: `/verify`, `/settle`, `/supported`.
+//!
+//! - [`payment`]: the checks that need no chain (scheme, network, EIP-712 domain, signature of
+//!   an EOA, recipient, time window, amount) and the requirements fingerprint;
+//! - [`verify`]: the chain reads of `/verify` (ERC-1271, asset code, simulation and its
+//!   diagnosis), then the cluster-wide claim (I1);
+//! - [`settle`]: exactly-once settlement (I2) with signer nonces allocated by the log (I3);
+//! - [`reconcile`]: the leader's duty of finishing settlements whose owner went quiet, and of
+//!   telling the state machine each signer's transaction count.
+//!
+//! One [`Facilitator`] per node holds every configured network: its chain client, its signer
+//! keys and its settings.
+
+pub mod payment;
+pub mod reconcile;
+pub mod settle;
+pub mod verify;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::primitives::Address;
+use alloy::signers::local::PrivateKeySigner;
+use x402_client::x402::network::NetworkRegistry;
+use x402_client::x402::{SupportedKind, SupportedResponse};
+
+use crate::chain::{AlloyChain, ChainLimits, SharedChain};
+use crate::config::{ConfigError, FacilitatorSettings, NetworkSettings};
+
+/// One network the node settles on.
+pub struct Network {
+    pub chain_id: u64,
+    /// `eip155:<chain id>`.
+    pub caip2: String,
+    pub v1_name: Option<String>,
+    pub chain: SharedChain,
+    pub signers: Vec<PrivateKeySigner>,
+    /// Accepted tokens (address → EIP-712 name and version); empty accepts any.
+    pub assets: BTreeMap<Address, (String, String)>,
+    pub settings: NetworkSettings,
+}
+
+impl Network {
+    /// The signer key for `address`, if this node holds it.
+    pub fn signer(&self, address: &Address) -> Option<&PrivateKeySigner> {
+        self.signers.iter().find(|s| s.address() == *address)
+    }
+
+    /// The addresses of this node's signers, in configuration order.
+    pub fn signer_addresses(&self) -> Vec<Address> {
+        self.signers.iter().map(|s| s.address()).collect()
+    }
+}
+
+/// Every network the node serves, and the facilitator-wide settings.
+pub struct Facilitator {
+    pub networks: BTreeMap<u64, Network>,
+    /// v1 names, built-in plus configured.
+    pub names: NetworkRegistry,
+    pub settings: FacilitatorSettings,
+}
+
+impl Facilitator {
+    /// Builds the networks of `settings`, each with an [`AlloyChain`] over its RPC URLs.
+    pub fn from_settings(settings: &FacilitatorSettings) -> Result<Self, ConfigError> {
+        let mut chains = BTreeMap::new();
+        for n in &settings.networks {
+            let limits = ChainLimits {
+                call_timeout: Duration::from_millis(n.rpc_timeout_ms.max(1)),
+            };
+            let chain = AlloyChain::new(&n.rpc_urls, limits)
+                .map_err(|e| ConfigError::Invalid(format!("{}: {e}", n.network)))?;
+            chains.insert(n.chain_id()?, Arc::new(chain) as SharedChain);
+        }
+        Self::with_chains(settings, chains)
+    }
+
+    /// Builds the networks of `settings` on the given chains (one per configured chain id): the
+    /// seam tests and simulations use to put a [`crate::chain::memory::MemoryChain`] in place.
+    pub fn with_chains(
+        settings: &FacilitatorSettings,
+        mut chains: BTreeMap<u64, SharedChain>,
+    ) -> Result<Self, ConfigError> {
+        settings.validate()?;
+        let mut networks = BTreeMap::new();
+        for n in &settings.networks {
+            let chain_id = n.chain_id()?;
+            let chain = chains.remove(&chain_id).ok_or_else(|| {
+                ConfigError::Invalid(format!("no chain client for {}", n.network))
+            })?;
+            let mut assets = BTreeMap::new();
+            for a in &n.assets {
+                let address: Address = a.address.parse().map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "asset {:?} of {} is not an address",
+                        a.address, n.network
+                    ))
+                })?;
+                assets.insert(address, (a.name.clone(), a.version.clone()));
+            }
+            networks.insert(
+                chain_id,
+                Network {
+                    chain_id,
+                    caip2: n.network.clone(),
+                    v1_name: n.v1_name.clone(),
+                    chain,
+                    signers: n.signers()?,
+                    assets,
+                    settings: n.clone(),
+                },
+            );
+        }
+        Ok(Self {
+            networks,
+            names: settings.network_registry(),
+            settings: settings.clone(),
+        })
+    }
+
+    /// The `GET /supported` answer: one v2 kind per network, one v1 kind per network with a v1
+    /// name, and the signer addresses by chain (`eip155:<id>`) and by family (`eip155:*`).
+    pub fn supported(&self) -> SupportedResponse {
+        let mut kinds = Vec::new();
+        let mut signers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for n in self.networks.values() {
+            if let Some(name) = &n.v1_name {
+                kinds.push(SupportedKind::new(1, "exact", name.clone()));
+            }
+            kinds.push(SupportedKind::new(2, "exact", n.caip2.clone()));
+            let addresses: Vec<String> = n
+                .signers
+                .iter()
+                .map(|s| s.address().to_checksum(None))
+                .collect();
+            signers
+                .entry("eip155:*".to_owned())
+                .or_default()
+                .extend(addresses.iter().cloned());
+            signers.insert(n.caip2.clone(), addresses);
+        }
+        if let Some(all) = signers.get_mut("eip155:*") {
+            all.sort();
+            all.dedup();
+        }
+        SupportedResponse {
+            kinds,
+            extensions: Vec::new(),
+            signers,
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! `POST /verify`: the offline checks of [`super::payment`], the chain reads, then the
+//! cluster-wide claim of the authorization (I1).
+//!
+//! Chain reads, in the reference's order (reference/x402-protocol.md §3.2): the payer's code
+//! when its signature did not recover (ERC-1271 `isValidSignature`), the asset's code (an
+//! `eth_call` to an address without code "succeeds" silently), the simulation of
+//! `transferWithAuthorization` from our signer, and when it reverts the diagnosis
+//! (`authorizationState`, `name`, `version`, `balanceOf`). `facilitator.onchain_checks = false`
+//! skips them all (a payer whose signature does not recover is then simply refused): the cluster
+//! benchmark setting. The claim comes last so that a payment that fails a check leaves no state.
+
+use alloy::primitives::{Address, U256};
+use x402_client::x402::eip3009::{self, TransferWithAuthorization};
+use x402_client::x402::{FacilitatorRequest, ReasonCode, VerifyResponse};
+use x402_raft_store::state::{ClaimOutcome, Op};
+use x402_raft_store::Response;
+
+use super::payment::{self, Payment, Rejection, SignatureCheck};
+use super::Network;
+use crate::chain::{CallRequest, ChainError};
+use crate::cluster::proposer::ProposeError;
+use crate::node::App;
+
+/// Why `/verify` could not answer at all (as opposed to answering "invalid").
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The claim could not be written (no leader, overloaded, outcome unknown).
+    #[error(transparent)]
+    Claim(#[from] ProposeError),
+    #[error("the state machine answered a claim with {0}")]
+    Unexpected(String),
+}
+
+/// Verifies `request` and, if it is valid, claims its authorization for its requirements.
+pub async fn verify(
+    app: &App,
+    request: &FacilitatorRequest,
+) -> Result<VerifyResponse, VerifyError> {
+    let now_secs = app.clock.now_ms() / 1000;
+    let payment = match check_payment(app, request, now_secs, Simulation::Run).await {
+        Ok(payment) => payment,
+        Err(rejection) => return Ok(invalid(rejection)),
+    };
+    let committed = app.batcher.propose(Op::ClaimNonce(payment.claim())).await?;
+    Ok(match committed.response {
+        Response::Claim(ClaimOutcome::Accepted) => VerifyResponse::valid(payment.payer_text()),
+        Response::Claim(ClaimOutcome::Replay) => invalid(
+            Rejection::new(
+                ReasonCode::InvalidExactEvmNonceAlreadyUsed,
+                "this authorization was already used for other payment requirements",
+            )
+            .with_payer(payment.payer),
+        ),
+        Response::Claim(ClaimOutcome::Expired) => invalid(
+            Rejection::new(
+                ReasonCode::InvalidExactEvmPayloadAuthorizationValidBefore,
+                "the authorization expired before it could be claimed",
+            )
+            .with_payer(payment.payer),
+        ),
+        other => return Err(VerifyError::Unexpected(format!("{other:?}"))),
+    })
+}
+
+/// The `{isValid: false}` answer for a rejection.
+pub fn invalid(rejection: Rejection) -> VerifyResponse {
+    let mut response = VerifyResponse::invalid(
+        rejection.reason,
+        rejection.payer.map(|p| p.to_checksum(None)),
+    );
+    if let Some(message) = rejection.message {
+        response = response.with_message(message);
+    }
+    response
+}
+
+/// Whether [`check_payment`] simulates the transfer (when chain reads are on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Simulation {
+    Run,
+    Skip,
+}
+
+/// Every check of a payment short of the claim: offline, then (if configured) on chain.
+pub async fn check_payment(
+    app: &App,
+    request: &FacilitatorRequest,
+    now_secs: u64,
+    simulation: Simulation,
+) -> Result<Payment, Rejection> {
+    let facilitator = &app.facilitator;
+    let payment = payment::prepare(facilitator, request)?;
+    let network = facilitator
+        .networks
+        .get(&payment.chain_id)
+        .ok_or_else(|| Rejection::new(ReasonCode::InvalidNetwork, "network not served"))?;
+    let onchain = facilitator.settings.onchain_checks;
+    if payment.signature_check == SignatureCheck::NeedsErc1271 {
+        let accepted = onchain && erc1271_accepts(network, &payment).await?;
+        if !accepted {
+            return Err(Rejection::new(
+                ReasonCode::InvalidExactEvmSignature,
+                "the signature does not recover to authorization.from under the requirements' \
+                 EIP-712 domain, and the payer is not a contract that accepts it (ERC-1271)",
+            )
+            .with_payer(payment.payer));
+        }
+    }
+    payment::check_terms(&payment, request, now_secs)?;
+    if !onchain {
+        return Ok(payment);
+    }
+    let code = network
+        .chain
+        .code_at(payment.asset)
+        .await
+        .map_err(|e| chain_unavailable(&payment, e))?;
+    if code.is_empty() {
+        return Err(Rejection::new(
+            ReasonCode::AssetNotDeployedContract,
+            format!(
+                "asset {} has no code on {}",
+                payment.asset.to_checksum(None),
+                network.caip2
+            ),
+        )
+        .with_payer(payment.payer));
+    }
+    if simulation == Simulation::Run {
+        simulate(network, &payment).await?;
+    }
+    Ok(payment)
+}
+
+/// ERC-1271: whether the payer has code and its `isValidSignature` returns the magic value.
+async fn erc1271_accepts(network: &Network, payment: &Payment) -> Result<bool, Rejection> {
+    let code = network
+        .chain
+        .code_at(payment.payer)
+        .await
+        .map_err(|e| chain_unavailable(payment, e))?;
+    if code.is_empty() {
+        return Ok(false);
+    }
+    let hash = eip3009::signing_hash(&payment.authorization, &payment.domain);
+    let call = CallRequest {
+        from: None,
+        to: payment.payer,
+        data: eip3009::is_valid_signature_calldata(hash, &payment.signature),
+    };
+    match network.chain.eth_call(call).await {
+        Ok(ret) => Ok(eip3009::is_erc1271_magic(&ret)),
+        Err(ChainError::Reverted { .. }) => Ok(false),
+        Err(e) => Err(chain_unavailable(payment, e)),
+    }
+}
+
+/// Simulates the settlement's own call, from the address that would send it.
+async fn simulate(network: &Network, payment: &Payment) -> Result<(), Rejection> {
+    let call = CallRequest {
+        from: network.signers.first().map(|s| s.address()),
+        to: payment.asset,
+        data: eip3009::transfer_with_authorization(&payment.authorization, &payment.signature),
+    };
+    match network.chain.eth_call(call).await {
+        Ok(_) => Ok(()),
+        Err(ChainError::Reverted { reason, .. }) => {
+            Err(diagnose(network, payment, reason.unwrap_or_default()).await)
+        }
+        Err(e) => Err(chain_unavailable(payment, e)),
+    }
+}
+
+/// Why the simulation reverted, in the reference's order of priority.
+async fn diagnose(network: &Network, payment: &Payment, revert: String) -> Rejection {
+    let a: &TransferWithAuthorization = &payment.authorization;
+    let view = |data: Vec<u8>| CallRequest {
+        from: None,
+        to: payment.asset,
+        data,
+    };
+    let chain = &network.chain;
+    let (state, name, version, balance) = tokio::join!(
+        chain.eth_call(view(eip3009::authorization_state_calldata(a.from, a.nonce))),
+        chain.eth_call(view(eip3009::name_calldata())),
+        chain.eth_call(view(eip3009::version_calldata())),
+        chain.eth_call(view(eip3009::balance_of_calldata(a.from))),
+    );
+    let reason = match state.ok().map(|r| eip3009::decode_bool(&r)) {
+        None | Some(Err(_)) => ReasonCode::InvalidExactEvmEip3009NotSupported,
+        Some(Ok(true)) => ReasonCode::InvalidExactEvmNonceAlreadyUsed,
+        Some(Ok(false)) => {
+            let text = |r: Result<Vec<u8>, ChainError>| {
+                r.ok().and_then(|ret| eip3009::decode_string(&ret).ok())
+            };
+            let balance: Option<U256> = balance
+                .ok()
+                .and_then(|ret| eip3009::decode_uint256(&ret).ok());
+            if text(name).is_some_and(|n| n != payment.domain_name) {
+                ReasonCode::InvalidExactEvmTokenNameMismatch
+            } else if text(version).is_some_and(|v| v != payment.domain_version) {
+                ReasonCode::InvalidExactEvmTokenVersionMismatch
+            } else if balance.is_some_and(|b| b < a.value) {
+                ReasonCode::InvalidExactEvmInsufficientBalance
+            } else {
+                ReasonCode::InvalidExactEvmTransactionSimulationFailed
+            }
+        }
+    };
+    let message = if revert.is_empty() {
+        "the simulated transfer reverted".to_owned()
+    } else {
+        format!("the simulated transfer reverted: {revert}")
+    };
+    Rejection::new(reason, message).with_payer(payment.payer)
+}
+
+fn chain_unavailable(payment: &Payment, e: ChainError) -> Rejection {
+    Rejection::new(
+        ReasonCode::UnexpectedVerifyError,
+        format!("cannot read the chain: {e}"),
+    )
+    .with_payer(payment.payer)
+}
+
+/// The payer of a payment as an address, for callers that only have the request.
+pub fn payer_of(request: &FacilitatorRequest) -> Address {
+    Address::from(*request.payload().authorization.from.as_bytes())
+}
