@@ -3,8 +3,11 @@
 //! - [`wire`]: the JSON bodies of the admin/operator API, shared with `x402-node`.
 //! - [`http`]: a pooled HTTP/1.1 transport (hyper) with a per-request deadline.
 //! - [`admin`]: [`AdminClient`], typed calls to one node's admin API.
+//! - [`facilitator`]: [`FacilitatorClient`], one node's x402 endpoints (`/verify`, `/settle`,
+//!   `/supported`).
 //! - [`error`]: [`ClientError`], the error of every call.
-//! - [`bench`]: the load generator's engine (workers, failover, statistics) and `bench claims`.
+//! - [`bench`](mod@bench): the load generator's engine (workers, failover, statistics), `bench claims`
+//!   and `bench verify` / `bench settle` (pre-signed payments).
 //! - [`ctl`]: the `x402ctl` operator commands; the binary only parses and runs them.
 //! - [`x402`]: the x402 protocol's v1/v2 wire types (verify, settle, supported) and decoder.
 
@@ -12,10 +15,12 @@ pub mod admin;
 pub mod bench;
 pub mod ctl;
 pub mod error;
+pub mod facilitator;
 pub mod http;
 pub mod wire;
 pub mod x402;
 
 pub use admin::AdminClient;
 pub use error::ClientError;
+pub use facilitator::FacilitatorClient;
 pub use http::{HttpClient, HttpConfig};

@@ -143,7 +143,7 @@ pub async fn run(
     super::run(nodes, config, move |node: &Arc<AdminClient>| {
         let body = template.random_body(&mut rand::thread_rng());
         let node = Arc::clone(node);
-        async move { claim_once(&node, body?).await }
+        Some(async move { claim_once(&node, body?).await })
     })
     .await
 }

@@ -1,17 +1,22 @@
 //! The load generator's engine, independent of what an operation is: [`run`] drives N workers
 //! (tokio tasks) for a fixed time over a set of targets (nodes), each calling an async operation
-//! in a loop, and measures it ([`BenchReport`]). `bench claims` ([`claims`]) is one operation;
-//! others (e.g. `bench verify`) plug into the same driver, statistics and JSON output.
+//! in a loop, and measures it ([`BenchReport`]). `bench claims` ([`claims`]) and `bench verify` /
+//! `bench settle` ([`payments`]) are operations plugged into the same driver, statistics and
+//! JSON output.
 //!
 //! The driver is built to measure a cluster *through* failures: a failed operation is counted,
 //! the worker moves to the next target and tries again after a short pause; nothing aborts the
 //! run. Operations still in flight when the time is up are abandoned and counted neither way.
+//! An operation source may also run dry (a finite pool of pre-signed payments): its workers then
+//! stop early, and the run ends when the last one does.
 
 pub mod claims;
+pub mod payments;
 pub mod stats;
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +69,8 @@ pub struct BenchOutcome {
     pub failures: Vec<FailureSummary>,
     pub concurrency: usize,
     pub targets: usize,
+    /// Some worker found no operation left before the time was up (see [`run`]).
+    pub ran_out: bool,
 }
 
 /// Runs `config.concurrency` workers for `config.duration`. Worker `i` starts on target
@@ -71,7 +78,8 @@ pub struct BenchOutcome {
 ///
 /// `op` is called once per operation with the target to use. It returns a `'static` future, so
 /// targets are typically `Arc`s (or cheap clones) the closure clones into the future; any
-/// per-operation preparation (random request bodies) happens synchronously in the closure.
+/// per-operation preparation (random request bodies) happens synchronously in the closure. It
+/// returns `None` when there is no operation left: the worker stops, whatever the time.
 pub async fn run<T, F, Fut, E>(
     targets: Vec<T>,
     config: &BenchConfig,
@@ -79,7 +87,7 @@ pub async fn run<T, F, Fut, E>(
 ) -> Result<BenchOutcome, BenchError>
 where
     T: Send + Sync + 'static,
-    F: Fn(&T) -> Fut + Send + Sync + 'static,
+    F: Fn(&T) -> Option<Fut> + Send + Sync + 'static,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Failure + 'static,
 {
@@ -97,6 +105,7 @@ where
         targets,
         op,
         stall: StallTracker::new(),
+        ran_out: AtomicBool::new(false),
         start: Instant::now(),
         deadline: Instant::now() + config.duration,
         retry_pause: config.retry_pause,
@@ -121,6 +130,7 @@ where
         failures: total.failures,
         concurrency: config.concurrency,
         targets: target_count,
+        ran_out: shared.ran_out.load(Ordering::Relaxed),
     })
 }
 
@@ -129,6 +139,8 @@ struct Shared<T, F> {
     targets: Vec<T>,
     op: F,
     stall: StallTracker,
+    /// Set by a worker that found no operation left.
+    ran_out: AtomicBool,
     start: Instant,
     deadline: Instant,
     retry_pause: Duration,
@@ -137,7 +149,7 @@ struct Shared<T, F> {
 impl<T, F> Shared<T, F> {
     async fn worker<Fut, E>(self: Arc<Self>, mut target: usize) -> WorkerStats
     where
-        F: Fn(&T) -> Fut,
+        F: Fn(&T) -> Option<Fut>,
         Fut: Future<Output = Result<(), E>>,
         E: Failure,
     {
@@ -147,7 +159,10 @@ impl<T, F> Shared<T, F> {
             if started >= self.deadline {
                 break;
             }
-            let operation = (self.op)(&self.targets[target]);
+            let Some(operation) = (self.op)(&self.targets[target]) else {
+                self.ran_out.store(true, Ordering::Relaxed);
+                break;
+            };
             match tokio::time::timeout_at(self.deadline, operation).await {
                 // Time is up with the operation in flight: it counts neither way.
                 Err(_) => break,
@@ -208,14 +223,14 @@ mod tests {
             move |t: &usize| {
                 calls[*t].fetch_add(1, Ordering::Relaxed);
                 let ok = *t == 1;
-                async move {
+                Some(async move {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                     if ok {
                         Ok(())
                     } else {
                         Err(Boom)
                     }
-                }
+                })
             }
         })
         .await
@@ -230,13 +245,16 @@ mod tests {
         assert_eq!(outcome.failures[0].example, "boom");
         assert!(r.seconds >= 0.3 && r.seconds < 1.0, "{r:?}");
         assert!(r.max_stall_ms < 200.0, "{r:?}");
+        assert!(!outcome.ran_out);
     }
 
     #[tokio::test]
     async fn all_failing_means_no_ops_and_a_full_stall() {
-        let outcome = run(vec![()], &config(2, 200), |_: &()| async { Err(Boom) })
-            .await
-            .unwrap();
+        let outcome = run(vec![()], &config(2, 200), |_: &()| {
+            Some(async { Err(Boom) })
+        })
+        .await
+        .unwrap();
         let r = outcome.report;
         assert_eq!(r.ops, 0);
         assert!(r.errors >= 2);
@@ -245,9 +263,11 @@ mod tests {
 
     #[tokio::test]
     async fn in_flight_operations_are_abandoned_at_the_deadline() {
-        let outcome = run(vec![()], &config(3, 100), |_: &()| async {
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            Ok::<(), Boom>(())
+        let outcome = run(vec![()], &config(3, 100), |_: &()| {
+            Some(async {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                Ok::<(), Boom>(())
+            })
         })
         .await
         .unwrap();
@@ -256,8 +276,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_source_that_runs_dry_ends_the_run_early() {
+        // 50 operations for 4 workers and 10 s: the run ends once they are done.
+        let left = Arc::new(AtomicU64::new(50));
+        let outcome = run(vec![()], &config(4, 10_000), move |_: &()| {
+            left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .ok()?;
+            Some(async {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                Ok::<(), Boom>(())
+            })
+        })
+        .await
+        .unwrap();
+        assert_eq!((outcome.report.ops, outcome.report.errors), (50, 0));
+        assert!(outcome.ran_out);
+        assert!(outcome.report.seconds < 5.0, "{:?}", outcome.report);
+    }
+
+    #[tokio::test]
     async fn bad_configs_are_refused() {
-        let op = |_: &()| async { Ok::<(), Boom>(()) };
+        let op = |_: &()| Some(async { Ok::<(), Boom>(()) });
         assert_eq!(
             run(Vec::<()>::new(), &config(1, 10), op).await.unwrap_err(),
             BenchError::NoTargets

@@ -2,6 +2,7 @@
 //! tested without any network.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -9,12 +10,22 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::bench::claims::DEFAULT_ASSET;
 use crate::wire::{ENV_ADMIN_TOKEN, ENV_NODES};
+use crate::x402::payment::{DEFAULT_RESOURCE, DEFAULT_TOKEN_NAME, DEFAULT_TOKEN_VERSION};
+use crate::x402::{Address, U256};
+
+/// Most payments `bench verify|settle` signs before a run (97 bytes each in memory, about half
+/// an hour of signing on two cores).
+pub const MAX_PAYMENTS: u64 = 20_000_000;
+
+/// Environment variable holding the payer's private key for `pay` and `bench verify|settle`
+/// (there is deliberately no command-line flag for the key itself).
+pub const ENV_PAYER_KEY: &str = "X402_PAYER_KEY";
 
 #[derive(Parser, Debug)]
 #[command(
     name = "x402ctl",
     version,
-    about = "Operate an x402-cluster: status, membership, snapshots, load generation"
+    about = "Operate an x402-cluster: status, membership, snapshots, payments, load generation"
 )]
 pub struct Cli {
     /// Node base URLs, comma separated (e.g. http://127.0.0.1:7001,http://127.0.0.1:7002)
@@ -73,6 +84,16 @@ pub enum Command {
         #[arg(long, default_value = "30", value_name = "SECS", value_parser = parse_secs)]
         wait: Duration,
     },
+    /// Sign one payment and send it to the x402 endpoints: POST /verify, then POST /settle
+    ///
+    /// The request body is what an official x402 resource server sends for a client that paid
+    /// with EIP-3009 (validAfter = now - 600 s, validBefore = now + --max-timeout-seconds, a
+    /// random nonce). The nodes are tried in order until one answers. Exit status 1 when the
+    /// payment is invalid or not settled (settlement_pending included).
+    ///
+    /// The payer's private key comes from X402_PAYER_KEY or --payer-key-file, never from the
+    /// command line, and is never printed.
+    Pay(PayArgs),
     /// Load generators
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -106,28 +127,134 @@ pub enum MembersCommand {
 pub enum BenchCommand {
     /// Claim fresh random nonces as fast as possible (POST /admin/claims) across all nodes
     Claims(ClaimsArgs),
+    /// POST /verify with pre-signed payments as fast as possible across all nodes
+    ///
+    /// Every payment is signed before the clock starts (on all cores; signing is not measured),
+    /// each with its own random nonce, and sent once. Only isValid: true counts; other answers
+    /// are errors, counted by reason code. Without a payer key, a random payer signs: with the
+    /// nodes' on-chain checks off, verify needs no funds.
+    Verify(PaymentBenchArgs),
+    /// POST /settle with pre-signed payments as fast as possible across all nodes
+    ///
+    /// As `bench verify`, but only success: true counts, and the payer key is required (the
+    /// payer needs the funds: --amount times --payments).
+    Settle(PaymentBenchArgs),
 }
 
+/// How a load-generator run goes: shared by every `bench` command.
 #[derive(Args, Debug, PartialEq)]
-pub struct ClaimsArgs {
+pub struct RunArgs {
     /// Concurrent workers, spread round-robin over the nodes
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
     pub concurrency: u32,
     /// How long to run, in seconds (fractions allowed)
     #[arg(long, default_value = "10", value_name = "SECS", value_parser = parse_secs)]
     pub duration: Duration,
+    /// Deadline of one operation; a slower one counts as an error [default: 2000; 60000 for
+    /// bench settle, which waits for the chain]
+    #[arg(long, value_name = "MS")]
+    pub request_timeout_ms: Option<u64>,
+    /// Pause after an error before a worker tries the next node
+    #[arg(long, default_value_t = 20, value_name = "MS")]
+    pub retry_pause_ms: u64,
+}
+
+impl RunArgs {
+    /// `--request-timeout-ms`, or `default` (at least 1 ms).
+    pub fn request_timeout(&self, default: Duration) -> Duration {
+        self.request_timeout_ms
+            .map_or(default, Duration::from_millis)
+            .max(Duration::from_millis(1))
+    }
+}
+
+#[derive(Args, Debug, PartialEq)]
+pub struct ClaimsArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
     /// Chain id every claim is made for
     #[arg(long, default_value_t = 31337)]
     pub chain_id: u64,
     /// Token address every claim is made for
     #[arg(long, default_value = DEFAULT_ASSET)]
     pub asset: String,
-    /// Deadline of one claim; a slower one counts as an error
-    #[arg(long, default_value_t = 2000, value_name = "MS")]
-    pub request_timeout_ms: u64,
-    /// Pause after an error before a worker tries the next node
-    #[arg(long, default_value_t = 20, value_name = "MS")]
-    pub retry_pause_ms: u64,
+}
+
+/// `bench verify` and `bench settle`.
+#[derive(Args, Debug, PartialEq)]
+pub struct PaymentBenchArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub requirements: RequirementArgs,
+    #[command(flatten)]
+    pub payer: PayerArgs,
+    /// Payments to sign before the run; the run ends early if they run out [default: 15000
+    /// (verify) or 2000 (settle) per second of --duration, at least --concurrency]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=MAX_PAYMENTS))]
+    pub payments: Option<u64>,
+}
+
+/// `pay`.
+#[derive(Args, Debug, PartialEq)]
+pub struct PayArgs {
+    #[command(flatten)]
+    pub requirements: RequirementArgs,
+    #[command(flatten)]
+    pub payer: PayerArgs,
+    /// Only POST /verify; do not settle
+    #[arg(long)]
+    pub verify_only: bool,
+    /// Deadline of POST /settle, which waits for the transaction's receipt (--timeout applies
+    /// to /verify)
+    #[arg(long, default_value = "90", value_name = "SECS", value_parser = parse_secs)]
+    pub settle_timeout: Duration,
+}
+
+/// One x402 payment requirement: what the payment is for (the resource server's side).
+#[derive(Args, Clone, Debug, PartialEq)]
+pub struct RequirementArgs {
+    /// A CAIP-2 id such as eip155:31337 (x402 v2), or a v1 name such as base-sepolia with
+    /// --x402-version 1
+    #[arg(long)]
+    pub network: String,
+    /// The EIP-3009 token contract
+    #[arg(long, value_name = "ADDRESS")]
+    pub asset: Address,
+    /// The recipient
+    #[arg(long, value_name = "ADDRESS")]
+    pub pay_to: Address,
+    /// Amount in the token's base units (10000 = 0.01 USDC)
+    #[arg(long, value_name = "UNITS")]
+    pub amount: U256,
+    /// The token's EIP-712 domain name (requirements extra.name)
+    #[arg(long, default_value = DEFAULT_TOKEN_NAME, value_name = "NAME")]
+    pub token_name: String,
+    /// The token's EIP-712 domain version (requirements extra.version)
+    #[arg(long, default_value = DEFAULT_TOKEN_VERSION, value_name = "VERSION")]
+    pub token_version: String,
+    /// x402 protocol version of the request body
+    #[arg(long, default_value_t = 2, value_name = "1|2", value_parser = clap::value_parser!(u8).range(1..=2))]
+    pub x402_version: u8,
+    /// Chain id of a v1 network name (built-in names such as base-sepolia need none)
+    #[arg(long, value_name = "ID")]
+    pub chain_id: Option<u64>,
+    /// URL of the paid resource (v2 resource.url, v1 resource)
+    #[arg(long, default_value = DEFAULT_RESOURCE, value_name = "URL")]
+    pub resource: String,
+    /// maxTimeoutSeconds: the authorization is valid until this long after signing [default:
+    /// 60 for pay; --duration + 600 for bench, so no payment expires during the run]
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_timeout_seconds: Option<u64>,
+}
+
+/// Where the payer's private key comes from.
+#[derive(Args, Clone, Debug, PartialEq)]
+pub struct PayerArgs {
+    /// File holding the payer's private key (0x and 64 hex digits); takes precedence over the
+    /// X402_PAYER_KEY environment variable. The key itself is never a command-line value
+    #[arg(long, value_name = "PATH")]
+    pub payer_key_file: Option<PathBuf>,
 }
 
 /// `--member ID=URL`.
@@ -312,23 +439,186 @@ mod tests {
         let Command::Bench(BenchCommand::Claims(args)) = cli.command else {
             panic!("not bench claims")
         };
-        assert_eq!(args.concurrency, 256);
-        assert_eq!(args.duration, Duration::from_secs(30));
+        assert_eq!(args.run.concurrency, 256);
+        assert_eq!(args.run.duration, Duration::from_secs(30));
         assert_eq!(args.chain_id, 31337);
         assert_eq!(args.asset, DEFAULT_ASSET);
-        assert_eq!((args.request_timeout_ms, args.retry_pause_ms), (2000, 20));
+        assert_eq!(
+            (args.run.request_timeout_ms, args.run.retry_pause_ms),
+            (None, 20)
+        );
+        assert_eq!(
+            args.run.request_timeout(Duration::from_secs(2)),
+            Duration::from_secs(2)
+        );
 
         let cli = parse(&["bench", "claims", "--chain-id", "8453"]).unwrap();
         let Command::Bench(BenchCommand::Claims(args)) = cli.command else {
             panic!("not bench claims")
         };
-        assert_eq!((args.chain_id, args.concurrency), (8453, 64));
+        assert_eq!((args.chain_id, args.run.concurrency), (8453, 64));
 
         assert!(parse(&["bench", "claims", "--concurrency", "0"]).is_err());
         assert!(parse(&["bench", "claims", "--duration", "-1"]).is_err());
         assert!(parse(&["bench", "claims", "--duration", "abc"]).is_err());
         assert!(parse(&["bench"]).is_err());
         assert!(parse(&[]).is_err());
+    }
+
+    const ASSET: &str = "0x5FbDB2315678afecb367f032d93F642f64180aa3";
+    const PAY_TO: &str = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC";
+
+    /// The required requirement flags, then `extra`.
+    fn with_terms<'a>(command: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        let terms = [
+            "--network",
+            "eip155:31337",
+            "--asset",
+            ASSET,
+            "--pay-to",
+            PAY_TO,
+            "--amount",
+            "10000",
+        ];
+        command
+            .iter()
+            .chain(terms.iter())
+            .chain(extra.iter())
+            .copied()
+            .collect()
+    }
+
+    #[test]
+    fn pay_options_and_defaults() {
+        let cli = parse(&with_terms(&["pay"], &[])).unwrap();
+        let Command::Pay(args) = cli.command else {
+            panic!("not pay")
+        };
+        let r = &args.requirements;
+        assert_eq!(r.network, "eip155:31337");
+        assert_eq!(r.asset, Address::parse(ASSET).unwrap());
+        assert_eq!(r.pay_to, Address::parse(PAY_TO).unwrap());
+        assert_eq!(r.amount, U256::from_u64(10_000));
+        assert_eq!(
+            (r.token_name.as_str(), r.token_version.as_str()),
+            ("USD Coin", "2")
+        );
+        assert_eq!((r.x402_version, r.chain_id), (2, None));
+        assert_eq!(r.resource, DEFAULT_RESOURCE);
+        assert_eq!(r.max_timeout_seconds, None);
+        assert_eq!(args.payer.payer_key_file, None);
+        assert!(!args.verify_only);
+        assert_eq!(args.settle_timeout, Duration::from_secs(90));
+
+        let cli = parse(&with_terms(
+            &["pay"],
+            &[
+                "--token-name",
+                "USDC",
+                "--token-version",
+                "1",
+                "--x402-version",
+                "1",
+                "--chain-id",
+                "31337",
+                "--resource",
+                "http://shop/item",
+                "--max-timeout-seconds",
+                "30",
+                "--payer-key-file",
+                "/etc/x402/payer.key",
+                "--verify-only",
+                "--settle-timeout",
+                "5",
+                "--json",
+            ],
+        ))
+        .unwrap();
+        assert!(cli.json);
+        let Command::Pay(args) = cli.command else {
+            panic!("not pay")
+        };
+        let r = &args.requirements;
+        assert_eq!(
+            (r.token_name.as_str(), r.token_version.as_str()),
+            ("USDC", "1")
+        );
+        assert_eq!((r.x402_version, r.chain_id), (1, Some(31337)));
+        assert_eq!(r.resource, "http://shop/item");
+        assert_eq!(r.max_timeout_seconds, Some(30));
+        assert_eq!(
+            args.payer.payer_key_file.as_deref(),
+            Some(std::path::Path::new("/etc/x402/payer.key"))
+        );
+        assert!(args.verify_only);
+        assert_eq!(args.settle_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn pay_refuses_bad_values_and_has_no_key_flag() {
+        assert!(
+            parse(&["pay", "--network", "eip155:31337"]).is_err(),
+            "terms required"
+        );
+        let bad = |extra: &[&str]| parse(&with_terms(&["pay"], extra)).is_err();
+        assert!(bad(&["--x402-version", "3"]));
+        assert!(bad(&["--max-timeout-seconds", "0"]));
+        assert!(bad(&["--payer-key", "0x01"]), "the key is never a flag");
+        let mut args = with_terms(&["pay"], &[]);
+        args[4] = "0x1234"; // --asset
+        assert!(parse(&args).is_err());
+        let mut args = with_terms(&["pay"], &[]);
+        args[8] = "1.5"; // --amount
+        assert!(parse(&args).is_err());
+    }
+
+    #[test]
+    fn bench_verify_and_settle_share_the_run_flags() {
+        let cli = parse(&with_terms(
+            &["bench", "verify"],
+            &["--concurrency", "8", "--duration", "2", "--payments", "500"],
+        ))
+        .unwrap();
+        let Command::Bench(BenchCommand::Verify(args)) = cli.command else {
+            panic!("not bench verify")
+        };
+        assert_eq!(args.run.concurrency, 8);
+        assert_eq!(args.run.duration, Duration::from_secs(2));
+        assert_eq!(args.run.request_timeout_ms, None);
+        assert_eq!(args.payments, Some(500));
+        assert_eq!(args.requirements.amount, U256::from_u64(10_000));
+
+        let cli = parse(&with_terms(
+            &["bench", "settle"],
+            &[
+                "--request-timeout-ms",
+                "9000",
+                "--retry-pause-ms",
+                "5",
+                "--x402-version",
+                "1",
+                "--payer-key-file",
+                "k",
+            ],
+        ))
+        .unwrap();
+        let Command::Bench(BenchCommand::Settle(args)) = cli.command else {
+            panic!("not bench settle")
+        };
+        assert_eq!(
+            (args.run.request_timeout_ms, args.run.retry_pause_ms),
+            (Some(9000), 5)
+        );
+        assert_eq!(args.payments, None);
+        assert_eq!(args.requirements.x402_version, 1);
+        assert!(args.payer.payer_key_file.is_some());
+        assert!(parse(&with_terms(&["bench", "verify"], &["--payments", "0"])).is_err());
+        assert!(parse(&with_terms(
+            &["bench", "verify"],
+            &["--payments", "20000001"]
+        ))
+        .is_err());
+        assert!(parse(&["bench", "verify"]).is_err(), "terms required");
     }
 
     #[test]

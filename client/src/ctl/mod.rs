@@ -7,6 +7,8 @@
 pub mod args;
 mod bench;
 mod members;
+mod pay;
+mod payment;
 mod snapshot;
 mod status;
 
@@ -16,14 +18,18 @@ use std::process::ExitCode;
 use tokio::task::JoinSet;
 
 pub use args::{
-    BenchCommand, ClaimsArgs, Cli, ClusterCommand, Command, MemberArg, MembersCommand, Token,
+    BenchCommand, ClaimsArgs, Cli, ClusterCommand, Command, MemberArg, MembersCommand, PayArgs,
+    PayerArgs, PaymentBenchArgs, RequirementArgs, RunArgs, Token, ENV_PAYER_KEY,
 };
 
 use crate::admin::AdminClient;
+use crate::bench::payments::Endpoint;
 use crate::bench::BenchError;
 use crate::error::ClientError;
+use crate::facilitator::FacilitatorClient;
 use crate::http::{HttpClient, HttpConfig};
 use crate::wire::{UnreachableNode, ENV_NODES};
+use crate::x402::payment::PaymentError;
 
 /// Why a command could not do its job at all (partial failures are part of its output instead).
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +44,14 @@ pub enum CtlError {
     Bench(#[from] BenchError),
     #[error("cannot encode the output as JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[error(transparent)]
+    Payment(#[from] PaymentError),
+    /// The payer's key is missing or unusable; the message never quotes it.
+    #[error("{0}")]
+    PayerKey(String),
+    /// Flags that cannot work together.
+    #[error("{0}")]
+    Usage(String),
 }
 
 fn list_unreachable(nodes: &[UnreachableNode]) -> String {
@@ -89,11 +103,39 @@ pub async fn execute(cli: Cli) -> Result<Output, CtlError> {
         Command::Members(cmd) => members::change(clients(&cli, &operator)?, cmd, cli.json).await,
         Command::Snapshot => snapshot::run(clients(&cli, &operator)?, cli.json).await,
         Command::WaitLeader { wait } => status::wait_leader(clients(&cli, &operator)?, *wait).await,
+        Command::Pay(args) => {
+            let verify = facilitators(&cli, &operator)?;
+            let settle = HttpConfig {
+                timeout: args.settle_timeout,
+                ..operator
+            };
+            let settle = facilitators(&cli, &settle)?;
+            let payer =
+                payment::required_payer_key(&args.payer, std::env::var_os(ENV_PAYER_KEY), "pay")?;
+            pay::run(verify, settle, args, &payer, cli.json).await
+        }
         Command::Bench(BenchCommand::Claims(args)) => {
-            let config = bench::http_config(args);
+            let config = bench::http_config(&args.run, bench::request_timeout(&args.run, None));
             bench::claims(clients(&cli, &config)?, args, cli.json).await
         }
+        Command::Bench(BenchCommand::Verify(args)) => {
+            payment_bench(&cli, args, Endpoint::Verify).await
+        }
+        Command::Bench(BenchCommand::Settle(args)) => {
+            payment_bench(&cli, args, Endpoint::Settle).await
+        }
     }
+}
+
+async fn payment_bench(
+    cli: &Cli,
+    args: &PaymentBenchArgs,
+    endpoint: Endpoint,
+) -> Result<Output, CtlError> {
+    let timeout = bench::request_timeout(&args.run, Some(endpoint));
+    let nodes = facilitators(cli, &bench::http_config(&args.run, timeout))?;
+    let payer_env = std::env::var_os(ENV_PAYER_KEY);
+    bench::payments(nodes, args, endpoint, payer_env, cli.json).await
 }
 
 /// One client per node, all sharing one connection pool.
@@ -107,6 +149,35 @@ fn clients(cli: &Cli, config: &HttpConfig) -> Result<Vec<AdminClient>, CtlError>
     urls.iter()
         .map(|url| Ok(AdminClient::with_http(http.clone(), url, token)?))
         .collect()
+}
+
+/// One facilitator client per node (no admin token), all sharing one connection pool.
+fn facilitators(cli: &Cli, config: &HttpConfig) -> Result<Vec<FacilitatorClient>, CtlError> {
+    let urls = cli.node_urls();
+    if urls.is_empty() {
+        return Err(CtlError::NoNodes);
+    }
+    let http = HttpClient::new(config);
+    urls.iter()
+        .map(|url| Ok(FacilitatorClient::with_http(http.clone(), url)?))
+        .collect()
+}
+
+/// A client of one node, as [`on_first_reachable`] reports it.
+trait Node: Clone {
+    fn base_url(&self) -> &str;
+}
+
+impl Node for AdminClient {
+    fn base_url(&self) -> &str {
+        AdminClient::base_url(self)
+    }
+}
+
+impl Node for FacilitatorClient {
+    fn base_url(&self) -> &str {
+        FacilitatorClient::base_url(self)
+    }
 }
 
 /// Calls `f` on every node concurrently; answers come back in the order of `nodes`.
@@ -140,9 +211,10 @@ where
 
 /// Tries the nodes in order until one answers; only "unreachable" moves on to the next node, an
 /// answer (even an error status) is final.
-async fn on_first_reachable<T, F, Fut>(nodes: &[AdminClient], f: F) -> Result<T, CtlError>
+async fn on_first_reachable<N, T, F, Fut>(nodes: &[N], f: F) -> Result<T, CtlError>
 where
-    F: Fn(AdminClient) -> Fut,
+    N: Node,
+    F: Fn(N) -> Fut,
     Fut: Future<Output = Result<T, ClientError>>,
 {
     let mut unreachable = Vec::new();

@@ -155,6 +155,19 @@ pub fn sign_authorization(
     Ok(sig.as_bytes())
 }
 
+/// The typed EIP-712 message of a wire authorization (the `paymentPayload.payload.authorization`
+/// of a request), for [`signing_hash`], [`recover_signer`] and the calldata builders.
+pub fn typed_authorization(wire: &super::evm::Authorization) -> TransferWithAuthorization {
+    TransferWithAuthorization {
+        from: Address::from(*wire.from.as_bytes()),
+        to: Address::from(*wire.to.as_bytes()),
+        value: U256::from_be_bytes(wire.value.to_be_bytes()),
+        validAfter: U256::from_be_bytes(wire.valid_after.to_be_bytes()),
+        validBefore: U256::from_be_bytes(wire.valid_before.to_be_bytes()),
+        nonce: B256::from(*wire.nonce.as_bytes()),
+    }
+}
+
 /// Calldata of `transferWithAuthorization(…, uint8 v, bytes32 r, bytes32 s)` (`0xe3ee160e`).
 pub fn transfer_with_authorization_vrs(
     a: &TransferWithAuthorization,

@@ -11,6 +11,8 @@
 //! - [`network`]: v1 names and v2 CAIP-2 ids → [`ChainId`], with a [`NetworkRegistry`] the
 //!   node's configuration can extend.
 //! - [`reason`]: [`ReasonCode`], the `invalidReason` / `errorReason` strings.
+//! - [`payment`]: [`payment::PaymentBuilder`], signed request bodies for given terms (what
+//!   `x402ctl pay` and the load generator send).
 //! - [`amount`], [`hexstr`], [`common`]: the field types. Amounts and EIP-3009 times are
 //!   [`U256`] (decimal strings on the wire, no floating point); addresses, nonces and
 //!   signatures are `0x` hex strings checked for shape ([`Address`], [`Bytes32`],
@@ -28,6 +30,7 @@ pub mod eip3009;
 pub mod evm;
 pub mod hexstr;
 pub mod network;
+pub mod payment;
 pub mod reason;
 pub mod request;
 pub mod response;

@@ -167,6 +167,15 @@ impl ReasonCode {
     pub fn is_known(&self) -> bool {
         ReasonCode::known(self.as_str()).is_some()
     }
+
+    /// The wire string of a known code with a `'static` lifetime (a label to count failures
+    /// by); `None` for an unknown one.
+    pub fn known_str(&self) -> Option<&'static str> {
+        ReasonCode::KNOWN
+            .iter()
+            .find(|known| *known == self)
+            .map(ReasonCode::as_str)
+    }
 }
 
 impl PartialEq for ReasonCode {
@@ -241,6 +250,7 @@ mod tests {
             assert!(seen.insert(code.as_str()), "duplicate {}", code.as_str());
             assert_eq!(ReasonCode::parse(code.as_str()).as_str(), code.as_str());
             assert!(code.is_known());
+            assert_eq!(code.known_str(), Some(code.as_str()));
             assert!(!matches!(code, ReasonCode::Other(_)));
         }
     }
@@ -250,6 +260,11 @@ mod tests {
         let code = ReasonCode::parse("invalid_signature");
         assert_eq!(code, ReasonCode::Other("invalid_signature".into()));
         assert!(!code.is_known());
+        assert_eq!(code.known_str(), None);
+        assert_eq!(
+            ReasonCode::Other("settlement_pending".into()).known_str(),
+            Some("settlement_pending")
+        );
         assert_eq!(
             serde_json::to_string(&code).unwrap(),
             "\"invalid_signature\""

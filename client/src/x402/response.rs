@@ -66,6 +66,15 @@ impl VerifyResponse {
         self.invalid_message = Some(message.into());
         self
     }
+
+    /// Why it is invalid, for a person: `invalidReason: invalidMessage` (either may be
+    /// missing).
+    pub fn explain(&self) -> String {
+        explain(
+            self.invalid_reason.as_ref(),
+            self.invalid_message.as_deref(),
+        )
+    }
 }
 
 /// Answer of `POST /settle`: `{success, errorReason?, payer?, transaction, network, ...}`.
@@ -159,6 +168,21 @@ impl SettleResponse {
     pub fn with_message(mut self, message: impl Into<String>) -> Self {
         self.error_message = Some(message.into());
         self
+    }
+
+    /// Why it did not succeed, for a person: `errorReason: errorMessage` (either may be
+    /// missing).
+    pub fn explain(&self) -> String {
+        explain(self.error_reason.as_ref(), self.error_message.as_deref())
+    }
+}
+
+/// `reason: message`, `reason`, or `(no reason given)[: message]`.
+fn explain(reason: Option<&ReasonCode>, message: Option<&str>) -> String {
+    let reason = reason.map_or("(no reason given)", ReasonCode::as_str);
+    match message {
+        Some(message) if !message.is_empty() => format!("{reason}: {message}"),
+        _ => reason.to_owned(),
     }
 }
 
