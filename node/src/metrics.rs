@@ -32,6 +32,8 @@ pub struct Metrics {
     pub verifications: IntCounterVec,
     /// `/settle` answers by result: `success`, the reason code, or `error`.
     pub settlements: IntCounterVec,
+    /// Settlements allocated or signed and not yet finished, in this node's state.
+    pub unfinished_settlements: IntGauge,
     pub verify_seconds: Histogram,
     pub settle_seconds: Histogram,
 }
@@ -94,6 +96,10 @@ impl Metrics {
             proposals,
             verifications,
             settlements,
+            unfinished_settlements: gauge(
+                "settlements_unfinished",
+                "Settlements allocated or signed and not yet finished",
+            )?,
             verify_seconds: histogram("verify_seconds", "Time to answer POST /verify")?,
             settle_seconds: histogram("settle_seconds", "Time to answer POST /settle")?,
             registry,

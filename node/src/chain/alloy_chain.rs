@@ -242,7 +242,11 @@ impl Chain for AlloyChain {
                         pending.tx_hash()
                     ))),
                     // A failover resend of a transaction the first node did forward.
-                    Err(RpcError::ErrorResp(e)) if e.message.contains("already known") => {
+                    // geth says "already known", anvil "transaction already imported".
+                    Err(RpcError::ErrorResp(e))
+                        if e.message.contains("already known")
+                            || e.message.contains("already imported") =>
+                    {
                         Ok(expected)
                     }
                     Err(e) => Err(classify(e)),

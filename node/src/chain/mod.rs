@@ -11,6 +11,7 @@
 //! its decoded reason), a request the node refused, and an answer that makes no sense.
 
 mod alloy_chain;
+pub mod memory;
 pub mod tx;
 
 use std::future::Future;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 
 pub use alloy::primitives::{Address, B256, U256};
 pub use alloy_chain::{AlloyChain, ChainConfigError, ChainLimits};
+pub use memory::{MemoryChain, TransferRecord};
 
 /// What every [`Chain`] method returns.
 pub type ChainFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ChainError>> + Send + 'a>>;

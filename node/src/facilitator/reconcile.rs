@@ -33,6 +33,10 @@ pub async fn run(app: Arc<App>) {
     loop {
         ticker.tick().await;
         round += 1;
+        let unfinished = app.state.read(|s| s.settlements().unfinished_len());
+        app.metrics
+            .unfinished_settlements
+            .set(i64::try_from(unfinished).unwrap_or(i64::MAX));
         if app.raft.metrics().borrow().current_leader != Some(app.id) {
             continue;
         }
