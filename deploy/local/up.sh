@@ -12,6 +12,16 @@
 #   X402_BIN_DIR     where x402-node and x402ctl are (default: build them, release profile)
 #   X402_NODE_ENV    extra KEY=VALUE settings for every node, space separated, e.g.
 #                    "X402_RAFT__HEARTBEAT_MS=100 X402_LIMITS__PROPOSE_TIMEOUT_MS=5000"
+#   X402_NODE_TOML   a TOML file added to every node's config.toml (after the node's own keys,
+#                    before its [bootstrap] table), e.g. a [facilitator] section
+#   X402_DEVCHAIN    1: first start a local chain with `x402-devchain start DIR/devchain` (anvil
+#                    with our EIP-3009 TestUSDC, the payer funded; see deploy/local/devnet.sh), add
+#                    its [facilitator] section to every node's config, give the nodes its signer
+#                    keys (X402_SIGNER_KEYS) and add its exports to DIR/env. x402-devchain is
+#                    built too, or taken from X402_BIN_DIR. anvil comes from X402_ANVIL or
+#                    contracts/node_modules (`cd contracts && npm ci`).
+#   X402_DEVCHAIN_PORT      anvil's port (default 8545)
+#   X402_DEVCHAIN_CHAIN_ID  its chain id (default 31337)
 set -euo pipefail
 
 usage() { echo "usage: $0 N DIR" >&2; exit 2; }
@@ -23,14 +33,27 @@ case "$n" in ''|*[!0-9]*) usage ;; esac
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 base_port=${X402_BASE_PORT:-7101}
+devchain=${X402_DEVCHAIN:-}
+case "$devchain" in ''|0) devchain="" ;; 1) ;; *) echo "X402_DEVCHAIN must be 0 or 1" >&2; exit 2 ;; esac
+node_toml=${X402_NODE_TOML:-}
+if [ -n "$node_toml" ] && [ ! -f "$node_toml" ]; then
+  echo "X402_NODE_TOML: no file $node_toml" >&2; exit 1
+fi
 if [ -z "${X402_BIN_DIR:-}" ]; then
   (cd "$root" && cargo build --release --quiet -p x402-node -p x402-client)
+  if [ -n "$devchain" ]; then
+    (cd "$root" && cargo build --release --quiet -p x402-tests --bin x402-devchain)
+  fi
   bin_dir="$root/target/release"
 else
   bin_dir=$X402_BIN_DIR
 fi
 [ -x "$bin_dir/x402-node" ] && [ -x "$bin_dir/x402ctl" ] || {
   echo "x402-node or x402ctl missing in $bin_dir" >&2; exit 1; }
+if [ -n "$devchain" ] && [ ! -x "$bin_dir/x402-devchain" ]; then
+  echo "x402-devchain missing in $bin_dir (cargo build -p x402-tests --bin x402-devchain)" >&2
+  exit 1
+fi
 
 if [ -f "$dir/pids" ]; then
   echo "$dir already holds a cluster (stop it with deploy/local/down.sh $dir)" >&2
@@ -59,6 +82,22 @@ for i in $(seq 1 "$n"); do
   echo "http://127.0.0.1:$port" >> "$dir/urls"
 done
 
+# What goes into every config between the node's own keys and [bootstrap]: X402_NODE_TOML, then
+# the dev chain's [facilitator] section. (The trailing "." keeps the blank line $(...) would cut.)
+extra_toml=""
+if [ -n "$node_toml" ]; then
+  extra_toml=$(cat "$node_toml"; printf '\n\n.'); extra_toml=${extra_toml%.}
+fi
+if [ -n "$devchain" ]; then
+  "$bin_dir/x402-devchain" start "$dir/devchain" \
+    --port "${X402_DEVCHAIN_PORT:-8545}" --chain-id "${X402_DEVCHAIN_CHAIN_ID:-31337}"
+  fragment=$(cat "$dir/devchain/facilitator.toml"; printf '\n\n.'); fragment=${fragment%.}
+  extra_toml="$extra_toml$fragment"
+  # The nodes' signer keys (anvil's public dev keys #1 and #2), inherited by every node.
+  X402_SIGNER_KEYS=$(. "$dir/devchain/devchain.env" && printf '%s' "$X402_SIGNER_KEYS")
+  export X402_SIGNER_KEYS
+fi
+
 : > "$dir/pids"
 for i in $(seq 1 "$n"); do
   port=$((base_port + i - 1))
@@ -72,7 +111,7 @@ data_dir = "$node_dir/data"
 cluster_secret_file = "$dir/cluster-secret"
 admin_token_file = "$dir/admin-token"
 
-[bootstrap]
+${extra_toml}[bootstrap]
 $(printf "$bootstrap")
 TOML
   # shellcheck disable=SC2086
@@ -86,12 +125,16 @@ export X402_NODES=$(paste -sd, "$dir/urls")
 export X402_ADMIN_TOKEN=$(cat "$dir/admin-token")
 export PATH="$bin_dir:\$PATH"
 ENV
+if [ -n "$devchain" ]; then cat "$dir/devchain/devchain.env" >> "$dir/env"; fi
 
 # Wait until every node answers and names the same leader.
 if X402_NODES=$(paste -sd, "$dir/urls") X402_ADMIN_TOKEN=$(cat "$dir/admin-token") \
   "$bin_dir/x402ctl" wait-leader --wait 30 >/dev/null; then
   echo "x402-cluster of $n nodes is up; data in $dir"
   echo "  . $dir/env && x402ctl status"
+  if [ -n "$devchain" ]; then
+    echo "  settles on $(. "$dir/devchain/devchain.env" && echo "$X402_NETWORK at $X402_RPC_URL, token $X402_TOKEN")"
+  fi
   exit 0
 fi
 echo "the cluster did not elect a leader within 30 s; logs: $dir/node*/node.log" >&2

@@ -1,7 +1,8 @@
 //! [`LocalCluster`]: real `x402-node` processes on 127.0.0.1, for end-to-end tests.
 //!
 //! `LocalCluster::start(n)` picks free loopback ports (bind port 0, read it, release it), writes
-//! one config TOML per node plus the cluster secret and admin token files in a temporary
+//! one config TOML per node (with any [`ClusterOptions::toml`] fragments, e.g. a `[facilitator]`
+//! section from [`crate::devchain`]) plus the cluster secret and admin token files in a temporary
 //! directory (the same layout `deploy/local/up.sh` writes), spawns the nodes with their
 //! stdout/stderr appended to `<tmp>/node<id>/node.log`, and returns once every node names the
 //! same leader and that leader says it leads.
@@ -54,12 +55,23 @@ const LOG_TAIL_LINES: usize = 60;
 pub struct ClusterOptions {
     /// Extra environment for every node, e.g. `("X402_RAFT__SNAPSHOT_AFTER_LOGS", "100")`.
     pub env: Vec<(String, String)>,
+    /// TOML fragments added to every node's config, in order (see [`ClusterOptions::toml`]).
+    pub toml: Vec<String>,
 }
 
 impl ClusterOptions {
     /// Adds one environment setting for every node.
     pub fn env(mut self, key: &str, value: impl ToString) -> Self {
         self.env.push((key.to_owned(), value.to_string()));
+        self
+    }
+
+    /// Adds a TOML fragment to every node's config, e.g. the `[facilitator]` section of
+    /// [`crate::devchain::facilitator_toml`]. Fragments go after the node's own top-level keys
+    /// and before its `[bootstrap]` table, so a fragment may hold top-level keys as well as
+    /// tables (a key the harness writes itself, such as `node_id`, must not be repeated).
+    pub fn toml(mut self, fragment: impl Into<String>) -> Self {
+        self.toml.push(fragment.into());
         self
     }
 }
@@ -539,12 +551,20 @@ impl LocalCluster {
         let config = dir.join("config.toml");
         let mut toml = format!(
             "node_id = {id}\nlisten = \"127.0.0.1:{port}\"\nadvertise_url = {}\n\
-             data_dir = {}\ncluster_secret_file = {}\nadmin_token_file = {}\n\n[bootstrap]\n",
+             data_dir = {}\ncluster_secret_file = {}\nadmin_token_file = {}\n\n",
             toml_str(&url),
             toml_str(&data_dir.to_string_lossy()),
             toml_str(&self.root.join("cluster-secret").to_string_lossy()),
             toml_str(&self.root.join("admin-token").to_string_lossy()),
         );
+        for fragment in &self.options.toml {
+            toml.push_str(fragment);
+            if !fragment.ends_with('\n') {
+                toml.push('\n');
+            }
+            toml.push('\n');
+        }
+        toml.push_str("[bootstrap]\n");
         for (member, member_url) in bootstrap {
             let _ = writeln!(toml, "{member} = {}", toml_str(member_url));
         }
@@ -733,7 +753,7 @@ fn write_secret(path: &Path, secret: &str) {
 }
 
 /// A TOML basic string.
-fn toml_str(s: &str) -> String {
+pub(crate) fn toml_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -761,7 +781,7 @@ fn clean_env(command: &mut Command) {
 
 /// On Linux, the child is SIGKILLed when the thread that spawned it exits, so a test process
 /// killed by a timeout does not leave nodes behind.
-fn die_with_parent(command: &mut Command) {
+pub(crate) fn die_with_parent(command: &mut Command) {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;

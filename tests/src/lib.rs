@@ -4,12 +4,16 @@
 //! - [`single_node`]: the one-node Raft of the sled `kill -9` crash test.
 //! - [`workload`]: distinct nonce claims, retrying claim calls and a background writer that
 //!   records every acknowledged claim.
+//! - [`devchain`]: anvil with our EIP-3009 TestUSDC, the dev accounts, and the `[facilitator]`
+//!   TOML that points nodes at it (also behind the `x402-devchain` binary).
 //!
 //! The tests themselves live in `tests/cluster_*.rs` (and the sled crash test in
 //! `tests/crash_*.rs`); nextest runs them one at a time (`.config/nextest.toml`).
 
 pub mod cluster;
+pub mod devchain;
 pub mod single_node;
 pub mod workload;
 
 pub use cluster::{ClusterOptions, LocalCluster};
+pub use devchain::{Anvil, DevChain, DevToken};
