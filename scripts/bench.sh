@@ -6,6 +6,10 @@
 #   scripts/bench.sh failover [SECS]   the same, with the leader kill -9ed a third of the way in
 #   scripts/bench.sh million           1,000,000 live claims: RSS of each node, then the time a
 #                                      fresh learner needs to install the snapshot and catch up
+#   scripts/bench.sh verify   [SECS]   POST /verify with pre-signed payments, on-chain reads off
+#                                      (facilitator.onchain_checks = false): signature + claim
+#   scripts/bench.sh verify-chain [SECS]  the same with on-chain reads on, against anvil
+#   scripts/bench.sh settle   [SECS]   POST /settle against anvil (automine), 2 signer keys
 #
 # Environment: CONCURRENCY (default 128), X402_BASE_PORT (default 7101), BENCH_DIR (default
 # .local/bench, wiped first).
@@ -21,7 +25,26 @@ export X402_BIN_DIR="$PWD/target/release"
 [ -f "$dir/pids" ] && deploy/local/down.sh "$dir" >/dev/null || true
 rm -rf "$dir"
 trap 'deploy/local/down.sh "$dir" >/dev/null 2>&1 || true' EXIT
-deploy/local/up.sh 3 "$dir" >/dev/null
+case "$what" in
+  verify)
+    cat > "$dir.facilitator.toml" <<'TOML'
+[facilitator]
+onchain_checks = false
+
+[[facilitator.networks]]
+network = "eip155:31337"
+rpc_urls = ["http://127.0.0.1:9"]
+TOML
+    X402_NODE_TOML="$PWD/$dir.facilitator.toml" deploy/local/up.sh 3 "$dir" >/dev/null
+    ;;
+  verify-chain|settle)
+    cargo build --release --quiet -p x402-tests --bin x402-devchain
+    X402_DEVCHAIN=1 deploy/local/up.sh 3 "$dir" >/dev/null
+    ;;
+  *)
+    deploy/local/up.sh 3 "$dir" >/dev/null
+    ;;
+esac
 # shellcheck disable=SC1091
 . "$dir/env"
 nodes=$(paste -sd, "$dir/urls")
@@ -34,7 +57,19 @@ leader_pid() {
   awk -v id="$id" '$1 == id {print $2}' "$dir/pids"
 }
 
+# What each payment pays for (the dev chain's token and merchant when there is one).
+terms=(--network "${X402_NETWORK:-eip155:31337}"
+  --asset "${X402_TOKEN:-0x5FbDB2315678afecb367f032d93F642f64180aa3}"
+  --pay-to "${X402_PAY_TO:-0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65}" --amount 10000
+  --token-name "${X402_TOKEN_NAME:-USD Coin}" --token-version "${X402_TOKEN_VERSION:-2}")
+
 case "$what" in
+  verify|verify-chain)
+    x402ctl bench verify "${terms[@]}" --nodes "$nodes" --concurrency "$concurrency" --duration "$secs" --json
+    ;;
+  settle)
+    x402ctl bench settle "${terms[@]}" --nodes "$nodes" --concurrency "${SETTLE_CONCURRENCY:-64}" --duration "$secs" --json
+    ;;
   claims)
     x402ctl bench claims --nodes "$nodes" --concurrency "$concurrency" --duration "$secs" --json
     ;;

@@ -17,15 +17,17 @@ pub mod settle;
 pub mod verify;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use alloy::primitives::Address;
 use alloy::signers::local::PrivateKeySigner;
 use x402_client::x402::network::NetworkRegistry;
 use x402_client::x402::{SupportedKind, SupportedResponse};
 
-use crate::chain::{AlloyChain, ChainLimits, SharedChain};
+use crate::chain::{AlloyChain, ChainError, ChainLimits, Fees, SharedChain};
 use crate::config::{ConfigError, FacilitatorSettings, NetworkSettings};
 
 /// One network the node settles on.
@@ -39,9 +41,62 @@ pub struct Network {
     /// Accepted tokens (address → EIP-712 name and version); empty accepts any.
     pub assets: BTreeMap<Address, (String, String)>,
     pub settings: NetworkSettings,
+    /// The last fees read and when: every settlement signs with fees, and reading them costs
+    /// two RPC calls, so they are reused for [`FEES_MAX_AGE`].
+    fees: Mutex<Option<(Instant, Fees)>>,
+    /// Assets seen with code, and when (the reference caches this for 15 minutes too).
+    deployed_assets: Mutex<BTreeMap<Address, Instant>>,
 }
 
+/// How long an asset seen with code is not asked about again.
+pub const ASSET_CODE_MAX_AGE: Duration = Duration::from_secs(15 * 60);
+/// Most assets remembered per network (a caller can name any address).
+pub const MAX_REMEMBERED_ASSETS: usize = 1024;
+
+/// How long fees read from the chain are reused. `maxFeePerGas` is twice the base fee plus the
+/// tip, which absorbs several blocks of base-fee growth.
+pub const FEES_MAX_AGE: Duration = Duration::from_secs(1);
+
 impl Network {
+    /// Whether `asset` has code (a contract: an `eth_call` to an address without code succeeds
+    /// silently). Positive answers are remembered for [`ASSET_CODE_MAX_AGE`].
+    pub async fn asset_has_code(&self, asset: Address) -> Result<bool, ChainError> {
+        if let Ok(seen) = self.deployed_assets.lock() {
+            if seen
+                .get(&asset)
+                .is_some_and(|at| at.elapsed() < ASSET_CODE_MAX_AGE)
+            {
+                return Ok(true);
+            }
+        }
+        let deployed = !self.chain.code_at(asset).await?.is_empty();
+        if deployed {
+            if let Ok(mut seen) = self.deployed_assets.lock() {
+                if seen.len() >= MAX_REMEMBERED_ASSETS {
+                    seen.clear();
+                }
+                seen.insert(asset, Instant::now());
+            }
+        }
+        Ok(deployed)
+    }
+
+    /// The chain's fees, at most [`FEES_MAX_AGE`] old.
+    pub async fn fees(&self) -> Result<Fees, ChainError> {
+        if let Ok(cached) = self.fees.lock() {
+            if let Some((at, fees)) = *cached {
+                if at.elapsed() < FEES_MAX_AGE {
+                    return Ok(fees);
+                }
+            }
+        }
+        let fees = self.chain.fees().await?;
+        if let Ok(mut cached) = self.fees.lock() {
+            *cached = Some((Instant::now(), fees));
+        }
+        Ok(fees)
+    }
+
     /// The signer key for `address`, if this node holds it.
     pub fn signer(&self, address: &Address) -> Option<&PrivateKeySigner> {
         self.signers.iter().find(|s| s.address() == *address)
@@ -109,6 +164,8 @@ impl Facilitator {
                     signers: n.signers()?,
                     assets,
                     settings: n.clone(),
+                    fees: Mutex::new(None),
+                    deployed_assets: Mutex::new(BTreeMap::new()),
                 },
             );
         }

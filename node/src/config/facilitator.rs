@@ -50,6 +50,11 @@ pub struct FacilitatorSettings {
     /// the signature check and the replicated claim stay on, `/settle` still simulates nothing
     /// it did not before and broadcasts as usual.
     pub onchain_checks: bool,
+    /// Simulate the transfer again in `/settle` before allocating a signer nonce. Off by default,
+    /// as in the reference facilitators (`simulateInSettle`): `/verify` simulated it, the
+    /// authorization is claimed since, and a settlement that still reverts costs gas, never a
+    /// second transfer.
+    pub simulate_in_settle: bool,
     /// How long `/settle` waits for a settlement another caller (or node) owns before it
     /// answers `settlement_pending` with the transaction hash.
     pub settle_wait_ms: u64,
@@ -103,6 +108,7 @@ impl Default for FacilitatorSettings {
     fn default() -> Self {
         Self {
             onchain_checks: true,
+            simulate_in_settle: false,
             settle_wait_ms: 20_000,
             reconcile_interval_ms: 1_000,
             reconcile_after_ms: 3_000,

@@ -150,7 +150,8 @@ async fn finish_stale(app: &App) {
                 let tx_hash = B256::from(*tx_hash);
                 rebroadcast(network, raw_tx.clone(), tx_hash).await;
                 let signer = Address::from(*signer);
-                if let Some(outcome) = read_outcome(network, &record, signer, *nonce, tx_hash).await
+                if let Some(outcome) =
+                    read_outcome(network, &record, signer, *nonce, tx_hash, now_ms).await
                 {
                     match settle::finish(app, id, tx_hash, outcome).await {
                         Ok(outcome) => {

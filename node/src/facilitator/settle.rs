@@ -70,7 +70,12 @@ pub async fn settle(
         return follow_existing(app, network, &payment, &network_text, record).await;
     }
     let now_secs = app.clock.now_ms() / 1000;
-    if let Err(rejection) = verify::check_payment(app, request, now_secs, Simulation::Run).await {
+    let simulation = if app.facilitator.settings.simulate_in_settle {
+        Simulation::Run
+    } else {
+        Simulation::Skip
+    };
+    if let Err(rejection) = verify::check_payment(app, request, now_secs, simulation).await {
         // Another node may have settled this very payment and our replica not applied its
         // record yet: look again with a linearizable read before calling it a failure.
         if rejection.reason == ReasonCode::InvalidExactEvmNonceAlreadyUsed
@@ -206,7 +211,6 @@ pub async fn sign_transaction(
         .signer(&signer)
         .ok_or_else(|| SettleError::Refused(format!("this node does not hold signer {signer}")))?;
     let fees = network
-        .chain
         .fees()
         .await
         .map_err(|e| SettleError::Refused(format!("cannot read fees: {e}")))?;
@@ -307,7 +311,9 @@ pub async fn drive(
                     broadcast = true;
                 }
                 let signer = Address::from(*signer);
-                if let Some(outcome) = read_outcome(network, &record, signer, *nonce, tx_hash).await
+                let now_ms = app.clock.now_ms();
+                if let Some(outcome) =
+                    read_outcome(network, &record, signer, *nonce, tx_hash, now_ms).await
                 {
                     return finish(app, *id, tx_hash, outcome).await.map(Driven::Done);
                 }
@@ -340,14 +346,22 @@ pub async fn rebroadcast(network: &Network, raw: Vec<u8>, tx_hash: B256) {
     }
 }
 
+/// How long a signed settlement must have gone without a receipt, while its signer's mined
+/// count is past its nonce, before it is judged replaced by another transaction. A node can
+/// count a mined transaction before it serves the receipt (anvil does, under load), so an
+/// immediate judgement would fail settlements that succeeded.
+pub const REPLACED_AFTER_MS: u64 = 30_000;
+
 /// The outcome of a signed settlement if the chain has decided it: its receipt (with enough
-/// confirmations), or the signer's nonce consumed by some other transaction.
+/// confirmations), or the signer's nonce consumed by some other transaction for longer than
+/// [`REPLACED_AFTER_MS`].
 pub async fn read_outcome(
     network: &Network,
     record: &SettlementRecord,
     signer: Address,
     nonce: u64,
     tx_hash: B256,
+    now_ms: u64,
 ) -> Option<SettlementOutcome> {
     match network.chain.receipt(tx_hash).await {
         Ok(Some(receipt)) => {
@@ -363,6 +377,9 @@ pub async fn read_outcome(
         Ok(None) => {
             // Our nonce used by another transaction (the key was used outside the cluster):
             // this one can never be mined. Read the receipt once more in case it just was.
+            if record.updated_at_ms.saturating_add(REPLACED_AFTER_MS) > now_ms {
+                return None;
+            }
             let mined_count = network.chain.nonce(signer, NonceTag::Latest).await.ok()?;
             if mined_count <= nonce {
                 return None;

@@ -110,12 +110,11 @@ pub async fn check_payment(
     if !onchain {
         return Ok(payment);
     }
-    let code = network
-        .chain
-        .code_at(payment.asset)
+    let deployed = network
+        .asset_has_code(payment.asset)
         .await
         .map_err(|e| chain_unavailable(&payment, e))?;
-    if code.is_empty() {
+    if !deployed {
         return Err(Rejection::new(
             ReasonCode::AssetNotDeployedContract,
             format!(
