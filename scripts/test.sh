@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 # The EIP-3009 test token: its artifact is reproducible and it behaves on a real anvil.
 (cd contracts && npm ci --silent --no-audit --no-fund && npm test --silent)
+# The official x402 SDK (@x402/express, @x402/fetch) for tests/tests/official_middleware.rs.
+(cd deploy/local/demo && npm ci --silent --no-audit --no-fund)
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
