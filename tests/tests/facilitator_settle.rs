@@ -181,6 +181,60 @@ async fn v2_and_v1_payments_verify_and_settle_through_different_nodes() {
     }
 }
 
+/// With chain reads on, a payment the chain would refuse is diagnosed in the reference's terms.
+#[tokio::test]
+async fn failed_simulations_are_diagnosed() {
+    let chain = DevChain::start(31337).await;
+    let cluster = cluster_on(&[&chain], "", "").await;
+    let diagnose = |terms: PaymentTerms, payer: PrivateKeySigner| {
+        let body = PaymentBuilder::new(terms)
+            .expect("terms")
+            .sign_now(&payer, &mut rand::thread_rng())
+            .expect("sign");
+        encode(&body).expect("encode")
+    };
+    // A payer without tokens.
+    let broke = PrivateKeySigner::random();
+    let verdict = post(
+        &cluster,
+        1,
+        "/verify",
+        &diagnose(terms(&chain, 2, "http://shop.test/a"), broke),
+    )
+    .await;
+    assert_eq!(
+        verdict["invalidReason"], "invalid_exact_evm_insufficient_balance",
+        "{verdict}"
+    );
+    // Signed (and required) under a name the token does not have.
+    let mut renamed = terms(&chain, 2, "http://shop.test/b");
+    renamed.token_name = "Not USD Coin".into();
+    let verdict = post(&cluster, 2, "/verify", &diagnose(renamed, chain.payer())).await;
+    assert_eq!(
+        verdict["invalidReason"], "invalid_exact_evm_token_name_mismatch",
+        "{verdict}"
+    );
+    // An asset without code.
+    let mut no_code = terms(&chain, 2, "http://shop.test/c");
+    no_code.asset = wire_address(MERCHANT);
+    let verdict = post(&cluster, 3, "/verify", &diagnose(no_code, chain.payer())).await;
+    assert_eq!(
+        verdict["invalidReason"], "invalid_payment_requirements",
+        "{verdict}"
+    );
+    // A settled payment, verified again: the chain says the nonce is used.
+    let (body, _, _) = payment(&chain, 2);
+    assert_eq!(post(&cluster, 1, "/settle", &body).await["success"], true);
+    let verdict = post(&cluster, 2, "/verify", &body).await;
+    assert_eq!(
+        verdict["invalidReason"], "invalid_exact_evm_nonce_already_used",
+        "{verdict}"
+    );
+    // None of the refused ones left a claim or a settlement behind.
+    let statuses = cluster.wait_converged().await;
+    assert!(statuses.iter().all(|s| s.claims == 1), "{statuses:?}");
+}
+
 #[tokio::test]
 async fn one_payment_settled_through_three_nodes_at_once_moves_tokens_once() {
     let chain = DevChain::start(31337).await;

@@ -43,7 +43,10 @@ fn pay_through(chain: &DevChain, nodes: &str) -> String {
         "demo.sh failed ({}):\n{stdout}\n{stderr}",
         output.status
     );
-    assert!(!stdout.contains(PAYER_KEY) && !stderr.contains(PAYER_KEY), "the key leaked");
+    assert!(
+        !stdout.contains(PAYER_KEY) && !stderr.contains(PAYER_KEY),
+        "the key leaked"
+    );
     stdout
 }
 
