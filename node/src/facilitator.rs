@@ -171,7 +171,7 @@ impl Facilitator {
         }
         Ok(Self {
             networks,
-            names: settings.network_registry(),
+            names: settings.network_registry()?,
             settings: settings.clone(),
         })
     }

@@ -12,7 +12,7 @@
 use alloy::primitives::{address, Address, B256, U256};
 use alloy::signers::local::PrivateKeySigner;
 use hyper::{Method, StatusCode};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use x402_client::x402::eip3009::{self, TransferWithAuthorization};
 use x402_tests::workload::unix_now;
 use x402_tests::{ClusterOptions, LocalCluster};
@@ -166,28 +166,27 @@ fn hex(bytes: &[u8]) -> String {
 
 const RESOURCE: &str = "http://localhost:4021/paid";
 
+/// The object holding the last key of a `/`-separated path of `body`, and that key.
+fn parent<'a, 'p>(body: &'a mut Value, path: &'p str) -> (&'a mut Map<String, Value>, &'p str) {
+    let (ancestors, key) = path.rsplit_once('/').unwrap_or(("", path));
+    let mut at = body;
+    for part in ancestors.split('/').filter(|p| !p.is_empty()) {
+        at = at.get_mut(part).expect("path exists");
+    }
+    (at.as_object_mut().expect("object"), key)
+}
+
 /// Sets `value` at a `/`-separated path of `body`.
 fn set(mut body: Value, path: &str, value: Value) -> Value {
-    let mut at = &mut body;
-    let parts: Vec<&str> = path.split('/').collect();
-    for part in &parts[..parts.len() - 1] {
-        at = at.get_mut(*part).expect("path exists");
-    }
-    at.as_object_mut()
-        .expect("object")
-        .insert(parts[parts.len() - 1].to_owned(), value);
+    let (object, key) = parent(&mut body, path);
+    object.insert(key.to_owned(), value);
     body
 }
 
+/// Removes the field at a `/`-separated path of `body`.
 fn remove(mut body: Value, path: &str) -> Value {
-    let mut at = &mut body;
-    let parts: Vec<&str> = path.split('/').collect();
-    for part in &parts[..parts.len() - 1] {
-        at = at.get_mut(*part).expect("path exists");
-    }
-    at.as_object_mut()
-        .expect("object")
-        .remove(parts[parts.len() - 1]);
+    let (object, key) = parent(&mut body, path);
+    object.remove(key);
     body
 }
 

@@ -209,7 +209,6 @@ impl FacilitatorSettings {
                 "facilitator.reconcile_interval_ms and settle_wait_ms must be positive".into(),
             );
         }
-        let mut names = NetworkRegistry::builtin();
         let mut seen = Vec::new();
         for n in &self.networks {
             let chain_id = n.chain_id()?;
@@ -236,24 +235,21 @@ impl FacilitatorSettings {
                     n.network
                 ));
             }
+        }
+        self.network_registry().map(|_| ())
+    }
+
+    /// The v1 network names: the built-in ones plus every `v1_name` (refused when a name is
+    /// invalid or already names another chain).
+    pub fn network_registry(&self) -> Result<NetworkRegistry, ConfigError> {
+        let mut names = NetworkRegistry::builtin();
+        for n in &self.networks {
             if let Some(name) = &n.v1_name {
                 names
-                    .add(name, ChainId(chain_id))
+                    .add(name, ChainId(n.chain_id()?))
                     .map_err(|e| ConfigError::Invalid(format!("v1_name of {}: {e}", n.network)))?;
             }
         }
-        Ok(())
-    }
-
-    /// The v1 network names: the built-in ones plus every `v1_name`.
-    pub fn network_registry(&self) -> NetworkRegistry {
-        let mut names = NetworkRegistry::builtin();
-        for n in &self.networks {
-            if let (Some(name), Ok(chain_id)) = (&n.v1_name, n.chain_id()) {
-                // validate() already refused conflicts.
-                let _ = names.add(name, ChainId(chain_id));
-            }
-        }
-        names
+        Ok(names)
     }
 }

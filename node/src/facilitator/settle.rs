@@ -32,7 +32,7 @@ use super::payment::{self, Payment, Rejection};
 use super::verify::{self, Simulation};
 use super::Network;
 use crate::chain::tx::{sign_eip1559, Eip1559Request};
-use crate::chain::{ChainError, NonceTag, Receipt};
+use crate::chain::{NonceTag, Receipt};
 use crate::cluster::proposer::ProposeError;
 use crate::cluster::read_barrier;
 use crate::node::App;
@@ -396,7 +396,7 @@ pub async fn read_outcome(
                 Err(_) => None,
             }
         }
-        Err(ChainError::Unavailable(_)) | Err(_) => None,
+        Err(_) => None,
     }
 }
 

@@ -9,7 +9,7 @@
 //! skips them all (a payer whose signature does not recover is then simply refused): the cluster
 //! benchmark setting. The claim comes last so that a payment that fails a check leaves no state.
 
-use alloy::primitives::{Address, U256};
+use alloy::primitives::U256;
 use x402_client::x402::eip3009::{self, TransferWithAuthorization};
 use x402_client::x402::{FacilitatorRequest, ReasonCode, VerifyResponse};
 use x402_raft_store::state::{ClaimOutcome, Op};
@@ -220,9 +220,4 @@ fn chain_unavailable(payment: &Payment, e: ChainError) -> Rejection {
         format!("cannot read the chain: {e}"),
     )
     .with_payer(payment.payer)
-}
-
-/// The payer of a payment as an address, for callers that only have the request.
-pub fn payer_of(request: &FacilitatorRequest) -> Address {
-    Address::from(*request.payload().authorization.from.as_bytes())
 }
