@@ -10,6 +10,10 @@
 #                                      (facilitator.onchain_checks = false): signature + claim
 #   scripts/bench.sh verify-chain [SECS]  the same with on-chain reads on, against anvil
 #   scripts/bench.sh settle   [SECS]   POST /settle against anvil (automine), 2 signer keys
+#   scripts/bench.sh verify-limited [SECS]  as verify, with rate limits per client IP, per payer
+#                                      and per route configured (high enough never to be hit)
+#   scripts/bench.sh supported [SECS]  GET /supported under a per-client-IP limit (leased quota):
+#                                      prints Raft entries committed per request
 #
 # Environment: CONCURRENCY (default 128), X402_BASE_PORT (default 7101), BENCH_DIR (default
 # .local/bench, wiped first).
@@ -25,16 +29,41 @@ export X402_BIN_DIR="$PWD/target/release"
 [ -f "$dir/pids" ] && deploy/local/down.sh "$dir" >/dev/null || true
 rm -rf "$dir"
 trap 'deploy/local/down.sh "$dir" >/dev/null 2>&1 || true' EXIT
-case "$what" in
-  verify)
-    cat > "$dir.facilitator.toml" <<'TOML'
-[facilitator]
+no_chain_toml='[facilitator]
 onchain_checks = false
 
 [[facilitator.networks]]
 network = "eip155:31337"
 rpc_urls = ["http://127.0.0.1:9"]
-TOML
+'
+# Limits far above what the benchmark reaches: every request is counted, none refused.
+limits_toml='
+[[rate_limits]]
+name = "per-ip"
+per = "client_ip"
+limit = 4000000000
+window_ms = 60000
+
+[[rate_limits]]
+name = "per-route"
+per = "route"
+limit = 4000000000
+window_ms = 60000
+'
+payer_limit_toml='
+[[rate_limits]]
+name = "per-payer"
+per = "payer"
+limit = 4000000000
+window_ms = 60000
+routes = ["/verify", "/settle"]
+'
+case "$what" in
+  verify|verify-limited|supported)
+    toml="$no_chain_toml"
+    [ "$what" = verify-limited ] && toml="$toml$limits_toml$payer_limit_toml"
+    [ "$what" = supported ] && toml="$toml$limits_toml"
+    printf '%s' "$toml" > "$dir.facilitator.toml"
     X402_NODE_TOML="$PWD/$dir.facilitator.toml" deploy/local/up.sh 3 "$dir" >/dev/null
     ;;
   verify-chain|settle)
@@ -63,8 +92,24 @@ terms=(--network "${X402_NETWORK:-eip155:31337}"
   --pay-to "${X402_PAY_TO:-0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65}" --amount 10000
   --token-name "${X402_TOKEN_NAME:-USD Coin}" --token-version "${X402_TOKEN_VERSION:-2}")
 
+# Raft entries committed so far (the leader's committed index).
+committed() {
+  x402ctl status --json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(max(n["committed"] or 0 for n in s["nodes"]))'
+}
+
 case "$what" in
-  verify|verify-chain)
+  supported)
+    before=$(committed)
+    x402ctl bench supported --nodes "$nodes" --concurrency "$concurrency" --duration "$secs" --json | tee "$dir.supported.json"
+    after=$(committed)
+    python3 - "$before" "$after" "$dir.supported.json" <<'PY'
+import json, sys
+before, after, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+r = json.load(open(path)); ops = r["ops"] + r["errors"]
+print(f"raft entries committed: {after - before} for {ops} requests: {(after - before) / max(ops, 1):.5f} per request", file=sys.stderr)
+PY
+    ;;
+  verify|verify-chain|verify-limited)
     x402ctl bench verify "${terms[@]}" --nodes "$nodes" --concurrency "$concurrency" --duration "$secs" --json
     ;;
   settle)

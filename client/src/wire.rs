@@ -63,6 +63,23 @@ pub struct NodeStatus {
     pub claims: u64,
     /// Hex SHA-256 of this node's applied state; equal on replicas at the same `applied`.
     pub state_hash: String,
+    /// The circuit breaker of each chain RPC endpoint, as this node has applied it.
+    #[serde(default)]
+    pub breakers: Vec<BreakerStatus>,
+}
+
+/// One chain RPC endpoint's circuit breaker (shared by the cluster).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BreakerStatus {
+    /// Scheme, host and port of the endpoint (never its path or credentials).
+    pub endpoint: String,
+    /// `closed`, `open` or `half_open`.
+    pub state: String,
+    /// Grows with every transition; equal on nodes that applied the same log.
+    pub epoch: u64,
+    /// While open: when a probe will be let through (unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_until_ms: Option<u64>,
 }
 
 /// `POST /admin/init`: forms the cluster. An empty `members` means "the members named in the

@@ -84,6 +84,7 @@ async fn status(State(fake): State<Arc<Fake>>, headers: HeaderMap) -> Answer<Nod
         members: vec![],
         claims: fake.accepted.load(Ordering::Relaxed),
         state_hash: "00".into(),
+        breakers: vec![],
     }))
 }
 

@@ -2,6 +2,7 @@
 //! any node (forwarding to the leader), and the leader's background duties.
 
 pub mod batcher;
+pub mod breakers;
 pub mod expiry;
 pub mod network;
 pub mod peer_client;

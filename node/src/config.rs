@@ -14,7 +14,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
 
+pub mod access;
 pub mod facilitator;
+pub use access::{
+    ApiKeySettings, AuthSettings, BreakerSettings, IdempotencySettings, LimitScope,
+    RateLimitSettings, RateRule,
+};
 pub use facilitator::{AssetSettings, FacilitatorSettings, NetworkSettings};
 
 /// Shortest secret accepted: anything shorter is guessable.
@@ -42,6 +47,11 @@ pub struct Config {
     pub limits: Limits,
     pub storage: StorageSettings,
     pub facilitator: FacilitatorSettings,
+    pub auth: AuthSettings,
+    pub rate_limits: Vec<RateRule>,
+    pub rate_limit: RateLimitSettings,
+    pub idempotency: IdempotencySettings,
+    pub breaker: BreakerSettings,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -105,6 +115,11 @@ impl Default for Config {
             limits: Limits::default(),
             storage: StorageSettings::default(),
             facilitator: FacilitatorSettings::default(),
+            auth: AuthSettings::default(),
+            rate_limits: Vec::new(),
+            rate_limit: RateLimitSettings::default(),
+            idempotency: IdempotencySettings::default(),
+            breaker: BreakerSettings::default(),
         }
     }
 }
@@ -228,6 +243,13 @@ impl Config {
             )));
         }
         self.facilitator.validate()?;
+        access::validate(
+            &self.auth,
+            &self.rate_limits,
+            &self.rate_limit,
+            &self.idempotency,
+            &self.breaker,
+        )?;
         if !self.bootstrap.is_empty() && !self.bootstrap.contains_key(&self.node_id) {
             return Err(ConfigError::Invalid(format!(
                 "bootstrap members do not include this node ({})",

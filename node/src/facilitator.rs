@@ -27,6 +27,7 @@ use alloy::signers::local::PrivateKeySigner;
 use x402_client::x402::network::NetworkRegistry;
 use x402_client::x402::{SupportedKind, SupportedResponse};
 
+use crate::chain::breaker::EndpointGate;
 use crate::chain::{AlloyChain, ChainError, ChainLimits, Fees, SharedChain};
 use crate::config::{ConfigError, FacilitatorSettings, NetworkSettings};
 
@@ -117,15 +118,20 @@ pub struct Facilitator {
 }
 
 impl Facilitator {
-    /// Builds the networks of `settings`, each with an [`AlloyChain`] over its RPC URLs.
-    pub fn from_settings(settings: &FacilitatorSettings) -> Result<Self, ConfigError> {
+    /// Builds the networks of `settings`, each with an [`AlloyChain`] over its RPC URLs behind
+    /// `gate` (the cluster's circuit breakers).
+    pub fn from_settings(
+        settings: &FacilitatorSettings,
+        gate: Arc<dyn EndpointGate>,
+    ) -> Result<Self, ConfigError> {
         let mut chains = BTreeMap::new();
         for n in &settings.networks {
             let limits = ChainLimits {
                 call_timeout: Duration::from_millis(n.rpc_timeout_ms.max(1)),
             };
             let chain = AlloyChain::new(&n.rpc_urls, limits)
-                .map_err(|e| ConfigError::Invalid(format!("{}: {e}", n.network)))?;
+                .map_err(|e| ConfigError::Invalid(format!("{}: {e}", n.network)))?
+                .with_gate(gate.clone());
             chains.insert(n.chain_id()?, Arc::new(chain) as SharedChain);
         }
         Self::with_chains(settings, chains)

@@ -1,5 +1,6 @@
 //! x402-node: one replica of an x402-cluster.
 //!
+//! - [`access`]: API keys, cluster-wide rate limits, leased quota, `Idempotency-Key`;
 //! - [`config`]: the TOML + environment configuration and its secrets;
 //! - [`seams`]: network, clock (and, through `x402-raft-store`, storage) behind traits, so the
 //!   same code runs on tokio or inside turmoil;
@@ -7,6 +8,7 @@
 //! - [`http`]: the axum routers (admin, health, metrics, peer API);
 //! - [`node`]: assembling and serving one replica.
 
+pub mod access;
 pub mod chain;
 pub mod cluster;
 pub mod config;

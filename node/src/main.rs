@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
+use x402_node::cluster::breakers::ClusterBreakers;
 use x402_node::config::Config;
 use x402_node::facilitator::Facilitator;
 use x402_node::metrics::Metrics;
@@ -111,7 +112,9 @@ async fn run(config: Config) -> Result<(), String> {
         data_dir = %config.data_dir.display(),
         "starting x402-node"
     );
-    let facilitator = Facilitator::from_settings(&config.facilitator).map_err(|e| e.to_string())?;
+    let breakers = Arc::new(ClusterBreakers::new(config.breaker.clone()));
+    let facilitator = Facilitator::from_settings(&config.facilitator, breakers.clone())
+        .map_err(|e| e.to_string())?;
     for n in facilitator.networks.values() {
         tracing::info!(
             network = %n.caip2,
@@ -145,6 +148,7 @@ async fn run(config: Config) -> Result<(), String> {
         log,
         state_machine,
         facilitator: Arc::new(facilitator),
+        breakers,
     })
     .await
     .map_err(|e| e.to_string())?;

@@ -2,8 +2,8 @@
 //! simulations, so nothing here is global).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use x402_raft_store::types::RaftMetrics;
 
@@ -36,6 +36,14 @@ pub struct Metrics {
     pub unfinished_settlements: IntGauge,
     pub verify_seconds: Histogram,
     pub settle_seconds: Histogram,
+    /// Requests refused by a rate limit (429), by route.
+    pub rate_limited: IntCounterVec,
+    /// Leased quota slices taken by this node (one command each).
+    pub leases_taken: IntCounter,
+    /// Circuit breaker of each chain RPC endpoint: 0 closed, 1 half-open, 2 open.
+    pub breaker_state: IntGaugeVec,
+    /// Epoch of each endpoint's circuit breaker (grows with every transition).
+    pub breaker_epoch: IntGaugeVec,
 }
 
 impl Metrics {
@@ -76,6 +84,32 @@ impl Metrics {
         };
         let verifications = by_result("verify_total", "POST /verify answers, by result")?;
         let settlements = by_result("settle_total", "POST /settle answers, by result")?;
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "rate_limited_total",
+                "Requests refused by a rate limit, by route",
+            ),
+            &["route"],
+        )?;
+        registry.register(Box::new(rate_limited.clone()))?;
+        let leases_taken = IntCounter::new(
+            "rate_leases_taken_total",
+            "Quota slices leased by this node for requests without a write of their own",
+        )?;
+        registry.register(Box::new(leases_taken.clone()))?;
+        let by_endpoint = |name: &str, help: &str| -> Result<IntGaugeVec, prometheus::Error> {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["endpoint"])?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let breaker_state = by_endpoint(
+            "breaker_state",
+            "Circuit breaker of a chain RPC endpoint: 0 closed, 1 half-open, 2 open",
+        )?;
+        let breaker_epoch = by_endpoint(
+            "breaker_epoch",
+            "Epoch of a chain RPC endpoint's circuit breaker",
+        )?;
         Ok(Self {
             term: gauge("raft_term", "Current Raft term")?,
             is_leader: gauge("raft_is_leader", "1 when this node is the leader")?,
@@ -102,6 +136,10 @@ impl Metrics {
             )?,
             verify_seconds: histogram("verify_seconds", "Time to answer POST /verify")?,
             settle_seconds: histogram("settle_seconds", "Time to answer POST /settle")?,
+            rate_limited,
+            leases_taken,
+            breaker_state,
+            breaker_epoch,
             registry,
         })
     }

@@ -1,13 +1,15 @@
 //! Assembling one replica: Raft, the peer client, the proposer, background duties and the HTTP
 //! router, from storage and seams chosen by the caller (the binary or a simulation).
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
+use axum::{Extension, Router};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -17,7 +19,9 @@ use tokio::sync::Semaphore;
 use x402_raft_store::storage::{SnapshotVault, StateMachineStore, StateView};
 use x402_raft_store::types::{LogId, NodeId, Raft, TypeConfig};
 
+use crate::access::{leases, Access, ClientAddr};
 use crate::cluster::batcher::{BatchLimits, Batcher};
+use crate::cluster::breakers::ClusterBreakers;
 use crate::cluster::expiry;
 use crate::cluster::network::Network;
 use crate::cluster::peer_client::PeerClient;
@@ -45,6 +49,8 @@ pub struct NodeSetup<LS, V: SnapshotVault> {
     pub state_machine: StateMachineStore<V>,
     /// The networks this node verifies and settles on (their chain clients and signer keys).
     pub facilitator: Arc<Facilitator>,
+    /// The circuit breakers the facilitator's chain clients consult; wired to the log here.
+    pub breakers: Arc<ClusterBreakers>,
 }
 
 /// What every request handler can reach.
@@ -65,6 +71,9 @@ pub struct App {
     pub bootstrap: BTreeMap<NodeId, String>,
     pub clock: SharedClock,
     pub facilitator: Arc<Facilitator>,
+    /// API keys, rate limits, leases, idempotency settings.
+    pub access: Access,
+    pub breakers: Arc<ClusterBreakers>,
 }
 
 impl App {
@@ -116,6 +125,7 @@ where
         log,
         state_machine,
         facilitator,
+        breakers,
     } = setup;
     let id = config.node_id;
     let peers = PeerClient::new(
@@ -153,6 +163,7 @@ where
             max_entries_in_flight: config.limits.max_entries_in_flight,
         },
     );
+    let access = Access::from_config(&config, &metrics);
     let app = Arc::new(App {
         id,
         url: config.advertise_url.clone(),
@@ -169,8 +180,23 @@ where
         bootstrap: config.bootstrap.clone(),
         clock,
         facilitator,
+        access,
+        breakers,
     });
+    app.breakers.attach(
+        app.state.clone(),
+        app.batcher.clone(),
+        app.clock.clone(),
+        app.metrics.breaker_state.clone(),
+        app.metrics.breaker_epoch.clone(),
+    );
+    tokio::spawn(refresh_breaker_metrics(app.clone()));
     tokio::spawn(watch_raft_metrics(app.clone()));
+    tokio::spawn(leases::run_sweeper(
+        app.access.leases.clone(),
+        app.batcher.clone(),
+        Duration::from_millis((config.rate_limit.lease_ms / 2).max(100)),
+    ));
     tokio::spawn(expiry::run(
         app.clone(),
         Duration::from_millis(config.limits.expiry_interval_ms),
@@ -179,6 +205,15 @@ where
     bootstrap_if_first(&app).await;
     let router = http::router(app.clone());
     Ok(RunningNode { app, router })
+}
+
+/// Keeps the breaker gauges in step with the applied state.
+async fn refresh_breaker_metrics(app: Arc<App>) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        ticker.tick().await;
+        app.breakers.refresh_metrics();
+    }
 }
 
 /// On first start, the lowest-id bootstrap member forms the cluster; the others are contacted.
@@ -234,6 +269,7 @@ pub async fn serve<L>(
     shutdown: impl Future<Output = ()>,
 ) where
     L: axum::serve::Listener,
+    L::Addr: 'static,
 {
     let permits = Arc::new(Semaphore::new(max_connections.max(1)));
     tokio::pin!(shutdown);
@@ -245,11 +281,17 @@ pub async fn serve<L>(
                 Err(_) => return,
             },
         };
-        let (io, _addr) = tokio::select! {
+        let (io, addr) = tokio::select! {
             _ = &mut shutdown => return,
             accepted = listener.accept() => accepted,
         };
-        let service = TowerToHyperService::new(router.clone());
+        // The client's IP, for per-IP rate limits.
+        let client = ClientAddr(
+            (&addr as &dyn Any)
+                .downcast_ref::<SocketAddr>()
+                .map(|a| a.ip()),
+        );
+        let service = TowerToHyperService::new(router.clone().layer(Extension(client)));
         tokio::spawn(async move {
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder

@@ -7,8 +7,22 @@
 //!
 //! Time inside the state only moves forward: a command stamped earlier than one already applied
 //! (a new leader whose clock lags) is applied at the latest time seen so far.
+//!
+//! The registries, one module each:
+//! - [`nonces`]: claims of EIP-3009 authorizations (I1);
+//! - [`settlements`]: settlement records and signer nonce counters (I2, I3);
+//! - [`rate_limits`]: cluster-wide sliding-window rate limits and their leases (I4), applied
+//!   alone or as the guard of another operation in the same entry ([`Op::Guarded`]);
+//! - [`breakers`]: the shared circuit breaker of each chain RPC endpoint (I5);
+//! - [`idempotency`]: Idempotency-Key records, so a retried request gets the first answer.
+//!
+//! Everything that expires (claims, Done settlements, rate windows and leases, idempotency
+//! records) is forgotten only by the replicated [`Op::ExpireClaims`], oldest first across all.
 
+pub mod breakers;
+pub mod idempotency;
 pub mod nonces;
+pub mod rate_limits;
 mod set_digest;
 pub mod settlements;
 
@@ -16,7 +30,18 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::codec::{self, CodecError};
+pub use breakers::{
+    BreakerAnswer, BreakerBoard, BreakerMove, BreakerPhase, BreakerState, BreakerTransition,
+    EndpointId,
+};
+pub use idempotency::{
+    IdempotencyAnswer, IdempotencyStore, IdempotentFinish, IdempotentStart, StoredAnswer,
+};
 pub use nonces::{ClaimId, ClaimOutcome, NonceClaim, NonceKey, NonceRegistry};
+pub use rate_limits::{
+    Admission, AdmissionVerdict, LeaseGrant, LeaseId, LeaseRequest, Quota, RateKey, RateLimiter,
+    SubjectId,
+};
 pub use settlements::{
     InvariantViolation, Rejection, SettlementAnswer, SettlementFinish, SettlementOutcome,
     SettlementPhase, SettlementRecord, SettlementRegistry, SettlementStart, SignedSettlement,
@@ -25,8 +50,9 @@ pub use settlements::{
 
 use settlements::Ledger;
 
-/// How many expired claims and finished settlements one garbage-collection command may remove
-/// at most, so that a single apply never stalls the log for long.
+/// How many expired records (claims, finished settlements, rate windows and leases, idempotency
+/// records) one garbage-collection command may remove at most, so that a single apply never
+/// stalls the log for long.
 pub const MAX_EXPIRED_PER_COMMAND: u32 = 10_000;
 
 /// Most operations one command carries (the group-commit batch size).
@@ -57,8 +83,8 @@ impl Command {
 pub enum Op {
     /// Claim an EIP-3009 authorization nonce cluster-wide (I1).
     ClaimNonce(NonceClaim),
-    /// Remove up to `limit` claims and Done settlements whose retention ended at or before the
-    /// command's time, oldest first.
+    /// Remove up to `limit` claims, Done settlements, rate windows and leases and idempotency
+    /// records whose retention ended at or before the command's time, oldest first.
     ExpireClaims { limit: u32 },
     /// Tell the state machine a signer's transaction count on chain (first use, or after
     /// external use). Answered `SignerSynced`, or `Settlement(Rejected)` when it would register
@@ -74,6 +100,33 @@ pub enum Op {
     RecordSigned(SignedSettlement),
     /// Commit the chain's verdict on a signed settlement.
     FinishSettlement(SettlementFinish),
+    /// Admit a request against rate limits (all keys or none) and, if admitted, apply `op` in
+    /// the same entry (no extra consensus round). Answered `Guarded`; an admitted `op` counts
+    /// even if its own answer is a refusal (the admission is for the request, whatever its
+    /// outcome).
+    Guarded { admission: Admission, op: GuardedOp },
+    /// Take admissions of one rate key to spend locally (I4). Answered `Lease`.
+    TakeLease(LeaseRequest),
+    /// Give back a lease's unspent admissions, once. Answered `LeaseReturned`.
+    ReturnLease { id: LeaseId, unused: u32 },
+    /// Move an endpoint's circuit breaker (I5). Answered `Breaker`.
+    MoveBreaker(BreakerMove),
+    /// Begin a request under an Idempotency-Key. Answered `Idempotency`.
+    BeginIdempotent(IdempotentStart),
+    /// Store the answer of a begun request. Answered `Idempotency`.
+    FinishIdempotent(IdempotentFinish),
+    /// Forget a begun request that ended without an answer worth storing. Answered
+    /// `Idempotency`.
+    ReleaseIdempotent { key: [u8; 32], attempt: [u8; 16] },
+}
+
+/// The operations a rate-limit admission can ride with: the writes a paying request makes
+/// anyway. A type of its own, not `Op`, so a guard cannot nest (nor a hostile entry nest it
+/// deep enough to exhaust the decoder's stack).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum GuardedOp {
+    ClaimNonce(NonceClaim),
+    BeginSettlement(SettlementStart),
 }
 
 /// The answer of the state machine to one operation. An applied entry answers one per operation
@@ -81,9 +134,24 @@ pub enum Op {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
     Claim(ClaimOutcome),
-    Expired { removed: u32 },
-    SignerSynced { next_nonce: u64 },
+    Expired {
+        removed: u32,
+    },
+    SignerSynced {
+        next_nonce: u64,
+    },
     Settlement(SettlementAnswer),
+    /// `response` is None when the admission was refused (then `op` was not applied).
+    Guarded {
+        verdict: AdmissionVerdict,
+        response: Option<Box<Response>>,
+    },
+    Lease(LeaseGrant),
+    LeaseReturned {
+        returned: u32,
+    },
+    Breaker(BreakerAnswer),
+    Idempotency(IdempotencyAnswer),
 }
 
 /// Everything the cluster replicates, in one value.
@@ -93,6 +161,9 @@ pub struct ClusterState {
     now_ms: u64,
     nonces: NonceRegistry,
     ledger: Ledger,
+    rate_limits: RateLimiter,
+    breakers: BreakerBoard,
+    idempotency: IdempotencyStore,
 }
 
 /// The serialised form of [`ClusterState`], used for snapshots: written from borrowed parts,
@@ -102,6 +173,9 @@ struct StateImageRef<'a> {
     now_ms: u64,
     nonces: nonces::RegistryImageRef<'a>,
     ledger: settlements::LedgerImageRef<'a>,
+    rate_limits: rate_limits::RateImageRef<'a>,
+    breakers: breakers::BoardImageRef<'a>,
+    idempotency: idempotency::StoreImageRef<'a>,
 }
 
 #[derive(Deserialize)]
@@ -109,6 +183,9 @@ struct StateImage {
     now_ms: u64,
     nonces: nonces::RegistryImage,
     ledger: settlements::LedgerImage,
+    rate_limits: rate_limits::RateImage,
+    breakers: breakers::BoardImage,
+    idempotency: idempotency::StoreImage,
 }
 
 impl ClusterState {
@@ -147,23 +224,63 @@ impl ClusterState {
             Op::FinishSettlement(finish) => {
                 Response::Settlement(self.ledger.finish(finish, now_ms))
             }
+            Op::Guarded { admission, op } => {
+                let verdict = self.rate_limits.admit(admission, now_ms);
+                let response = match verdict {
+                    AdmissionVerdict::Admitted { .. } => Some(Box::new(match op {
+                        GuardedOp::ClaimNonce(claim) => {
+                            Response::Claim(self.nonces.claim(claim, now_ms))
+                        }
+                        GuardedOp::BeginSettlement(start) => {
+                            Response::Settlement(self.ledger.begin(&mut self.nonces, start, now_ms))
+                        }
+                    })),
+                    AdmissionVerdict::Limited { .. } => None,
+                };
+                Response::Guarded { verdict, response }
+            }
+            Op::TakeLease(request) => Response::Lease(self.rate_limits.take_lease(request, now_ms)),
+            Op::ReturnLease { id, unused } => Response::LeaseReturned {
+                returned: self.rate_limits.return_lease(*id, *unused, now_ms),
+            },
+            Op::MoveBreaker(m) => Response::Breaker(self.breakers.apply(m, now_ms)),
+            Op::BeginIdempotent(start) => {
+                Response::Idempotency(self.idempotency.begin(start, now_ms))
+            }
+            Op::FinishIdempotent(finish) => {
+                Response::Idempotency(self.idempotency.finish(finish, now_ms))
+            }
+            Op::ReleaseIdempotent { key, attempt } => {
+                Response::Idempotency(self.idempotency.release(key, attempt))
+            }
         }
     }
 
-    /// Removes up to `limit` claims and Done settlements whose retention ended by `now_ms`,
-    /// oldest first across both (a claim before a settlement due at the same time), so that one
-    /// budget bounds the work of one command.
+    /// Removes up to `limit` records whose retention ended by `now_ms`, oldest first across
+    /// every registry (at equal times in the order claim, settlement, rate limit, idempotency
+    /// record), so that one budget bounds the work of one command.
     fn expire(&mut self, now_ms: u64, limit: u32) -> u32 {
         let mut removed = 0;
         while removed < limit {
-            let due = |t: Option<u64>| t.filter(|&t| t <= now_ms);
-            let claim = due(self.nonces.next_expiry_ms());
-            let settlement = due(self.ledger.settlements.next_expiry_ms());
-            let progressed = match (claim, settlement) {
-                (None, None) => false,
-                (Some(c), Some(s)) if s < c => self.ledger.settlements.expire_one(now_ms),
-                (Some(_), _) => self.nonces.expire(now_ms, 1) == 1,
-                (None, Some(_)) => self.ledger.settlements.expire_one(now_ms),
+            let next = [
+                (self.nonces.next_expiry_ms(), Expiring::Claim),
+                (
+                    self.ledger.settlements.next_expiry_ms(),
+                    Expiring::Settlement,
+                ),
+                (self.rate_limits.next_expiry_ms(), Expiring::RateLimit),
+                (self.idempotency.next_expiry_ms(), Expiring::Idempotency),
+            ];
+            let due = next
+                .into_iter()
+                .filter_map(|(t, what)| t.filter(|&t| t <= now_ms).map(|t| (t, what)))
+                .min();
+            let progressed = match due {
+                None => false,
+                Some((_, Expiring::Claim)) => self.nonces.expire(now_ms, 1) == 1,
+                Some((_, Expiring::Settlement)) => self.ledger.settlements.expire_one(now_ms),
+                Some((_, Expiring::RateLimit)) => self.rate_limits.expire_one(now_ms),
+                Some((_, Expiring::Idempotency)) => self.idempotency.expire_one(now_ms),
             };
             if !progressed {
                 break;
@@ -189,22 +306,44 @@ impl ClusterState {
         &self.ledger.signers
     }
 
-    /// The earliest time at which `ExpireClaims` would remove something (a claim or a Done
-    /// settlement), if any.
+    pub fn rate_limits(&self) -> &RateLimiter {
+        &self.rate_limits
+    }
+
+    pub fn breakers(&self) -> &BreakerBoard {
+        &self.breakers
+    }
+
+    pub fn idempotency(&self) -> &IdempotencyStore {
+        &self.idempotency
+    }
+
+    /// The earliest time at which `ExpireClaims` would remove something (a claim, a Done
+    /// settlement, a rate window or lease, an idempotency record), if any.
     pub fn next_expiry_ms(&self) -> Option<u64> {
         [
             self.nonces.next_expiry_ms(),
             self.ledger.settlements.next_expiry_ms(),
+            self.rate_limits.next_expiry_ms(),
+            self.idempotency.next_expiry_ms(),
         ]
         .into_iter()
         .flatten()
         .min()
     }
 
-    /// Checks every invariant of the settlement state by a full scan: O(records). For tests and
-    /// simulations; apply checks the cheap ones itself in debug builds.
+    /// Checks every invariant of the settlement state, and that the indexes and digests of the
+    /// rate limits and idempotency records are in step with them, by a full scan: O(records).
+    /// For tests and simulations; apply checks the cheap ones itself in debug builds.
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
-        self.ledger.check_invariants()
+        self.ledger.check_invariants()?;
+        if !self.rate_limits.is_consistent() {
+            return Err(InvariantViolation::RateLimits);
+        }
+        if !self.idempotency.is_consistent() {
+            return Err(InvariantViolation::Idempotency);
+        }
+        Ok(())
     }
 
     /// Serialises the whole state (a snapshot body).
@@ -212,12 +351,18 @@ impl ClusterState {
         // Sized up front: with a million claims, growing by doubling would briefly hold twice
         // the snapshot (and copy it) on every snapshot.
         let capacity = (64 + self.nonces.len() * nonces::MAX_ENCODED_CLAIM_BYTES)
-            .saturating_add(self.ledger.encoded_len_hint());
+            .saturating_add(self.ledger.encoded_len_hint())
+            .saturating_add(self.rate_limits.encoded_len_hint())
+            .saturating_add(self.breakers.encoded_len_hint())
+            .saturating_add(self.idempotency.encoded_len_hint());
         codec::encode_record_with_capacity(
             &StateImageRef {
                 now_ms: self.now_ms,
                 nonces: self.nonces.image(),
                 ledger: self.ledger.image(),
+                rate_limits: self.rate_limits.image(),
+                breakers: self.breakers.image(),
+                idempotency: self.idempotency.image(),
             },
             capacity,
         )
@@ -230,17 +375,21 @@ impl ClusterState {
             now_ms: image.now_ms,
             nonces: NonceRegistry::from_image(image.nonces),
             ledger: Ledger::from_image(image.ledger),
+            rate_limits: RateLimiter::from_image(image.rate_limits),
+            breakers: BreakerBoard::from_image(image.breakers),
+            idempotency: IdempotencyStore::from_image(image.idempotency),
         })
     }
 
     /// A hash of the whole state: equal on replicas that applied the same log, different as soon
-    /// as any claim, settlement or signer counter differs. O(signers): it combines the state's
-    /// clock, the claim and settlement counts, the incrementally kept digests of both sets (see
-    /// `SetDigest`) and the few signer counters, so it is cheap enough for every status call
-    /// even with millions of claims and settlements.
+    /// as any claim, settlement, signer counter, rate window or lease, breaker or idempotency
+    /// record differs. O(signers + breakers): it combines the state's clock, the size and the
+    /// incrementally kept digest (see `SetDigest`) of each large set, and the few signer
+    /// counters and breakers, so it is cheap enough for every status call even with millions
+    /// of records.
     pub fn state_hash(&self) -> [u8; 32] {
         let mut h = Sha256::new();
-        h.update(b"x402-cluster state v2");
+        h.update(b"x402-cluster state v3");
         h.update(self.now_ms.to_be_bytes());
         h.update((self.nonces.len() as u64).to_be_bytes());
         h.update(self.nonces.content_digest().to_bytes());
@@ -254,12 +403,35 @@ impl ClusterState {
             h.update(state.next_nonce.to_be_bytes());
             h.update(state.in_flight.to_be_bytes());
         }
+        h.update((self.rate_limits.subjects() as u64).to_be_bytes());
+        h.update((self.rate_limits.leases() as u64).to_be_bytes());
+        h.update(self.rate_limits.content_digest().to_bytes());
+        self.breakers.hash_into(&mut h);
+        h.update((self.idempotency.len() as u64).to_be_bytes());
+        h.update(self.idempotency.content_digest().to_bytes());
         h.finalize().into()
     }
 }
 
+/// The registries `ExpireClaims` takes from, in the order they go at equal times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Expiring {
+    Claim,
+    Settlement,
+    RateLimit,
+    Idempotency,
+}
+
+#[cfg(test)]
+mod breaker_tests;
+#[cfg(test)]
+mod guarded_tests;
+#[cfg(test)]
+mod idempotency_tests;
 #[cfg(test)]
 mod model;
+#[cfg(test)]
+mod rate_limit_tests;
 #[cfg(test)]
 mod settlement_tests;
 #[cfg(test)]

@@ -550,6 +550,9 @@ async fn run_node(config: Config, disk: Disk) -> turmoil::Result {
             )
             .map_err(|e| e.to_string())?,
         ),
+        breakers: Arc::new(x402_node::cluster::breakers::ClusterBreakers::new(
+            Default::default(),
+        )),
     })
     .await
     .map_err(|e| e.to_string())?;

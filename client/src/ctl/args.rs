@@ -97,6 +97,21 @@ pub enum Command {
     /// Load generators
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// API keys for the nodes' [auth] section
+    #[command(subcommand, name = "api-key")]
+    ApiKey(ApiKeyCommand),
+}
+
+#[derive(Subcommand, Debug, PartialEq)]
+pub enum ApiKeyCommand {
+    /// Make a random key: prints the key (give it to the client) and the [[auth.api_keys]]
+    /// entry with its SHA-256 (put it in every node's config)
+    New {
+        /// The key's name in logs, metrics and per-key limits
+        id: String,
+    },
+    /// Print the SHA-256 of a key read from standard input
+    Hash,
 }
 
 #[derive(Subcommand, Debug, PartialEq)]
@@ -139,6 +154,16 @@ pub enum BenchCommand {
     /// As `bench verify`, but only success: true counts, and the payer key is required (the
     /// payer needs the funds: --amount times --payments).
     Settle(PaymentBenchArgs),
+    /// GET /supported as fast as possible across all nodes (no write of its own: with rate
+    /// limits configured, it spends leased quota slices)
+    Supported(SupportedBenchArgs),
+}
+
+/// `bench supported`.
+#[derive(Args, Debug, PartialEq)]
+pub struct SupportedBenchArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// How a load-generator run goes: shared by every `bench` command.

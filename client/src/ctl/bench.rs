@@ -75,6 +75,20 @@ pub(super) async fn claims(
     report("claims", &outcome, json)
 }
 
+/// `bench supported`: GET /supported; every 200 with a parsable body counts.
+pub(super) async fn supported(
+    nodes: Vec<FacilitatorClient>,
+    args: &super::SupportedBenchArgs,
+    json: bool,
+) -> Result<Output, CtlError> {
+    let outcome = crate::bench::run(nodes, &bench_config(&args.run), |node| {
+        let node = node.clone();
+        Some(async move { node.supported().await.map(|_| ()) })
+    })
+    .await?;
+    report("supported", &outcome, json)
+}
+
 /// `bench verify` / `bench settle`: signs the pool, then runs. `payer_env` is the value of
 /// `X402_PAYER_KEY`.
 pub(super) async fn payments(

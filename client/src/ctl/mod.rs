@@ -4,6 +4,7 @@
 //! Commands build their whole output as a string ([`Output`]) and [`run`] prints it, so every
 //! rendering is a pure function of what the nodes answered.
 
+mod api_key;
 pub mod args;
 mod bench;
 mod members;
@@ -18,8 +19,9 @@ use std::process::ExitCode;
 use tokio::task::JoinSet;
 
 pub use args::{
-    BenchCommand, ClaimsArgs, Cli, ClusterCommand, Command, MemberArg, MembersCommand, PayArgs,
-    PayerArgs, PaymentBenchArgs, RequirementArgs, RunArgs, Token, ENV_PAYER_KEY,
+    ApiKeyCommand, BenchCommand, ClaimsArgs, Cli, ClusterCommand, Command, MemberArg,
+    MembersCommand, PayArgs, PayerArgs, PaymentBenchArgs, RequirementArgs, RunArgs,
+    SupportedBenchArgs, Token, ENV_PAYER_KEY,
 };
 
 use crate::admin::AdminClient;
@@ -103,6 +105,8 @@ pub async fn execute(cli: Cli) -> Result<Output, CtlError> {
         Command::Members(cmd) => members::change(clients(&cli, &operator)?, cmd, cli.json).await,
         Command::Snapshot => snapshot::run(clients(&cli, &operator)?, cli.json).await,
         Command::WaitLeader { wait } => status::wait_leader(clients(&cli, &operator)?, *wait).await,
+        Command::ApiKey(ApiKeyCommand::New { id }) => Ok(Output::ok(api_key::new(id))),
+        Command::ApiKey(ApiKeyCommand::Hash) => api_key::hash_stdin().map(Output::ok),
         Command::Pay(args) => {
             let verify = facilitators(&cli, &operator)?;
             let settle = HttpConfig {
@@ -123,6 +127,10 @@ pub async fn execute(cli: Cli) -> Result<Output, CtlError> {
         }
         Command::Bench(BenchCommand::Settle(args)) => {
             payment_bench(&cli, args, Endpoint::Settle).await
+        }
+        Command::Bench(BenchCommand::Supported(args)) => {
+            let config = bench::http_config(&args.run, bench::request_timeout(&args.run, None));
+            bench::supported(facilitators(&cli, &config)?, args, cli.json).await
         }
     }
 }

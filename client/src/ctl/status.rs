@@ -91,6 +91,27 @@ fn render(status: &ClusterStatus) -> String {
     for node in &status.unreachable {
         out.push_str(&format!("unreachable: {}: {}\n", node.url, node.error));
     }
+    let breakers: Vec<Vec<String>> = status
+        .nodes
+        .iter()
+        .flat_map(|n| {
+            n.breakers.iter().map(move |b| {
+                vec![
+                    n.id.to_string(),
+                    b.endpoint.clone(),
+                    b.state.clone(),
+                    b.epoch.to_string(),
+                ]
+            })
+        })
+        .collect();
+    if !breakers.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &["NODE", "RPC ENDPOINT", "BREAKER", "EPOCH"],
+            &breakers,
+        ));
+    }
     out
 }
 
@@ -137,6 +158,7 @@ mod tests {
             members: vec![],
             claims: 42,
             state_hash: "00".into(),
+            breakers: vec![],
         }
     }
 

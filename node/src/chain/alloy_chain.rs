@@ -5,10 +5,14 @@
 //! at most once per URL; the endpoint that last answered is tried first next time. Any other
 //! outcome (a value, a revert, a refusal) is the chain's answer and is returned as is.
 //!
+//! An endpoint whose circuit breaker is open ([`super::breaker`]) is skipped without a call; with
+//! every endpoint open the call fails at once as unavailable.
+//!
 //! The transport is reqwest without TLS: only `http://` URLs (a local node or an RPC sidecar).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::eips::BlockNumberOrTag;
@@ -19,6 +23,7 @@ use alloy::rpc::types::{TransactionInput, TransactionRequest};
 use alloy::sol_types::{ContractError, GenericRevertReason};
 use alloy::transports::{RpcError, TransportErrorKind};
 
+use super::breaker::{endpoint_id, EndpointGate, EndpointId, NoGate};
 use super::{
     Address, CallRequest, Chain, ChainError, ChainFuture, Fees, Log, NonceTag, Receipt, B256,
 };
@@ -65,9 +70,12 @@ pub struct AlloyChain {
     /// Index of the endpoint that answered last; calls start there.
     preferred: AtomicUsize,
     limits: ChainLimits,
+    /// The circuit breaker consulted before each call.
+    gate: Arc<dyn EndpointGate>,
 }
 
 struct Endpoint {
+    id: EndpointId,
     /// The URL without any credentials in it, for error messages.
     label: String,
     provider: RootProvider<Ethereum>,
@@ -97,6 +105,7 @@ impl AlloyChain {
                 return Err(bad("only http:// is supported (built without TLS)"));
             }
             endpoints.push(Endpoint {
+                id: endpoint_id(raw),
                 label: redact(raw),
                 provider: RootProvider::new_http(parsed),
             });
@@ -105,7 +114,17 @@ impl AlloyChain {
             endpoints,
             preferred: AtomicUsize::new(0),
             limits,
+            gate: Arc::new(NoGate),
         })
+    }
+
+    /// Consults `gate` (a circuit breaker) before every call, and reports every outcome to it.
+    pub fn with_gate(mut self, gate: Arc<dyn EndpointGate>) -> Self {
+        for e in &self.endpoints {
+            gate.register(&e.id, &e.label);
+        }
+        self.gate = gate;
+        self
     }
 
     /// Runs `call` on the preferred endpoint, then on the others while they are unavailable.
@@ -120,6 +139,10 @@ impl AlloyChain {
         for i in 0..n {
             let idx = (start + i) % n;
             let endpoint = &self.endpoints[idx];
+            if !self.gate.admits(&endpoint.id) {
+                failures.push(format!("{}: circuit breaker open", endpoint.label));
+                continue;
+            }
             let outcome = match tokio::time::timeout(
                 self.limits.call_timeout,
                 call(endpoint.provider.clone()),
@@ -134,10 +157,12 @@ impl AlloyChain {
             };
             match outcome {
                 Err(ChainError::Unavailable(why)) => {
+                    self.gate.record(&endpoint.id, false);
                     tracing::debug!(rpc = %endpoint.label, what, %why, "chain RPC unavailable");
                     failures.push(format!("{}: {why}", endpoint.label));
                 }
                 other => {
+                    self.gate.record(&endpoint.id, true);
                     if idx != start {
                         self.preferred.store(idx, Ordering::Relaxed);
                     }

@@ -11,6 +11,7 @@
 //! its decoded reason), a request the node refused, and an answer that makes no sense.
 
 mod alloy_chain;
+pub mod breaker;
 pub mod memory;
 pub mod tx;
 

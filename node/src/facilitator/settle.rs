@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use x402_client::x402::eip3009;
 use x402_client::x402::{FacilitatorRequest, ReasonCode, SettleResponse};
 use x402_raft_store::state::{
-    ClaimId, Op, SettlementAnswer, SettlementFinish, SettlementOutcome, SettlementPhase,
+    ClaimId, GuardedOp, Op, SettlementAnswer, SettlementFinish, SettlementOutcome, SettlementPhase,
     SettlementRecord, SettlementStart, SignedSettlement,
 };
 use x402_raft_store::Response;
@@ -31,6 +31,7 @@ use x402_raft_store::Response;
 use super::payment::{self, Payment, Rejection};
 use super::verify::{self, Simulation};
 use super::Network;
+use crate::access::rate_limit::{propose_guarded, Gate, GuardedError, Limited};
 use crate::chain::tx::{sign_eip1559, Eip1559Request};
 use crate::chain::{NonceTag, Receipt};
 use crate::cluster::proposer::ProposeError;
@@ -42,14 +43,29 @@ use crate::node::App;
 pub enum SettleError {
     #[error(transparent)]
     Propose(#[from] ProposeError),
+    /// A rate limit refused the payment in the settlement's first log entry (nothing was
+    /// claimed or allocated).
+    #[error("rate limited")]
+    Limited(Limited),
     #[error("the state machine refused a settlement step: {0}")]
     Refused(String),
+}
+
+impl From<GuardedError> for SettleError {
+    fn from(e: GuardedError) -> Self {
+        match e {
+            GuardedError::Propose(e) => SettleError::Propose(e),
+            GuardedError::Limited(l) => SettleError::Limited(l),
+            GuardedError::Unexpected(e) => SettleError::Refused(e),
+        }
+    }
 }
 
 /// Settles `request`: see the module documentation.
 pub async fn settle(
     app: &App,
     request: &FacilitatorRequest,
+    gate: &Gate,
 ) -> Result<SettleResponse, SettleError> {
     let network_text = request.network().to_owned();
     let fail = |r: Rejection| failure(r, &network_text);
@@ -89,7 +105,7 @@ pub async fn settle(
         }
         return Ok(fail(rejection));
     }
-    let record = match begin(app, network, &payment).await? {
+    let record = match begin(app, network, &payment, gate).await? {
         Begun::Record(record) => record,
         Begun::Refused(rejection) => return Ok(fail(rejection)),
     };
@@ -102,7 +118,12 @@ enum Begun {
 }
 
 /// `BeginSettlement`, then (when it allocated a nonce to us) signing and `RecordSigned`.
-async fn begin(app: &App, network: &Network, payment: &Payment) -> Result<Begun, SettleError> {
+async fn begin(
+    app: &App,
+    network: &Network,
+    payment: &Payment,
+    gate: &Gate,
+) -> Result<Begun, SettleError> {
     if network.signers.is_empty() {
         return Ok(Begun::Refused(Rejection::new(
             ReasonCode::UnexpectedSettleError,
@@ -121,7 +142,15 @@ async fn begin(app: &App, network: &Network, payment: &Payment) -> Result<Begun,
     };
     let mut synced = false;
     loop {
-        let answer = propose_settlement(app, Op::BeginSettlement(start.clone())).await?;
+        let payer = payment.payer.into_array();
+        let committed = propose_guarded(
+            &app.batcher,
+            gate,
+            &payer,
+            GuardedOp::BeginSettlement(start.clone()),
+        )
+        .await?;
+        let answer = settlement_answer(committed.response)?;
         let refused = |reason, message: &str| {
             Ok(Begun::Refused(
                 Rejection::new(reason, message).with_payer(payment.payer),
@@ -524,8 +553,12 @@ pub fn local_record(app: &App, id: &ClaimId) -> Option<SettlementRecord> {
 
 /// Proposes one settlement operation through the batcher and unwraps its answer.
 async fn propose_settlement(app: &App, op: Op) -> Result<SettlementAnswer, SettleError> {
-    let committed = app.batcher.propose(op).await?;
-    match committed.response {
+    settlement_answer(app.batcher.propose(op).await?.response)
+}
+
+/// The settlement answer in a state machine response.
+fn settlement_answer(response: Response) -> Result<SettlementAnswer, SettleError> {
+    match response {
         Response::Settlement(answer) => Ok(answer),
         other => Err(SettleError::Refused(format!(
             "unexpected answer to a settlement step: {other:?}"

@@ -12,11 +12,12 @@
 use alloy::primitives::U256;
 use x402_client::x402::eip3009::{self, TransferWithAuthorization};
 use x402_client::x402::{FacilitatorRequest, ReasonCode, VerifyResponse};
-use x402_raft_store::state::{ClaimOutcome, Op};
+use x402_raft_store::state::{ClaimOutcome, GuardedOp};
 use x402_raft_store::Response;
 
 use super::payment::{self, Payment, Rejection, SignatureCheck};
 use super::Network;
+use crate::access::rate_limit::{propose_guarded, Gate, GuardedError, Limited};
 use crate::chain::{CallRequest, ChainError};
 use crate::cluster::proposer::ProposeError;
 use crate::node::App;
@@ -27,21 +28,43 @@ pub enum VerifyError {
     /// The claim could not be written (no leader, overloaded, outcome unknown).
     #[error(transparent)]
     Claim(#[from] ProposeError),
+    /// A rate limit refused the payment in the claim's own log entry (nothing was claimed).
+    #[error("rate limited")]
+    Limited(Limited),
     #[error("the state machine answered a claim with {0}")]
     Unexpected(String),
 }
 
-/// Verifies `request` and, if it is valid, claims its authorization for its requirements.
+impl From<GuardedError> for VerifyError {
+    fn from(e: GuardedError) -> Self {
+        match e {
+            GuardedError::Propose(e) => VerifyError::Claim(e),
+            GuardedError::Limited(l) => VerifyError::Limited(l),
+            GuardedError::Unexpected(e) => VerifyError::Unexpected(e),
+        }
+    }
+}
+
+/// Verifies `request` and, if it is valid, claims its authorization for its requirements (with
+/// the gate's rate-limit admission in the same log entry).
 pub async fn verify(
     app: &App,
     request: &FacilitatorRequest,
+    gate: &Gate,
 ) -> Result<VerifyResponse, VerifyError> {
     let now_secs = app.clock.now_ms() / 1000;
     let payment = match check_payment(app, request, now_secs, Simulation::Run).await {
         Ok(payment) => payment,
         Err(rejection) => return Ok(invalid(rejection)),
     };
-    let committed = app.batcher.propose(Op::ClaimNonce(payment.claim())).await?;
+    let payer = payment.payer.into_array();
+    let committed = propose_guarded(
+        &app.batcher,
+        gate,
+        &payer,
+        GuardedOp::ClaimNonce(payment.claim()),
+    )
+    .await?;
     Ok(match committed.response {
         Response::Claim(ClaimOutcome::Accepted) => VerifyResponse::valid(payment.payer_text()),
         Response::Claim(ClaimOutcome::Replay) => invalid(

@@ -22,9 +22,10 @@ use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::raft::ClientWriteResponse;
 use openraft::{BasicNode, ChangeMembers, Membership, ServerState};
 use x402_client::wire::{
-    self, AddLearnerRequest, ClaimRequest, ClaimResponse, InitRequest, Member, MemberIdRequest,
-    MembershipResponse, NodeStatus, Role, SnapshotResponse,
+    self, AddLearnerRequest, BreakerStatus, ClaimRequest, ClaimResponse, InitRequest, Member,
+    MemberIdRequest, MembershipResponse, NodeStatus, Role, SnapshotResponse,
 };
+use x402_raft_store::state::breakers::BreakerPhase;
 use x402_raft_store::state::{ClaimOutcome, NonceClaim, NonceKey};
 use x402_raft_store::types::{Node, NodeId, TypeConfig};
 use x402_raft_store::{Op, Response as StateResponse};
@@ -102,6 +103,24 @@ async fn status(State(app): State<Arc<App>>) -> Result<Json<NodeStatus>, ApiErro
         members: members_of(membership),
         claims,
         state_hash: hex::encode(hash),
+        breakers: app
+            .breakers
+            .views()
+            .into_iter()
+            .map(|v| {
+                let (state, open_until_ms) = match v.state.phase {
+                    BreakerPhase::Closed => ("closed", None),
+                    BreakerPhase::HalfOpen => ("half_open", None),
+                    BreakerPhase::Open { until_ms } => ("open", Some(until_ms)),
+                };
+                BreakerStatus {
+                    endpoint: v.endpoint,
+                    state: state.to_owned(),
+                    epoch: v.state.epoch,
+                    open_until_ms,
+                }
+            })
+            .collect(),
     }))
 }
 

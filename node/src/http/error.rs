@@ -9,7 +9,7 @@ use x402_client::wire::ErrorBody;
 
 use crate::cluster::proposer::ProposeError;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,

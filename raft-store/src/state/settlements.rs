@@ -268,6 +268,12 @@ pub enum InvariantViolation {
     WrongId,
     #[error("the indexes, digest or size of the settlements are out of step with the records")]
     Derived,
+    #[error(
+        "the indexes or digest of the rate limits are out of step with the windows and leases"
+    )]
+    RateLimits,
+    #[error("the index, digest or sizes of the idempotency records are out of step with them")]
+    Idempotency,
 }
 
 /// Everything derived from the records: rebuilt on snapshot load, updated on every transition.

@@ -1,0 +1,314 @@
+//! Which rate-limit counters a request spends, and the [`Gate`] that carries them through it.
+//!
+//! Every request to a limited route is counted exactly once, in one of two ways:
+//! - a payment that reaches its claim (`/verify`) or settlement (`/settle`) is admitted *inside
+//!   that write's log entry* (`Op::Guarded`): the entry commits the claim and the admission
+//!   together or neither, and costs no extra consensus round;
+//! - a request that writes nothing (a refused payment, a malformed body, `/supported`, a replayed
+//!   idempotent answer) spends from a leased quota slice ([`super::leases`]).
+//!
+//! Before any work, a node checks its own applied state (no consensus): a counter that is full
+//! there is full for the cluster (a replica may lag, which only makes it more lenient), so an
+//! exhausted client is turned away without chain reads. The log entry is the authority.
+
+use std::net::IpAddr;
+use std::sync::Mutex;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use sha2::{Digest, Sha256};
+use x402_client::wire::ErrorBody;
+use x402_raft_store::state::rate_limits::{Admission, AdmissionVerdict, Quota, RateKey, SubjectId};
+
+use super::api_keys::KeyId;
+use super::Route;
+use crate::config::{LimitScope, RateLimitSettings, RateRule};
+
+/// A request refused by a rate limit: answered 429 with `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limited {
+    pub quota: Quota,
+    pub retry_after_ms: u64,
+}
+
+impl IntoResponse for Limited {
+    fn into_response(self) -> Response {
+        let seconds = ceil_seconds(self.retry_after_ms).max(1);
+        let body = ErrorBody {
+            code: "rate_limited".into(),
+            error: format!(
+                "rate limit of {} requests reached for the cluster; retry after {seconds} s",
+                self.quota.limit
+            ),
+        };
+        let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+        let headers = response.headers_mut();
+        set_quota_headers(headers, &self.quota);
+        headers.insert("retry-after", HeaderValue::from(seconds));
+        response
+    }
+}
+
+fn ceil_seconds(ms: u64) -> u64 {
+    ms.div_ceil(1000)
+}
+
+/// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset` (seconds until the count
+/// next goes down).
+pub fn set_quota_headers(headers: &mut HeaderMap, quota: &Quota) {
+    headers.insert("x-ratelimit-limit", HeaderValue::from(quota.limit));
+    headers.insert("x-ratelimit-remaining", HeaderValue::from(quota.remaining));
+    headers.insert(
+        "x-ratelimit-reset",
+        HeaderValue::from(ceil_seconds(quota.reset_after_ms)),
+    );
+}
+
+/// The configured rules.
+pub struct RateLimits {
+    rules: Vec<RateRule>,
+    pub settings: RateLimitSettings,
+}
+
+/// The digest naming one counter: the rule, its scope and the subject's value.
+fn subject(rule: &RateRule, value: &[u8]) -> SubjectId {
+    let mut h = Sha256::new();
+    h.update(b"x402-cluster rate subject v1");
+    h.update((rule.name.len() as u64).to_be_bytes());
+    h.update(rule.name.as_bytes());
+    h.update([rule.per as u8]);
+    h.update((value.len() as u64).to_be_bytes());
+    h.update(value);
+    h.finalize().into()
+}
+
+fn key(rule: &RateRule, value: &[u8]) -> RateKey {
+    RateKey {
+        subject: subject(rule, value),
+        limit: rule.limit,
+        window_ms: rule.window_ms,
+    }
+}
+
+impl RateLimits {
+    pub fn new(rules: &[RateRule], settings: &RateLimitSettings) -> Self {
+        Self {
+            rules: rules.to_vec(),
+            settings: settings.clone(),
+        }
+    }
+
+    /// Whether any rule exists (without rules, requests carry no gate and cost nothing).
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    fn rules_for(&self, route: Route) -> impl Iterator<Item = &RateRule> {
+        self.rules
+            .iter()
+            .filter(move |r| r.routes.iter().any(|p| p == route.path()))
+    }
+
+    /// The gate of one request: the counters known before its body is read.
+    pub fn gate(&self, route: Route, caller: Option<&KeyId>, ip: Option<IpAddr>) -> Gate {
+        let mut keys = Vec::new();
+        let mut payer_rules = Vec::new();
+        for rule in self.rules_for(route) {
+            match rule.per {
+                LimitScope::ApiKey => {
+                    let id = caller.map(|k| k.as_bytes()).unwrap_or(b"anonymous");
+                    keys.push(key(rule, id));
+                }
+                LimitScope::ClientIp => {
+                    let ip = ip.map(|ip| ip.to_string()).unwrap_or_default();
+                    keys.push(key(rule, ip.as_bytes()));
+                }
+                LimitScope::Route => keys.push(key(rule, route.path().as_bytes())),
+                LimitScope::Payer => payer_rules.push(rule.clone()),
+            }
+        }
+        Gate {
+            keys,
+            payer_rules,
+            state: Mutex::new(GateState::default()),
+        }
+    }
+
+    /// The client IP: the socket's, or the first `X-Forwarded-For` entry when trusted.
+    pub fn client_ip(&self, headers: &HeaderMap, socket: Option<IpAddr>) -> Option<IpAddr> {
+        if self.settings.trust_forwarded_for {
+            let forwarded = headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.trim().parse().ok());
+            if forwarded.is_some() {
+                return forwarded;
+            }
+        }
+        socket
+    }
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    /// The request was admitted (or refused) by a log entry: it must not spend a lease too.
+    decided_in_log: bool,
+    /// The quota to report in the answer's headers.
+    quota: Option<Quota>,
+}
+
+/// One request's counters, and what became of them.
+#[derive(Debug)]
+pub struct Gate {
+    /// Counters known from the request's metadata (API key, IP, route).
+    keys: Vec<RateKey>,
+    /// Rules counted per payer, once the payment is decoded.
+    payer_rules: Vec<RateRule>,
+    state: Mutex<GateState>,
+}
+
+impl Gate {
+    /// A gate with no counters (no rule applies).
+    pub fn open() -> Self {
+        Self {
+            keys: Vec::new(),
+            payer_rules: Vec::new(),
+            state: Mutex::new(GateState::default()),
+        }
+    }
+
+    /// The counters known before the body is read.
+    pub fn keys(&self) -> &[RateKey] {
+        &self.keys
+    }
+
+    /// The admission a write for a payment by `payer` carries, or `None` when no rule applies.
+    pub fn admission_for(&self, payer: &[u8; 20]) -> Option<Admission> {
+        let mut keys = self.keys.clone();
+        keys.extend(self.payer_rules.iter().map(|r| key(r, payer)));
+        (!keys.is_empty()).then_some(Admission { keys })
+    }
+
+    /// Records the log's verdict on this request's admission.
+    pub fn decided(&self, verdict: &AdmissionVerdict) -> Result<(), Limited> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.decided_in_log = true;
+        match *verdict {
+            AdmissionVerdict::Admitted { quota } => {
+                state.quota = quota;
+                Ok(())
+            }
+            AdmissionVerdict::Limited {
+                quota,
+                retry_after_ms,
+            } => {
+                state.quota = Some(quota);
+                Err(Limited {
+                    quota,
+                    retry_after_ms,
+                })
+            }
+        }
+    }
+
+    /// Whether a log entry already counted this request.
+    pub fn decided_in_log(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .decided_in_log
+    }
+
+    /// Records the quota a lease spend reported.
+    pub fn spent(&self, quota: Option<Quota>) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).quota = quota;
+    }
+
+    /// The quota for the answer's headers, if any counter was spent.
+    pub fn quota(&self) -> Option<Quota> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).quota
+    }
+}
+
+/// The tighter of two quotas (fewer remaining; later reset on a tie).
+pub fn tighter(a: Option<Quota>, b: Quota) -> Quota {
+    match a {
+        Some(a)
+            if (a.remaining, std::cmp::Reverse(a.reset_after_ms))
+                < (b.remaining, std::cmp::Reverse(b.reset_after_ms)) =>
+        {
+            a
+        }
+        _ => b,
+    }
+}
+
+/// The local pre-check's verdict as a refusal, if any.
+pub fn refused(verdict: AdmissionVerdict) -> Option<Limited> {
+    match verdict {
+        AdmissionVerdict::Admitted { .. } => None,
+        AdmissionVerdict::Limited {
+            quota,
+            retry_after_ms,
+        } => Some(Limited {
+            quota,
+            retry_after_ms,
+        }),
+    }
+}
+
+/// Why a guarded write did not commit its operation.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardedError {
+    #[error(transparent)]
+    Propose(#[from] crate::cluster::proposer::ProposeError),
+    #[error("rate limited")]
+    Limited(Limited),
+    #[error("unexpected answer to a guarded write: {0}")]
+    Unexpected(String),
+}
+
+/// Proposes `op` for a payment by `payer`, carrying the gate's admission in the same log entry
+/// the first time (a request is counted once, however many writes it makes). Answers the
+/// operation's own response, or [`GuardedError::Limited`] when the admission was refused (then
+/// `op` was not applied).
+pub async fn propose_guarded(
+    batcher: &crate::cluster::batcher::Batcher,
+    gate: &Gate,
+    payer: &[u8; 20],
+    op: x402_raft_store::state::GuardedOp,
+) -> Result<crate::cluster::proposer::Committed, GuardedError> {
+    let admission = if gate.decided_in_log() {
+        None
+    } else {
+        gate.admission_for(payer)
+    };
+    let Some(admission) = admission else {
+        let plain = match op {
+            x402_raft_store::state::GuardedOp::ClaimNonce(c) => x402_raft_store::Op::ClaimNonce(c),
+            x402_raft_store::state::GuardedOp::BeginSettlement(s) => {
+                x402_raft_store::Op::BeginSettlement(s)
+            }
+        };
+        return Ok(batcher.propose(plain).await?);
+    };
+    let guarded = x402_raft_store::Op::Guarded { admission, op };
+    let committed = batcher.propose(guarded).await?;
+    match committed.response {
+        x402_raft_store::Response::Guarded { verdict, response } => {
+            gate.decided(&verdict).map_err(GuardedError::Limited)?;
+            match response {
+                Some(inner) => Ok(crate::cluster::proposer::Committed {
+                    log_index: committed.log_index,
+                    response: *inner,
+                }),
+                None => Err(GuardedError::Unexpected(
+                    "admitted without an answer".into(),
+                )),
+            }
+        }
+        other => Err(GuardedError::Unexpected(format!("{other:?}"))),
+    }
+}
