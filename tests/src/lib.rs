@@ -12,6 +12,7 @@
 
 pub mod cluster;
 pub mod devchain;
+pub mod rpc_proxy;
 pub mod single_node;
 pub mod workload;
 
