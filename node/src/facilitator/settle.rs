@@ -43,8 +43,9 @@ use crate::node::App;
 pub enum SettleError {
     #[error(transparent)]
     Propose(#[from] ProposeError),
-    /// A rate limit refused the payment in the settlement's first log entry (nothing was
-    /// claimed or allocated).
+    /// A rate limit refused the payment in the settlement's first log entry: this attempt
+    /// claimed and allocated nothing (an earlier attempt whose answer was lost may have; the
+    /// reconciler then finishes that settlement like any other).
     #[error("rate limited")]
     Limited(Limited),
     #[error("the state machine refused a settlement step: {0}")]

@@ -28,7 +28,9 @@ pub enum VerifyError {
     /// The claim could not be written (no leader, overloaded, outcome unknown).
     #[error(transparent)]
     Claim(#[from] ProposeError),
-    /// A rate limit refused the payment in the claim's own log entry (nothing was claimed).
+    /// A rate limit refused the payment in the claim's own log entry: this attempt claimed
+    /// nothing (an earlier attempt of the same request whose answer was lost may have; the
+    /// claim is then bound to this payment's own requirements, and nothing else can use it).
     #[error("rate limited")]
     Limited(Limited),
     #[error("the state machine answered a claim with {0}")]
