@@ -68,10 +68,13 @@ pub fn set_quota_headers(headers: &mut HeaderMap, quota: &Quota) {
 /// The configured rules.
 pub struct RateLimits {
     rules: Vec<RateRule>,
+    /// The key of each `per = "route"` rule for each route, computed once.
+    route_keys: std::collections::HashMap<(usize, Route), RateKey>,
     pub settings: RateLimitSettings,
 }
 
-/// The digest naming one counter: the rule, its scope and the subject's value.
+/// The digest naming one counter: the rule, its scope and the subject's value (SHA-256 cut to
+/// the 16 bytes a counter's name takes in the log).
 fn subject(rule: &RateRule, value: &[u8]) -> SubjectId {
     let mut h = Sha256::new();
     h.update(b"x402-cluster rate subject v1");
@@ -80,7 +83,10 @@ fn subject(rule: &RateRule, value: &[u8]) -> SubjectId {
     h.update([rule.per as u8]);
     h.update((value.len() as u64).to_be_bytes());
     h.update(value);
-    h.finalize().into()
+    let digest = h.finalize();
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    SubjectId::from_le_bytes(first)
 }
 
 fn key(rule: &RateRule, value: &[u8]) -> RateKey {
@@ -93,8 +99,15 @@ fn key(rule: &RateRule, value: &[u8]) -> RateKey {
 
 impl RateLimits {
     pub fn new(rules: &[RateRule], settings: &RateLimitSettings) -> Self {
+        let mut route_keys = std::collections::HashMap::new();
+        for (i, rule) in rules.iter().enumerate() {
+            for route in [Route::Verify, Route::Settle, Route::Supported] {
+                route_keys.insert((i, route), key(rule, route.path().as_bytes()));
+            }
+        }
         Self {
             rules: rules.to_vec(),
+            route_keys,
             settings: settings.clone(),
         }
     }
@@ -104,17 +117,18 @@ impl RateLimits {
         self.rules.is_empty()
     }
 
-    fn rules_for(&self, route: Route) -> impl Iterator<Item = &RateRule> {
+    fn rules_for(&self, route: Route) -> impl Iterator<Item = (usize, &RateRule)> {
         self.rules
             .iter()
-            .filter(move |r| r.routes.iter().any(|p| p == route.path()))
+            .enumerate()
+            .filter(move |(_, r)| r.routes.iter().any(|p| p == route.path()))
     }
 
     /// The gate of one request: the counters known before its body is read.
     pub fn gate(&self, route: Route, caller: Option<&KeyId>, ip: Option<IpAddr>) -> Gate {
         let mut keys = Vec::new();
         let mut payer_rules = Vec::new();
-        for rule in self.rules_for(route) {
+        for (i, rule) in self.rules_for(route) {
             match rule.per {
                 LimitScope::ApiKey => {
                     let id = caller.map(|k| k.as_bytes()).unwrap_or(b"anonymous");
@@ -124,7 +138,10 @@ impl RateLimits {
                     let ip = ip.map(|ip| ip.to_string()).unwrap_or_default();
                     keys.push(key(rule, ip.as_bytes()));
                 }
-                LimitScope::Route => keys.push(key(rule, route.path().as_bytes())),
+                LimitScope::Route => match self.route_keys.get(&(i, route)) {
+                    Some(k) => keys.push(*k),
+                    None => keys.push(key(rule, route.path().as_bytes())),
+                },
                 LimitScope::Payer => payer_rules.push(rule.clone()),
             }
         }

@@ -95,10 +95,12 @@ where
             keys: gate.keys().to_vec(),
         };
         let now_ms = app.clock.now_ms();
+        // Only an early refusal: skipped while an apply holds the state (the log entry, or the
+        // lease, decides anyway), so that no request waits for a batch to be applied.
         let verdict = app
             .state
-            .read(|s| s.rate_limits().check(&admission, now_ms));
-        if let Some(limited) = refused(verdict) {
+            .try_read(|s| s.rate_limits().check(&admission, now_ms));
+        if let Some(limited) = verdict.and_then(refused) {
             app.metrics
                 .rate_limited
                 .with_label_values(&[route.path()])

@@ -8,7 +8,7 @@ const T: u64 = 1_000_000;
 
 fn rate_key(n: u8, limit: u32) -> RateKey {
     RateKey {
-        subject: [n; 32],
+        subject: u128::from(n),
         limit,
         window_ms: 1000,
     }
@@ -56,7 +56,7 @@ fn an_admitted_guard_applies_its_op_in_the_same_entry() {
     assert_eq!(*inner, Response::Claim(ClaimOutcome::Accepted));
     assert_eq!(q.remaining, 0);
     assert_eq!(s.nonces().fingerprint_of(&claim(1).key), Some([7; 32]));
-    assert_eq!(s.rate_limits().used(&[1; 32], T), 1);
+    assert_eq!(s.rate_limits().used(&1, T), 1);
 }
 
 #[test]
@@ -99,7 +99,7 @@ fn an_op_refused_by_its_own_registry_still_counts_as_admitted() {
         panic!("not admitted: {answer:?}");
     };
     assert_eq!(*inner, Response::Claim(ClaimOutcome::Expired));
-    assert_eq!(s.rate_limits().used(&[1; 32], T), 1);
+    assert_eq!(s.rate_limits().used(&1, T), 1);
 }
 
 #[test]
@@ -130,7 +130,7 @@ fn leases_go_through_the_state() {
         ),
         Response::LeaseReturned { returned: 3 }
     );
-    assert_eq!(s.rate_limits().used(&[1; 32], T + 1000), 1);
+    assert_eq!(s.rate_limits().used(&1, T + 1000), 1);
 }
 
 #[test]

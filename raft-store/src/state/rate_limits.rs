@@ -63,7 +63,9 @@ const MAX_ENCODED_BUCKET_BYTES: usize = 9 + 5;
 const MAX_ENCODED_LEASE_BYTES: usize = 18 + 32 + 9 + 9 + 5 + 6;
 
 /// Whom a limit counts: a digest of (tenant, route, payer, ...) chosen by the node.
-pub type SubjectId = [u8; 32];
+/// A 128-bit digest naming a counter (a number rather than a byte array: one value to encode
+/// and decode in every log entry, not sixteen).
+pub type SubjectId = u128;
 
 /// One limit to count an admission against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -322,19 +324,22 @@ enum Expiring {
 fn window_member(subject: &SubjectId, w: &Window) -> Member {
     let mut h = Sha256::new();
     h.update(b"rate window");
-    h.update(subject);
+    h.update(subject.to_le_bytes());
     h.update(w.limit.to_be_bytes());
     h.update(w.window_ms.to_be_bytes());
     Member::from_hasher(h)
 }
 
+/// A bucket's member: it changes on every admission, so it is mixed, not SHA-256'd
+/// ([`Member::from_words`]).
 fn bucket_member(subject: &SubjectId, index: u64, count: u32) -> Member {
-    let mut h = Sha256::new();
-    h.update(b"rate bucket");
-    h.update(subject);
-    h.update(index.to_be_bytes());
-    h.update(count.to_be_bytes());
-    Member::from_hasher(h)
+    Member::from_words(&[
+        0x7261_7465_5f62_6b74, // "rate_bkt"
+        *subject as u64,
+        (*subject >> 64) as u64,
+        index,
+        u64::from(count),
+    ])
 }
 
 fn lease_member(id: &LeaseId, lease: &Lease) -> Member {
@@ -342,7 +347,7 @@ fn lease_member(id: &LeaseId, lease: &Lease) -> Member {
     h.update(b"rate lease");
     h.update(id.node.to_be_bytes());
     h.update(id.seq.to_be_bytes());
-    h.update(lease.subject);
+    h.update(lease.subject.to_le_bytes());
     h.update(lease.window_ms.to_be_bytes());
     h.update(lease.bucket.to_be_bytes());
     h.update(lease.granted.to_be_bytes());
@@ -396,42 +401,104 @@ pub(crate) struct RateImage {
     leases: BTreeMap<LeaseId, Lease>,
 }
 
-/// What an admission would count: per distinct key, the subject's window after counting it
-/// (and whether that re-bucketed it).
-type Plan = Vec<(SubjectId, Window, bool)>;
-
 impl RateLimiter {
     /// Counts one admission against every key of `admission` at `now_ms`, or none if any key is
     /// full (or cannot be counted).
     pub fn admit(&mut self, admission: &Admission, now_ms: u64) -> AdmissionVerdict {
-        let (verdict, plan) = self.plan(admission, now_ms);
-        for (subject, window, rebucketed) in plan {
-            self.put_window(subject, Some(window));
-            if rebucketed {
-                self.close_leases(&subject);
+        // The verdict first, reading windows in place; then the counting, in place for the
+        // usual key (a known window of the same length), by a rebuilt window otherwise.
+        let verdict = self.verdict(admission, now_ms);
+        if let AdmissionVerdict::Admitted { .. } = verdict {
+            let mut counted: Vec<&RateKey> = Vec::with_capacity(admission.keys.len());
+            for key in &admission.keys {
+                if counted.contains(&key) {
+                    continue;
+                }
+                counted.push(key);
+                let in_place = self
+                    .windows
+                    .get(&key.subject)
+                    .is_some_and(|w| w.window_ms == key.window_ms);
+                if in_place {
+                    self.bump(&key.subject, key.limit, now_ms);
+                } else {
+                    let (mut window, rebucketed) =
+                        view(self.windows.get(&key.subject), key, now_ms);
+                    window.add(window.index(now_ms), 1);
+                    self.put_window(key.subject, Some(window));
+                    if rebucketed {
+                        self.close_leases(&key.subject);
+                    }
+                }
             }
         }
         self.debug_check();
         verdict
     }
 
+    /// Counts one admission at `now` in `subject`'s stored window, updating only what changes
+    /// (pruned buckets, the bumped bucket, the expiry): the path of almost every request.
+    fn bump(&mut self, subject: &SubjectId, limit: u32, now: u64) {
+        let Some(w) = self.windows.get_mut(subject) else {
+            debug_assert!(false, "bump of an unknown window");
+            return;
+        };
+        let d = &mut self.derived;
+        let old_expiry = w.expires_at();
+        if w.limit != limit {
+            d.content_digest.sub(window_member(subject, w));
+            w.limit = limit;
+            d.content_digest.add(window_member(subject, w));
+        }
+        let lowest = w.lowest(now);
+        while let Some((&i, &c)) = w.buckets.first_key_value() {
+            if i >= lowest {
+                break;
+            }
+            d.content_digest.sub(bucket_member(subject, i, c));
+            d.buckets = d.buckets.saturating_sub(1);
+            w.buckets.pop_first();
+        }
+        let index = w.index(now);
+        match w.buckets.get_mut(&index) {
+            Some(c) => {
+                d.content_digest.sub(bucket_member(subject, index, *c));
+                *c = c.saturating_add(1);
+                d.content_digest.add(bucket_member(subject, index, *c));
+            }
+            None => {
+                w.buckets.insert(index, 1);
+                d.content_digest.add(bucket_member(subject, index, 1));
+                d.buckets = d.buckets.saturating_add(1);
+            }
+        }
+        let new_expiry = w.expires_at();
+        if old_expiry != new_expiry {
+            if let Some(t) = old_expiry {
+                d.by_expiry.remove(&(t, Expiring::Window(*subject)));
+            }
+            if let Some(t) = new_expiry {
+                d.by_expiry.insert((t, Expiring::Window(*subject)));
+            }
+        }
+    }
+
     /// The verdict `admit` would give, without counting (a node's local pre-check on its
     /// applied state).
     pub fn check(&self, admission: &Admission, now_ms: u64) -> AdmissionVerdict {
-        self.plan(admission, now_ms).0
+        self.verdict(admission, now_ms)
     }
 
-    /// The verdict on `admission` and, if admitted, the windows to store. Shared by `admit` and
-    /// `check` so that they cannot disagree.
-    fn plan(&self, admission: &Admission, now: u64) -> (AdmissionVerdict, Plan) {
+    /// The verdict on `admission`, with the quota counting it would leave. Shared by `admit` and
+    /// `check` so that they cannot disagree; a stored window is read in place, not copied.
+    fn verdict(&self, admission: &Admission, now: u64) -> AdmissionVerdict {
         if admission.keys.len() > MAX_RATE_KEYS_PER_OP {
             let verdict = AdmissionVerdict::Limited {
                 quota: refused_quota(0),
                 retry_after_ms: REFUSED_RETRY_AFTER_MS,
             };
-            return (verdict, Vec::new());
+            return verdict;
         }
-        let mut plan: Plan = Vec::with_capacity(admission.keys.len());
         let mut keys: Vec<RateKey> = Vec::with_capacity(admission.keys.len());
         let mut refusal: Option<(Quota, u64)> = None;
         let mut refuse = |quota: Quota, retry_after_ms: u64| {
@@ -440,6 +507,7 @@ impl RateLimiter {
             }
         };
         let mut new_subjects = 0usize;
+        let mut quotas: Vec<Quota> = Vec::with_capacity(admission.keys.len());
         for key in &admission.keys {
             if keys.contains(key) {
                 continue;
@@ -459,26 +527,44 @@ impl RateLimiter {
                 }
                 new_subjects += 1;
             }
-            let (mut window, rebucketed) = view(stored, key, now);
+            if let Some(w) = stored {
+                if w.window_ms == key.window_ms {
+                    let limit = key.limit;
+                    let used = w.used(now);
+                    if used >= u64::from(limit) {
+                        let w = Window { limit, ..w.clone() };
+                        refuse(w.quota(now), w.retry_after(now));
+                        continue;
+                    }
+                    // The quota `admit` would report: one more counted in the bucket of `now`.
+                    let here = w.index(now);
+                    let oldest = w.counted(now).next().map_or(here, |(i, _)| i.min(here));
+                    let used = u32::try_from(used.saturating_add(1)).unwrap_or(u32::MAX);
+                    quotas.push(Quota {
+                        limit,
+                        remaining: limit.saturating_sub(used),
+                        reset_after_ms: w.end_of(oldest).saturating_sub(now),
+                    });
+                    continue;
+                }
+            }
+            let (mut window, _) = view(stored, key, now);
             if window.used(now) >= u64::from(window.limit) {
                 refuse(window.quota(now), window.retry_after(now));
                 continue;
             }
             window.add(window.index(now), 1);
-            plan.push((key.subject, window, rebucketed));
+            quotas.push(window.quota(now));
         }
         if let Some((quota, retry_after_ms)) = refusal {
             let verdict = AdmissionVerdict::Limited {
                 quota,
                 retry_after_ms,
             };
-            return (verdict, Vec::new());
+            return verdict;
         }
-        let quota = plan
-            .iter()
-            .map(|(_, w, _)| w.quota(now))
-            .min_by_key(|q| q.remaining);
-        (AdmissionVerdict::Admitted { quota }, plan)
+        let quota = quotas.into_iter().min_by_key(|q| q.remaining);
+        AdmissionVerdict::Admitted { quota }
     }
 
     /// Grants up to `request.want` admissions of `request.key` to spend locally within the
@@ -809,9 +895,7 @@ mod cap_tests {
     use super::*;
 
     fn id(i: usize) -> SubjectId {
-        let mut s = [0xEE; 32];
-        s[..8].copy_from_slice(&(i as u64).to_be_bytes());
-        s
+        (0xEE << 64) | i as u128
     }
 
     fn key(subject: SubjectId) -> RateKey {

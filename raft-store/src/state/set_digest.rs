@@ -50,6 +50,34 @@ impl Member {
     }
 }
 
+impl Member {
+    /// A member from a few words, by a fast non-cryptographic mix (splitmix64 finalizers, four
+    /// independently seeded lanes): for records that change on every request (rate-limit
+    /// buckets), where SHA-256 would cost more than the change itself. Good enough to tell
+    /// replicas apart; not meant to resist someone crafting collisions (replicas are not
+    /// adversaries of each other).
+    pub(crate) fn from_words(words: &[u64]) -> Self {
+        const SEEDS: [u64; 4] = [
+            0x243f_6a88_85a3_08d3,
+            0x1319_8a2e_0370_7344,
+            0xa409_3822_299f_31d0,
+            0x082e_fa98_ec4e_6c89,
+        ];
+        fn mix(mut z: u64) -> u64 {
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        }
+        let mut lanes = SEEDS;
+        for &w in words {
+            for lane in &mut lanes {
+                *lane = mix(*lane ^ w).wrapping_add(0x9e37_79b9_7f4a_7c15);
+            }
+        }
+        Self(lanes.map(mix))
+    }
+}
+
 /// Feeds bytes written by an encoder straight into a hasher, without an intermediate buffer.
 struct HashWriter<'a>(&'a mut Sha256);
 

@@ -51,6 +51,17 @@ impl StateView {
             .state)
     }
 
+    /// Runs `f` on the applied state if no apply holds it right now; `None` otherwise. For
+    /// optional reads on a request's path (a rate-limit pre-check), which must not block a
+    /// worker thread behind a batch being applied.
+    pub fn try_read<R>(&self, f: impl FnOnce(&ClusterState) -> R) -> Option<R> {
+        match self.applied.try_read() {
+            Ok(applied) => Some(f(&applied.state)),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(f(&p.into_inner().state)),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// The log id of the last applied entry.
     pub fn last_applied(&self) -> Option<LogId> {
         self.applied
