@@ -124,7 +124,7 @@ impl Model {
             Op::RecordSigned(signed) => self.record_signed(signed),
             Op::FinishSettlement(finish) => self.finish(finish),
             // The rate limits, breakers and idempotency records have tests of their own.
-            other => unimplemented!("the model does not cover {other:?}"),
+            other => panic!("the test model does not cover {other:?}"),
         }
     }
 
