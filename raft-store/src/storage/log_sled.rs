@@ -34,6 +34,11 @@ use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 pub(crate) const LOG_TREE: &str = "log";
 pub(crate) const META_TREE: &str = "meta";
+/// How often, and how far apart, a locked database is tried again before it is reported as in
+/// use (2 s in all: longer than sled takes to let go of a dropped database's file).
+const LOCK_RETRIES: u32 = 40;
+const LOCK_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
 const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 pub(crate) const KEY_LAST_PURGED: &[u8] = b"last_purged";
@@ -150,8 +155,20 @@ impl SledLogStore {
             .cache_capacity(opts.cache_bytes)
             .mode(sled::Mode::HighThroughput);
         // sled 0.34 is known to panic, not only fail, on some damaged databases; either way the
-        // operator needs the same advice.
-        let db = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
+        // operator needs the same advice. A lock held by this very process is released a moment
+        // after its database is dropped (sled's background threads let go of the file last), so
+        // a lock error is retried for a while before it is reported as another process's.
+        let mut lock_wait = LOCK_RETRIES;
+        let db = loop {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())) {
+                Ok(Err(sled::Error::Io(e))) if is_lock_error(&e) && lock_wait > 0 => {
+                    lock_wait -= 1;
+                    std::thread::sleep(LOCK_RETRY_PAUSE);
+                }
+                other => break other,
+            }
+        };
+        let db = match db {
             Ok(Ok(db)) => db,
             Ok(Err(sled::Error::Io(e))) if is_lock_error(&e) => {
                 return Err(OpenError::Locked {
