@@ -46,6 +46,8 @@ use alloy::sol;
 use alloy::sol_types::{Eip712Domain, SolCall, SolValue};
 use tempfile::TempDir;
 use x402_client::x402::network::{ChainId, NetworkRegistry};
+use x402_client::x402::payment::{PaymentBuilder, PaymentTerms};
+use x402_client::x402::{self, FacilitatorRequest};
 use x402_node::chain::tx::{sign_eip1559, Eip1559Request};
 use x402_node::chain::{
     AlloyChain, CallRequest, Chain, ChainError, ChainLimits, NonceTag, Receipt,
@@ -1169,4 +1171,42 @@ impl DevChain {
     pub fn payer(&self) -> PrivateKeySigner {
         key_signer(PAYER_KEY)
     }
+
+    /// The terms of a test payment ([`PAYMENT_AMOUNT`] of the token to [`MERCHANT`]) for
+    /// `resource`: x402 v2, or v1 under the chain's v1 name.
+    pub fn payment_terms(&self, x402_version: u8, resource: &str) -> PaymentTerms {
+        let token = &self.token;
+        let chain_id = ChainId(token.chain_id);
+        let (asset, pay_to) = (wire_address(token.address), wire_address(MERCHANT));
+        let amount = x402::U256::from_u64(PAYMENT_AMOUNT);
+        let mut terms = if x402_version == 1 {
+            let name = self
+                .v1_name()
+                .unwrap_or_else(|| panic!("chain {} has no v1 name", token.chain_id));
+            PaymentTerms::v1(&name, chain_id, asset, pay_to, amount)
+        } else {
+            PaymentTerms::v2(chain_id, asset, pay_to, amount)
+        };
+        terms.token_name = token.name.clone();
+        terms.token_version = token.version.clone();
+        terms.resource = resource.to_owned();
+        terms
+    }
+
+    /// A payment of [`DevChain::payment_terms`] signed now by the dev payer, with a fresh
+    /// random nonce.
+    pub fn signed_payment(&self, x402_version: u8, resource: &str) -> FacilitatorRequest {
+        PaymentBuilder::new(self.payment_terms(x402_version, resource))
+            .expect("terms")
+            .sign_now(&self.payer(), &mut rand::thread_rng())
+            .expect("sign")
+    }
+}
+
+/// What a test payment pays: base units (6 decimals) of the token.
+pub const PAYMENT_AMOUNT: u64 = 10_000;
+
+/// An alloy address as an x402 wire address.
+pub fn wire_address(a: Address) -> x402::Address {
+    x402::Address::from_bytes(a.into_array())
 }

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use alloy::primitives::{Address, B256};
+use alloy::primitives::B256;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderName, HeaderValue};
@@ -29,41 +29,21 @@ use hyper::{HeaderMap, Method, Request, StatusCode};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use x402_client::wire::NodeStatus;
-use x402_client::x402::payment::{encode, PaymentBuilder, PaymentTerms};
-use x402_client::x402::{self, ChainId};
+use x402_client::x402::payment::encode;
 use x402_client::{ClientError, HttpClient, HttpConfig};
 use x402_tests::devchain::{
-    facilitator_toml_with, signer_keys_csv, AnvilOptions, DevChain, Mining, MERCHANT, SIGNERS,
+    facilitator_toml_with, signer_keys_csv, AnvilOptions, DevChain, Mining, SIGNERS,
     SIGNER_KEYS_ENV,
 };
 use x402_tests::rpc_proxy::{ProxyMode, RpcProxy};
 use x402_tests::{ClusterOptions, LocalCluster};
 
-const AMOUNT: u64 = 10_000;
-
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 
-fn wire_address(a: Address) -> x402::Address {
-    x402::Address::from_bytes(a.into_array())
-}
-
-/// A freshly signed v2 payment of [`AMOUNT`] from the dev payer (body) and its nonce.
+/// A freshly signed v2 payment from the dev payer (body) and its nonce.
 fn payment(chain: &DevChain) -> (Vec<u8>, B256) {
-    let token = &chain.token;
-    let mut terms = PaymentTerms::v2(
-        ChainId(token.chain_id),
-        wire_address(token.address),
-        wire_address(MERCHANT),
-        x402::U256::from_u64(AMOUNT),
-    );
-    terms.token_name = token.name.clone();
-    terms.token_version = token.version.clone();
-    terms.resource = "http://shop.test/paid".to_owned();
-    let request = PaymentBuilder::new(terms)
-        .expect("terms")
-        .sign_now(&chain.payer(), &mut rand::thread_rng())
-        .expect("sign");
+    let request = chain.signed_payment(2, "http://shop.test/paid");
     let nonce = B256::from(*request.payload().authorization.nonce.as_bytes());
     (encode(&request).expect("encode"), nonce)
 }

@@ -9,57 +9,22 @@
 
 use std::time::{Duration, Instant};
 
-use alloy::primitives::{Address, B256, U256};
+use alloy::primitives::{B256, U256};
 use alloy::signers::local::PrivateKeySigner;
 use hyper::Method;
 use serde_json::Value;
 use x402_client::x402::payment::{encode, PaymentBuilder, PaymentTerms};
-use x402_client::x402::{self, ChainId, FacilitatorRequest};
+use x402_client::x402::FacilitatorRequest;
 use x402_tests::devchain::{
-    facilitator_toml_with, signer_keys_csv, AnvilOptions, DevChain, Mining, MERCHANT, SIGNERS,
-    SIGNER_KEYS_ENV,
+    facilitator_toml_with, signer_keys_csv, wire_address, AnvilOptions, DevChain, Mining, MERCHANT,
+    PAYMENT_AMOUNT, SIGNERS, SIGNER_KEYS_ENV,
 };
 use x402_tests::{ClusterOptions, LocalCluster};
-
-const AMOUNT: u64 = 10_000;
-
-fn wire_address(a: Address) -> x402::Address {
-    x402::Address::from_bytes(a.into_array())
-}
-
-fn terms(chain: &DevChain, x402_version: u8, resource: &str) -> PaymentTerms {
-    let token = &chain.token;
-    let mut terms = if x402_version == 1 {
-        PaymentTerms::v1(
-            "base-sepolia",
-            ChainId(token.chain_id),
-            wire_address(token.address),
-            wire_address(MERCHANT),
-            x402::U256::from_u64(AMOUNT),
-        )
-    } else {
-        PaymentTerms::v2(
-            ChainId(token.chain_id),
-            wire_address(token.address),
-            wire_address(MERCHANT),
-            x402::U256::from_u64(AMOUNT),
-        )
-    };
-    terms.token_name = token.name.clone();
-    terms.token_version = token.version.clone();
-    terms.resource = resource.to_owned();
-    terms
-}
 
 /// A freshly signed payment (body), the same authorization for another resource (body), and
 /// the authorization's nonce.
 fn payment(chain: &DevChain, x402_version: u8) -> (Vec<u8>, Vec<u8>, B256) {
-    let payer: PrivateKeySigner = chain.payer();
-    let builder =
-        PaymentBuilder::new(terms(chain, x402_version, "http://shop.test/paid")).expect("terms");
-    let request = builder
-        .sign_now(&payer, &mut rand::thread_rng())
-        .expect("sign");
+    let request = chain.signed_payment(x402_version, "http://shop.test/paid");
     let nonce = B256::from(*request.payload().authorization.nonce.as_bytes());
     // The same signed authorization, presented for another resource.
     let replay: FacilitatorRequest = match &request {
@@ -156,7 +121,7 @@ async fn v2_and_v1_payments_verify_and_settle_through_different_nodes() {
         let tx = settled["transaction"].as_str().expect("hash").to_owned();
         assert_eq!(
             token.balance_of(MERCHANT).await,
-            before + U256::from(AMOUNT)
+            before + U256::from(PAYMENT_AMOUNT)
         );
         let transfers = token
             .transfers_of_authorization(chain.payer().address(), nonce)
@@ -199,7 +164,7 @@ async fn failed_simulations_are_diagnosed() {
         &cluster,
         1,
         "/verify",
-        &diagnose(terms(&chain, 2, "http://shop.test/a"), broke),
+        &diagnose(chain.payment_terms(2, "http://shop.test/a"), broke),
     )
     .await;
     assert_eq!(
@@ -207,7 +172,7 @@ async fn failed_simulations_are_diagnosed() {
         "{verdict}"
     );
     // Signed (and required) under a name the token does not have.
-    let mut renamed = terms(&chain, 2, "http://shop.test/b");
+    let mut renamed = chain.payment_terms(2, "http://shop.test/b");
     renamed.token_name = "Not USD Coin".into();
     let verdict = post(&cluster, 2, "/verify", &diagnose(renamed, chain.payer())).await;
     assert_eq!(
@@ -215,7 +180,7 @@ async fn failed_simulations_are_diagnosed() {
         "{verdict}"
     );
     // An asset without code.
-    let mut no_code = terms(&chain, 2, "http://shop.test/c");
+    let mut no_code = chain.payment_terms(2, "http://shop.test/c");
     no_code.asset = wire_address(MERCHANT);
     let verdict = post(&cluster, 3, "/verify", &diagnose(no_code, chain.payer())).await;
     assert_eq!(
