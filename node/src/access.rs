@@ -31,6 +31,8 @@ pub enum Route {
 }
 
 impl Route {
+    pub const ALL: [Route; 3] = [Route::Verify, Route::Settle, Route::Supported];
+
     pub fn path(self) -> &'static str {
         match self {
             Route::Verify => "/verify",

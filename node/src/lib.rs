@@ -19,4 +19,5 @@ pub mod node;
 pub mod rebuild;
 pub mod seams;
 pub mod secret;
+pub mod sync;
 pub mod x402;

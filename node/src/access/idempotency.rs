@@ -16,9 +16,7 @@
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use sha2::{Digest, Sha256};
-use x402_client::wire::ErrorBody;
 use x402_raft_store::state::idempotency::{
     IdempotencyAnswer, IdempotentFinish, IdempotentStart, StoredAnswer, MAX_STORED_ANSWER_BYTES,
 };
@@ -47,14 +45,6 @@ pub enum Begun {
     Run(KeyClaim),
     /// Answer this at once (a replay, 409, 422, or an error).
     Answer(Response),
-}
-
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = ErrorBody {
-        code: code.into(),
-        error: message.into(),
-    };
-    (status, Json(body)).into_response()
 }
 
 /// The request's key, if it sent one; a malformed one is a 400 answer.
@@ -145,21 +135,24 @@ pub async fn begin(
     Begun::Answer(match answer {
         IdempotencyAnswer::Started => return Begun::Run(claim),
         IdempotencyAnswer::Replay(stored) => replay(stored),
-        IdempotencyAnswer::InFlight => error(
+        IdempotencyAnswer::InFlight => ApiError::new(
             StatusCode::CONFLICT,
             "idempotency_key_in_flight",
             "a request with this Idempotency-Key is still being processed; retry later",
-        ),
-        IdempotencyAnswer::Mismatch => error(
+        )
+        .into_response(),
+        IdempotencyAnswer::Mismatch => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "idempotency_key_reused",
             "this Idempotency-Key was used for a different request",
-        ),
-        IdempotencyAnswer::Full => error(
+        )
+        .into_response(),
+        IdempotencyAnswer::Full => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "idempotency_store_full",
             "too many idempotency keys are stored; retry later or without the header",
-        ),
+        )
+        .into_response(),
         other => {
             ApiError::internal(format!("unexpected idempotency answer {other:?}")).into_response()
         }

@@ -24,6 +24,7 @@ use x402_raft_store::{Op, Response};
 use super::rate_limit::{tighter, Limited};
 use crate::cluster::batcher::Batcher;
 use crate::cluster::proposer::ProposeError;
+use crate::sync::lock;
 
 /// Most counters one node holds leases for; beyond, a new counter is refused (fail closed: an
 /// unbounded table would be the bigger risk) until the sweeper frees slots.
@@ -37,17 +38,12 @@ const SLICE_DIVISOR: u32 = 16;
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
     #[error(transparent)]
-    Limited(LimitedError),
+    Limited(Limited),
     #[error(transparent)]
     Propose(#[from] ProposeError),
     #[error("unexpected answer to a lease command: {0}")]
     Unexpected(String),
 }
-
-/// [`Limited`] as an error value.
-#[derive(Debug, thiserror::Error)]
-#[error("rate limited")]
-pub struct LimitedError(pub Limited);
 
 struct Lease {
     id: LeaseId,
@@ -86,7 +82,7 @@ impl LeaseBook {
     }
 
     fn slot(&self, subject: &SubjectId) -> Option<Arc<tokio::sync::Mutex<Slot>>> {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slots = lock(&self.slots);
         if let Some(slot) = slots.get(subject) {
             return Some(slot.clone());
         }
@@ -116,14 +112,14 @@ impl LeaseBook {
 
     async fn spend_one(&self, batcher: &Batcher, key: &RateKey) -> Result<Quota, LeaseError> {
         let Some(slot) = self.slot(&key.subject) else {
-            return Err(LeaseError::Limited(LimitedError(Limited {
+            return Err(LeaseError::Limited(Limited {
                 quota: Quota {
                     limit: key.limit,
                     remaining: 0,
                     reset_after_ms: 1_000,
                 },
                 retry_after_ms: 1_000,
-            })));
+            }));
         };
         let mut slot = slot.lock().await;
         let now = Instant::now();
@@ -162,10 +158,10 @@ impl LeaseBook {
             retry_after_ms,
         } = grant;
         if granted == 0 {
-            return Err(LeaseError::Limited(LimitedError(Limited {
+            return Err(LeaseError::Limited(Limited {
                 quota,
                 retry_after_ms,
-            })));
+            }));
         }
         let lease = Lease {
             id,
@@ -201,7 +197,7 @@ impl LeaseBook {
     /// Returns the rest of every ended lease and forgets idle counters: run periodically.
     pub async fn sweep(&self, batcher: &Batcher) {
         let slots: Vec<(SubjectId, Arc<tokio::sync::Mutex<Slot>>)> = {
-            let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let slots = lock(&self.slots);
             slots.iter().map(|(k, v)| (*k, v.clone())).collect()
         };
         let now = Instant::now();
@@ -219,7 +215,7 @@ impl LeaseBook {
                 idle.push(subject);
             }
         }
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slots = lock(&self.slots);
         for subject in idle {
             // Only if nobody picked it up since (then it holds a lease or is locked).
             let unused = slots
@@ -229,15 +225,6 @@ impl LeaseBook {
                 slots.remove(&subject);
             }
         }
-    }
-
-    /// Counters with a slot (for metrics and tests).
-    pub fn len(&self) -> usize {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 

@@ -12,21 +12,22 @@
 //! exhausted client is turned away without chain reads. The log entry is the authority.
 
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use sha2::{Digest, Sha256};
-use x402_client::wire::ErrorBody;
 use x402_raft_store::state::rate_limits::{Admission, AdmissionVerdict, Quota, RateKey, SubjectId};
 
 use super::api_keys::KeyId;
 use super::Route;
 use crate::config::{LimitScope, RateLimitSettings, RateRule};
+use crate::http::error::ApiError;
+use crate::sync::lock;
 
 /// A request refused by a rate limit: answered 429 with `Retry-After`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("rate limit of {} requests reached for the cluster", .quota.limit)]
 pub struct Limited {
     pub quota: Quota,
     pub retry_after_ms: u64,
@@ -35,14 +36,9 @@ pub struct Limited {
 impl IntoResponse for Limited {
     fn into_response(self) -> Response {
         let seconds = ceil_seconds(self.retry_after_ms).max(1);
-        let body = ErrorBody {
-            code: "rate_limited".into(),
-            error: format!(
-                "rate limit of {} requests reached for the cluster; retry after {seconds} s",
-                self.quota.limit
-            ),
-        };
-        let mut response = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+        let message = format!("{self}; retry after {seconds} s");
+        let mut response =
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message).into_response();
         let headers = response.headers_mut();
         set_quota_headers(headers, &self.quota);
         headers.insert("retry-after", HeaderValue::from(seconds));
@@ -65,49 +61,67 @@ pub fn set_quota_headers(headers: &mut HeaderMap, quota: &Quota) {
     );
 }
 
+/// One rule as requests use it: its limits, the routes it applies to, and the digest state of
+/// its name and scope, so that naming a counter costs one hash of the subject's value.
+#[derive(Debug)]
+struct CompiledRule {
+    per: LimitScope,
+    limit: u32,
+    window_ms: u64,
+    routes: Vec<Route>,
+    /// SHA-256 after the rule's own fields (see [`CompiledRule::key`]).
+    prefix: Sha256,
+}
+
+impl CompiledRule {
+    fn new(rule: &RateRule) -> Self {
+        let mut prefix = Sha256::new();
+        prefix.update(b"x402-cluster rate subject v1");
+        prefix.update((rule.name.len() as u64).to_be_bytes());
+        prefix.update(rule.name.as_bytes());
+        prefix.update([rule.per as u8]);
+        Self {
+            per: rule.per,
+            limit: rule.limit,
+            window_ms: rule.window_ms,
+            routes: Route::ALL
+                .into_iter()
+                .filter(|r| rule.routes.iter().any(|p| p == r.path()))
+                .collect(),
+            prefix,
+        }
+    }
+
+    /// The counter of this rule for `value`: named by SHA-256 of the rule (name, scope) and the
+    /// value, cut to the 16 bytes a counter's name takes in the log.
+    fn key(&self, value: &[u8]) -> RateKey {
+        let mut h = self.prefix.clone();
+        h.update((value.len() as u64).to_be_bytes());
+        h.update(value);
+        let digest = h.finalize();
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&digest[..16]);
+        RateKey {
+            subject: SubjectId::from_le_bytes(first),
+            limit: self.limit,
+            window_ms: self.window_ms,
+        }
+    }
+}
+
 /// The configured rules.
 pub struct RateLimits {
-    rules: Vec<RateRule>,
-    /// The key of each `per = "route"` rule for each route, computed once.
-    route_keys: std::collections::HashMap<(usize, Route), RateKey>,
+    rules: Vec<Arc<CompiledRule>>,
     pub settings: RateLimitSettings,
-}
-
-/// The digest naming one counter: the rule, its scope and the subject's value (SHA-256 cut to
-/// the 16 bytes a counter's name takes in the log).
-fn subject(rule: &RateRule, value: &[u8]) -> SubjectId {
-    let mut h = Sha256::new();
-    h.update(b"x402-cluster rate subject v1");
-    h.update((rule.name.len() as u64).to_be_bytes());
-    h.update(rule.name.as_bytes());
-    h.update([rule.per as u8]);
-    h.update((value.len() as u64).to_be_bytes());
-    h.update(value);
-    let digest = h.finalize();
-    let mut first = [0u8; 16];
-    first.copy_from_slice(&digest[..16]);
-    SubjectId::from_le_bytes(first)
-}
-
-fn key(rule: &RateRule, value: &[u8]) -> RateKey {
-    RateKey {
-        subject: subject(rule, value),
-        limit: rule.limit,
-        window_ms: rule.window_ms,
-    }
 }
 
 impl RateLimits {
     pub fn new(rules: &[RateRule], settings: &RateLimitSettings) -> Self {
-        let mut route_keys = std::collections::HashMap::new();
-        for (i, rule) in rules.iter().enumerate() {
-            for route in [Route::Verify, Route::Settle, Route::Supported] {
-                route_keys.insert((i, route), key(rule, route.path().as_bytes()));
-            }
-        }
         Self {
-            rules: rules.to_vec(),
-            route_keys,
+            rules: rules
+                .iter()
+                .map(|r| Arc::new(CompiledRule::new(r)))
+                .collect(),
             settings: settings.clone(),
         }
     }
@@ -117,36 +131,26 @@ impl RateLimits {
         self.rules.is_empty()
     }
 
-    fn rules_for(&self, route: Route) -> impl Iterator<Item = (usize, &RateRule)> {
-        self.rules
-            .iter()
-            .enumerate()
-            .filter(move |(_, r)| r.routes.iter().any(|p| p == route.path()))
-    }
-
     /// The gate of one request: the counters known before its body is read.
     pub fn gate(&self, route: Route, caller: Option<&KeyId>, ip: Option<IpAddr>) -> Gate {
         let mut keys = Vec::new();
         let mut payer_rules = Vec::new();
-        for (i, rule) in self.rules_for(route) {
+        for rule in self.rules.iter().filter(|r| r.routes.contains(&route)) {
             match rule.per {
                 LimitScope::ApiKey => {
                     let id = caller.map(|k| k.as_bytes()).unwrap_or(b"anonymous");
-                    keys.push(key(rule, id));
+                    keys.push(rule.key(id));
                 }
                 LimitScope::ClientIp => {
                     let ip = ip.map(|ip| ip.to_string()).unwrap_or_default();
-                    keys.push(key(rule, ip.as_bytes()));
+                    keys.push(rule.key(ip.as_bytes()));
                 }
-                LimitScope::Route => match self.route_keys.get(&(i, route)) {
-                    Some(k) => keys.push(*k),
-                    None => keys.push(key(rule, route.path().as_bytes())),
-                },
+                LimitScope::Route => keys.push(rule.key(route.path().as_bytes())),
                 LimitScope::Payer => payer_rules.push(rule.clone()),
             }
         }
         Gate {
-            keys,
+            admission: Admission { keys },
             payer_rules,
             state: Mutex::new(GateState::default()),
         }
@@ -180,9 +184,9 @@ struct GateState {
 #[derive(Debug)]
 pub struct Gate {
     /// Counters known from the request's metadata (API key, IP, route).
-    keys: Vec<RateKey>,
+    admission: Admission,
     /// Rules counted per payer, once the payment is decoded.
-    payer_rules: Vec<RateRule>,
+    payer_rules: Vec<Arc<CompiledRule>>,
     state: Mutex<GateState>,
 }
 
@@ -190,27 +194,32 @@ impl Gate {
     /// A gate with no counters (no rule applies).
     pub fn open() -> Self {
         Self {
-            keys: Vec::new(),
+            admission: Admission::default(),
             payer_rules: Vec::new(),
             state: Mutex::new(GateState::default()),
         }
     }
 
+    /// The counters known before the body is read, as one admission (the pre-check's).
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
     /// The counters known before the body is read.
     pub fn keys(&self) -> &[RateKey] {
-        &self.keys
+        &self.admission.keys
     }
 
     /// The admission a write for a payment by `payer` carries, or `None` when no rule applies.
     pub fn admission_for(&self, payer: &[u8; 20]) -> Option<Admission> {
-        let mut keys = self.keys.clone();
-        keys.extend(self.payer_rules.iter().map(|r| key(r, payer)));
+        let mut keys = self.admission.keys.clone();
+        keys.extend(self.payer_rules.iter().map(|r| r.key(payer)));
         (!keys.is_empty()).then_some(Admission { keys })
     }
 
     /// Records the log's verdict on this request's admission.
     pub fn decided(&self, verdict: &AdmissionVerdict) -> Result<(), Limited> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = lock(&self.state);
         state.decided_in_log = true;
         match *verdict {
             AdmissionVerdict::Admitted { quota } => {
@@ -232,20 +241,17 @@ impl Gate {
 
     /// Whether a log entry already counted this request.
     pub fn decided_in_log(&self) -> bool {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .decided_in_log
+        lock(&self.state).decided_in_log
     }
 
     /// Records the quota a lease spend reported.
     pub fn spent(&self, quota: Option<Quota>) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).quota = quota;
+        lock(&self.state).quota = quota;
     }
 
     /// The quota for the answer's headers, if any counter was spent.
     pub fn quota(&self) -> Option<Quota> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).quota
+        lock(&self.state).quota
     }
 }
 
@@ -281,7 +287,7 @@ pub fn refused(verdict: AdmissionVerdict) -> Option<Limited> {
 pub enum GuardedError {
     #[error(transparent)]
     Propose(#[from] crate::cluster::proposer::ProposeError),
-    #[error("rate limited")]
+    #[error(transparent)]
     Limited(Limited),
     #[error("unexpected answer to a guarded write: {0}")]
     Unexpected(String),

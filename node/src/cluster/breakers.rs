@@ -11,7 +11,7 @@
 //! state, so no node acts on an epoch older than one it has applied.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use prometheus::IntGaugeVec;
@@ -26,6 +26,7 @@ use crate::chain::breaker::EndpointGate;
 use crate::cluster::batcher::Batcher;
 use crate::config::BreakerSettings;
 use crate::seams::SharedClock;
+use crate::sync::lock;
 
 /// What the breakers need from a started node.
 struct Wiring {
@@ -167,12 +168,6 @@ impl ClusterBreakers {
             .cloned()
             .unwrap_or_else(|| hex::encode(endpoint))
     }
-}
-
-/// A poisoned lock only means another thread panicked (and the process aborts on panic): the
-/// data is still what it was.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl EndpointGate for ClusterBreakers {

@@ -26,7 +26,6 @@ use x402_client::x402::{
     decode_request, DecodeError, FacilitatorRequest, ReasonCode, SettleResponse, VerifyResponse,
 };
 use x402_raft_store::state::idempotency::MAX_STORED_ANSWER_BYTES;
-use x402_raft_store::state::rate_limits::Admission;
 
 use super::error::ApiError;
 use crate::access::idempotency::{self, Begun};
@@ -91,15 +90,12 @@ where
         access.rate_limits.gate(route, caller.as_ref(), ip)
     });
     if !gate.keys().is_empty() {
-        let admission = Admission {
-            keys: gate.keys().to_vec(),
-        };
         let now_ms = app.clock.now_ms();
         // Only an early refusal: skipped while an apply holds the state (the log entry, or the
         // lease, decides anyway), so that no request waits for a batch to be applied.
         let verdict = app
             .state
-            .try_read(|s| s.rate_limits().check(&admission, now_ms));
+            .try_read(|s| s.rate_limits().check(gate.admission(), now_ms));
         if let Some(limited) = verdict.and_then(refused) {
             app.metrics
                 .rate_limited
@@ -141,7 +137,7 @@ where
     if !gate.keys().is_empty() && !gate.decided_in_log() && !limited_in_log {
         match access.leases.spend(&app.batcher, gate.keys()).await {
             Ok(quota) => gate.spent(quota),
-            Err(LeaseError::Limited(limited)) => response = limited.0.into_response(),
+            Err(LeaseError::Limited(limited)) => response = limited.into_response(),
             Err(LeaseError::Propose(e)) => response = ApiError::from(e).into_response(),
             Err(e @ LeaseError::Unexpected(_)) => {
                 response = ApiError::internal(e.to_string()).into_response()
