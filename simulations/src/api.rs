@@ -59,7 +59,8 @@ impl std::fmt::Display for CallError {
     }
 }
 
-/// Calls the admin API of simulated nodes with a bearer token.
+/// Calls the admin API of simulated nodes with a bearer token (none if it is empty: how the
+/// x402 clients call `/verify` and `/settle`).
 pub struct AdminClient {
     token: String,
     connections: Mutex<BTreeMap<String, SendRequest<Full<Bytes>>>>,
@@ -119,11 +120,14 @@ impl AdminClient {
                 Ok(Err(e)) => return Err(CallError::NotDelivered(e)),
                 Err(_) => return Err(CallError::NotDelivered("connect timed out".into())),
             };
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
             .uri(format!("http://{authority}{path}"))
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
-            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_TYPE, "application/json");
+        if !self.token.is_empty() {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+        }
+        let request = request
             .body(Full::new(Bytes::from(body)))
             .expect("a well-formed request");
         let exchange = async {

@@ -16,15 +16,22 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use x402_client::wire::{ClaimRequest, ClaimResponse, NodeStatus, Role};
-use x402_node::config::{Config, Secrets};
+use x402_node::chain::{MemoryChain, SharedChain};
+use x402_node::cluster::breakers::ClusterBreakers;
+use x402_node::config::{
+    AssetSettings, BreakerSettings, Config, FacilitatorSettings, NetworkSettings, RateRule, Secrets,
+};
+use x402_node::facilitator::Facilitator;
 use x402_node::metrics::Metrics;
 use x402_node::node::{self, NodeSetup};
 use x402_node::secret::Secret;
 use x402_raft_store::storage::{MemLogStore, MemSnapshotVault, StateMachineStore};
 
 use crate::api::{AdminClient, CallError};
+use crate::chain::{ChainLink, LinkSwitch, SIM_RPC_URL};
 use crate::clock::SimClock;
 use crate::net::{TurmoilConnector, TurmoilListener};
+use crate::payments::{PaymentClients, PaymentOptions};
 use crate::workload::{self, Workload, WorkloadOptions};
 
 /// Port every node listens on.
@@ -37,6 +44,9 @@ pub const CLUSTER_SECRET: &str = "sim-cluster-secret-000000";
 pub const CONTROL_HOST: &str = "control";
 /// Host name of the workload client.
 pub const WORKLOAD_HOST: &str = "client";
+
+/// Host name of the payment clients.
+pub const PAYMENTS_HOST: &str = "payers";
 
 /// Deadline of one status call.
 const STATUS_DEADLINE: Duration = Duration::from_millis(500);
@@ -61,6 +71,11 @@ pub struct SimOptions {
     pub seed: u64,
     /// Number of voters, named `node-1..node-n`; node 1 forms the cluster on first start.
     pub nodes: u64,
+    /// Extra nodes `node-(n+1)..`, running from the start outside the cluster until a
+    /// membership change adds them.
+    pub spares: u64,
+    /// Entries a purge removes at least (low, so purges and snapshot installs happen).
+    pub purge_batch_size: u64,
     pub heartbeat_ms: u64,
     pub election_min_ms: u64,
     pub election_max_ms: u64,
@@ -73,6 +88,11 @@ pub struct SimOptions {
     pub max_duration: Duration,
     pub min_latency: Duration,
     pub max_latency: Duration,
+    /// The cluster-wide rate limits every node enforces.
+    pub rate_limits: Vec<RateRule>,
+    pub breaker: BreakerSettings,
+    /// How long a settlement waits for its receipt before answering `settlement_pending`.
+    pub receipt_timeout_ms: u64,
 }
 
 impl SimOptions {
@@ -80,6 +100,8 @@ impl SimOptions {
         Self {
             seed,
             nodes: 3,
+            spares: 0,
+            purge_batch_size: 1024,
             heartbeat_ms: 50,
             election_min_ms: 300,
             election_max_ms: 600,
@@ -89,6 +111,9 @@ impl SimOptions {
             max_duration: Duration::from_secs(120),
             min_latency: Duration::from_millis(1),
             max_latency: Duration::from_millis(5),
+            rate_limits: Vec::new(),
+            breaker: BreakerSettings::default(),
+            receipt_timeout_ms: 3_000,
         }
     }
 
@@ -106,8 +131,34 @@ impl SimOptions {
         config.raft.election_max_ms = self.election_max_ms;
         config.raft.snapshot_after_logs = self.snapshot_after_logs;
         config.raft.logs_to_keep = self.logs_to_keep;
+        config.raft.purge_batch_size = self.purge_batch_size;
         config.limits.propose_timeout_ms = self.propose_timeout_ms;
+        config.rate_limits = self.rate_limits.clone();
+        config.breaker = self.breaker.clone();
+        config.facilitator = self.facilitator_settings();
         config
+    }
+
+    /// One network, [`crate::world::CHAIN_ID`], served through [`SIM_RPC_URL`] with the
+    /// simulation's token and signer keys.
+    pub fn facilitator_settings(&self) -> FacilitatorSettings {
+        FacilitatorSettings {
+            networks: vec![NetworkSettings {
+                network: format!("eip155:{}", crate::world::CHAIN_ID),
+                rpc_urls: vec![SIM_RPC_URL.to_string()],
+                signer_keys_env: Some(crate::world::SIGNER_KEYS_ENV.to_string()),
+                assets: vec![AssetSettings {
+                    address: crate::world::token_address().to_checksum(None),
+                    name: crate::world::TOKEN_NAME.to_string(),
+                    version: crate::world::TOKEN_VERSION.to_string(),
+                }],
+                receipt_timeout_ms: self.receipt_timeout_ms,
+                receipt_poll_ms: 50,
+                rpc_timeout_ms: 1_000,
+                ..NetworkSettings::default()
+            }],
+            ..FacilitatorSettings::default()
+        }
     }
 }
 
@@ -125,6 +176,8 @@ struct Disk {
     log: MemLogStore,
     vault: MemSnapshotVault,
     clock: SimClock,
+    chain_link: LinkSwitch,
+    chain: Arc<MemoryChain>,
 }
 
 /// A job the control client runs; its answer travels back through a oneshot channel.
@@ -152,6 +205,14 @@ pub struct SimCluster {
     pub options: SimOptions,
     disks: BTreeMap<u64, Disk>,
     down: BTreeSet<u64>,
+    /// The nodes in the cluster's membership (voters and learners), as the harness changed it.
+    members: BTreeSet<u64>,
+    /// When each node was restarted (simulated ms).
+    pub restarts: BTreeMap<u64, Vec<u64>>,
+    /// Nodes removed from the membership (their ids are never reused).
+    removed: BTreeSet<u64>,
+    /// The chain every node settles on (outside the hosts: it survives every crash).
+    pub chain: Arc<MemoryChain>,
     control: mpsc::UnboundedSender<Job>,
     /// Fault and milestone log: (simulated ms, text).
     pub events: Rc<RefCell<Vec<(u64, String)>>>,
@@ -163,6 +224,7 @@ impl SimCluster {
     pub fn new(options: SimOptions) -> Self {
         crate::init_tracing();
         x402_raft_store::runtime::seed_thread_rng(options.seed);
+        let chain = crate::world::new_chain();
         let mut sim = turmoil::Builder::new()
             .rng_seed(options.seed)
             .tick_duration(Duration::from_millis(1))
@@ -170,13 +232,17 @@ impl SimCluster {
             .min_message_latency(options.min_latency)
             .max_message_latency(options.max_latency)
             .tcp_capacity(1 << 16)
+            // A link made lossy by the schedule (`set_link_fail_rate`) comes back after ~20 ms.
+            .repair_rate(0.05)
             .build();
         let mut disks = BTreeMap::new();
-        for id in 1..=options.nodes {
+        for id in 1..=options.nodes + options.spares {
             let disk = Disk {
                 log: MemLogStore::default(),
                 vault: MemSnapshotVault::default(),
                 clock: SimClock::new(),
+                chain_link: LinkSwitch::default(),
+                chain: chain.clone(),
             };
             disks.insert(id, disk.clone());
             let config = options.node_config(id);
@@ -184,6 +250,7 @@ impl SimCluster {
                 run_node(config.clone(), disk.clone())
             });
         }
+        let nodes = options.nodes;
         let (control, jobs) = mpsc::unbounded_channel();
         sim.client(CONTROL_HOST, run_control(jobs));
         Self {
@@ -191,6 +258,10 @@ impl SimCluster {
             options,
             disks,
             down: BTreeSet::new(),
+            members: (1..=nodes).collect(),
+            removed: BTreeSet::new(),
+            restarts: BTreeMap::new(),
+            chain,
             control,
             events: Rc::default(),
         }
@@ -204,23 +275,59 @@ impl SimCluster {
         workload
     }
 
+    /// Starts the payment clients. Call at most once per cluster.
+    pub fn start_payments(&mut self, options: PaymentOptions) -> PaymentClients {
+        let (clients, future) =
+            crate::payments::clients_future(self.options.seed, self.options.nodes, options);
+        self.sim.client(PAYMENTS_HOST, future);
+        clients
+    }
+
     /// Node ids, `1..=n`.
     pub fn ids(&self) -> Vec<u64> {
         self.disks.keys().copied().collect()
     }
 
-    /// Nodes not crashed.
+    /// Members of the cluster not crashed.
     pub fn running(&self) -> Vec<u64> {
-        self.disks
-            .keys()
+        self.members
+            .iter()
             .copied()
             .filter(|id| !self.down.contains(id))
             .collect()
     }
 
+    /// The cluster's members as the harness last changed them.
+    pub fn members(&self) -> Vec<u64> {
+        self.members.iter().copied().collect()
+    }
+
+    /// Hosts not in the membership and never removed from it.
+    pub fn spares(&self) -> Vec<u64> {
+        (self.options.nodes + 1..=self.options.nodes + self.options.spares)
+            .filter(|id| !self.members.contains(id) && !self.removed.contains(id))
+            .collect()
+    }
+
+    /// Records a membership change the cluster acknowledged.
+    pub fn set_membership(&mut self, added: Option<u64>, removed: Option<u64>) {
+        if let Some(id) = added {
+            self.members.insert(id);
+        }
+        if let Some(id) = removed {
+            self.members.remove(&id);
+            self.removed.insert(id);
+        }
+    }
+
     /// A node's clock, to skew it.
     pub fn clock(&self, id: u64) -> SimClock {
         self.disks[&id].clock.clone()
+    }
+
+    /// Whether node `id` reaches the chain (kept across its crashes).
+    pub fn chain_link(&self, id: u64) -> LinkSwitch {
+        self.disks[&id].chain_link.clone()
     }
 
     /// Simulated milliseconds since the start.
@@ -444,6 +551,11 @@ impl SimCluster {
         self.note(format!("HEAL node-{id}"));
     }
 
+    /// Whether node `id` is crashed.
+    pub fn is_down(&self, id: u64) -> bool {
+        self.down.contains(&id)
+    }
+
     /// Stops a node's software at once; its stores are kept.
     pub fn crash(&mut self, id: u64) {
         self.sim.crash(node_name(id));
@@ -455,6 +567,8 @@ impl SimCluster {
     pub fn bounce(&mut self, id: u64) {
         self.sim.bounce(node_name(id));
         self.down.remove(&id);
+        let now = self.now_ms();
+        self.restarts.entry(id).or_default().push(now);
         self.note(format!("BOUNCE node-{id}"));
     }
 }
@@ -534,6 +648,15 @@ async fn run_node(config: Config, disk: Disk) -> turmoil::Result {
     // Listening before Raft starts: peers that find nobody listening back off.
     let listener = TurmoilListener::bind(&config.listen).await?;
     let max_connections = config.limits.max_connections;
+    let breakers = Arc::new(ClusterBreakers::new(config.breaker.clone()));
+    let link = ChainLink::new(
+        disk.chain.clone(),
+        disk.chain_link.clone(),
+        breakers.clone(),
+    );
+    let chains = BTreeMap::from([(crate::world::CHAIN_ID, Arc::new(link) as SharedChain)]);
+    let facilitator =
+        Facilitator::with_chains(&config.facilitator, chains).map_err(|e| e.to_string())?;
     let running = node::start(NodeSetup {
         config,
         secrets: secrets(),
@@ -542,17 +665,8 @@ async fn run_node(config: Config, disk: Disk) -> turmoil::Result {
         metrics,
         log: disk.log,
         state_machine,
-        // No chain yet: the facilitator's simulation (in-memory chains) is issue 5's.
-        facilitator: Arc::new(
-            x402_node::facilitator::Facilitator::with_chains(
-                &x402_node::config::FacilitatorSettings::default(),
-                Default::default(),
-            )
-            .map_err(|e| e.to_string())?,
-        ),
-        breakers: Arc::new(x402_node::cluster::breakers::ClusterBreakers::new(
-            Default::default(),
-        )),
+        facilitator: Arc::new(facilitator),
+        breakers,
     })
     .await
     .map_err(|e| e.to_string())?;

@@ -12,13 +12,22 @@
 //! `SIM_SEED`; see [`seed_from_env`] and [`ReplayHint`].
 
 pub mod api;
+pub mod chain;
 pub mod checks;
 pub mod clock;
 pub mod cluster;
+pub mod faults;
 pub mod history;
+pub mod invariants;
+pub mod linearizability;
 pub mod net;
+pub mod payments;
+pub mod rng;
 pub mod scenarios;
+pub mod seeds;
+pub mod vopr;
 pub mod workload;
+pub mod world;
 
 /// Seed used when `SIM_SEED` is not set.
 pub const DEFAULT_SEED: u64 = 42;

@@ -17,6 +17,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
+use x402_raft_store::runtime::ThreadRng;
 use x402_raft_store::state::idempotency::{
     IdempotencyAnswer, IdempotentFinish, IdempotentStart, StoredAnswer, MAX_STORED_ANSWER_BYTES,
 };
@@ -119,7 +120,8 @@ pub async fn begin(
 ) -> Begun {
     let claim = KeyClaim {
         key: digest_key(caller, key),
-        attempt: rand::random(),
+        // Raft's thread generator: OS-seeded in production, seeded by a simulation.
+        attempt: rand::Rng::gen(&mut ThreadRng),
     };
     let start = IdempotentStart {
         key: claim.key,

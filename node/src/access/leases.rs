@@ -11,10 +11,13 @@
 //! the leader stamps the lease later than that, so the node always stops spending before the
 //! state machine's lease ends.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+
+use rand::RngCore;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use x402_raft_store::runtime::ThreadRng;
 
 use tokio::time::Instant;
 use x402_raft_store::state::rate_limits::SubjectId;
@@ -67,7 +70,7 @@ pub struct LeaseBook {
     /// Lease ids must never repeat, also across restarts (a repeated id would be answered with
     /// an old grant): a random start, then counting.
     next_seq: AtomicU64,
-    slots: Mutex<HashMap<SubjectId, Arc<tokio::sync::Mutex<Slot>>>>,
+    slots: Mutex<BTreeMap<SubjectId, Arc<tokio::sync::Mutex<Slot>>>>,
 }
 
 impl LeaseBook {
@@ -76,8 +79,10 @@ impl LeaseBook {
             node,
             taken,
             lease_ms,
-            next_seq: AtomicU64::new(rand::random::<u64>() >> 1),
-            slots: Mutex::new(HashMap::new()),
+            // Random, so ids never repeat across restarts; from Raft's thread generator, which a
+            // simulation seeds (so a run's lease ids, and its state hash, follow its seed).
+            next_seq: AtomicU64::new(ThreadRng.next_u64() >> 1),
+            slots: Mutex::new(BTreeMap::new()),
         }
     }
 

@@ -52,6 +52,7 @@ pub fn routes(app: &Arc<App>) -> Router<Arc<App>> {
         .route("/admin/members/promote", post(promote))
         .route("/admin/members/remove", post(remove))
         .route("/admin/claims", post(claim))
+        .route("/admin/elect", post(elect))
         .route(
             "/admin/snapshot",
             post(take_snapshot).get(download_snapshot),
@@ -395,6 +396,18 @@ async fn claim(
         outcome,
         log_index: committed.log_index,
     }))
+}
+
+/// Makes this node campaign at once (openraft's `trigger().elect()`): how an operator moves
+/// leadership to a chosen node once the current leader's lease is over (openraft 0.9 has no
+/// leader transfer). A no-op on the leader; voters still refuse a candidate whose log is behind.
+async fn elect(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, ApiError> {
+    app.raft
+        .trigger()
+        .elect()
+        .await
+        .map_err(|e| ApiError::internal(format!("raft stopped: {e}")))?;
+    Ok(Json(serde_json::json!({ "campaigning": app.id })))
 }
 
 async fn take_snapshot(State(app): State<Arc<App>>) -> Result<Json<SnapshotResponse>, ApiError> {
