@@ -84,6 +84,8 @@ pub struct SimOptions {
     pub logs_to_keep: u64,
     /// How long a node lets a write take before answering `504 outcome_unknown`.
     pub propose_timeout_ms: u64,
+    /// Simulated time one step advances.
+    pub tick: Duration,
     /// Simulated time after which turmoil fails the run.
     pub max_duration: Duration,
     pub min_latency: Duration,
@@ -108,6 +110,7 @@ impl SimOptions {
             snapshot_after_logs: 50,
             logs_to_keep: 10,
             propose_timeout_ms: 2_000,
+            tick: Duration::from_millis(1),
             max_duration: Duration::from_secs(120),
             min_latency: Duration::from_millis(1),
             max_latency: Duration::from_millis(5),
@@ -227,7 +230,7 @@ impl SimCluster {
         let chain = crate::world::new_chain();
         let mut sim = turmoil::Builder::new()
             .rng_seed(options.seed)
-            .tick_duration(Duration::from_millis(1))
+            .tick_duration(options.tick)
             .simulation_duration(options.max_duration)
             .min_message_latency(options.min_latency)
             .max_message_latency(options.max_latency)

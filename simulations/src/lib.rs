@@ -6,7 +6,11 @@
 //!   control client driven synchronously by the test, fault helpers;
 //! - [`workload`], [`history`]: clients writing claims continuously and what they saw;
 //! - [`checks`]: end-of-run invariants (no acknowledged write lost, replicas identical);
-//! - [`scenarios`]: the fault scenarios the tests run.
+//! - [`scenarios`]: two fixed fault scenarios (leader partitioned, leader crashed);
+//! - [`vopr`]: one randomized run of a seed: [`world`] (the chain, token and keys), [`chain`]
+//!   (each node's link to it), [`payments`] (x402 clients), [`faults`] (the schedule drawn from
+//!   the seed), [`invariants`] and [`linearizability`] (the checkers), [`rng`];
+//! - [`seeds`]: the run sets (CI shards, regression seeds, coverage, the numbers reported).
 //!
 //! Tests are plain `#[test]`s (turmoil cannot run inside a tokio runtime), seeded from
 //! `SIM_SEED`; see [`seed_from_env`] and [`ReplayHint`].

@@ -150,3 +150,109 @@ pub fn check<M: Model>(
         longest_prefix: longest.iter().map(|&i| history[i].id).collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A register: `Some(v)` writes v (answer: none), `None` reads (answer: the value).
+    #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+    struct Register(u8);
+
+    impl Model for Register {
+        type Input = Option<u8>;
+        type Output = Option<u8>;
+        fn step(&self, input: &Option<u8>, output: &Option<u8>) -> Option<Self> {
+            match (input, output) {
+                (Some(v), None) => Some(Register(*v)),
+                (None, Some(v)) if *v == self.0 => Some(self.clone()),
+                _ => None,
+            }
+        }
+        fn step_unobserved(&self, input: &Option<u8>) -> Vec<Self> {
+            match input {
+                Some(v) => vec![Register(*v)],
+                None => vec![self.clone()],
+            }
+        }
+    }
+
+    fn op(
+        id: u64,
+        call: u64,
+        ret: Option<u64>,
+        input: Option<u8>,
+        out: Option<u8>,
+    ) -> Operation<Option<u8>, Option<u8>> {
+        // A completed write answers `Some(None)`; a pending one has no output at all.
+        Operation {
+            id,
+            call_ms: call,
+            return_ms: ret,
+            input,
+            output: ret.map(|_| out),
+        }
+    }
+
+    #[test]
+    fn sequential_and_overlapping_histories() {
+        let ok = [
+            op(1, 0, Some(10), Some(1), None),
+            op(2, 20, Some(30), None, Some(1)),
+        ];
+        assert_eq!(check(Register(0), &ok, 1_000), Verdict::Linearizable);
+        // A read overlapping a write may see either value.
+        let overlap = [
+            op(1, 0, Some(10), Some(1), None),
+            op(2, 5, Some(30), Some(2), None),
+            op(3, 6, Some(8), None, Some(2)),
+            op(4, 40, Some(50), None, Some(2)),
+        ];
+        assert_eq!(check(Register(0), &overlap, 1_000), Verdict::Linearizable);
+    }
+
+    #[test]
+    fn a_stale_read_after_two_writes_is_not_linearizable() {
+        let stale = [
+            op(1, 0, Some(10), Some(1), None),
+            op(2, 20, Some(30), Some(2), None),
+            op(3, 40, Some(50), None, Some(1)),
+        ];
+        assert!(matches!(
+            check(Register(0), &stale, 1_000),
+            Verdict::NotLinearizable { .. }
+        ));
+    }
+
+    #[test]
+    fn a_pending_write_may_explain_a_read_or_be_left_out() {
+        let explained = [
+            op(1, 0, None, Some(2), None),
+            op(2, 40, Some(50), None, Some(2)),
+        ];
+        assert_eq!(check(Register(0), &explained, 1_000), Verdict::Linearizable);
+        let omitted = [
+            op(1, 0, None, Some(2), None),
+            op(2, 40, Some(50), None, Some(0)),
+        ];
+        assert_eq!(check(Register(0), &omitted, 1_000), Verdict::Linearizable);
+        let unexplained = [op(2, 40, Some(50), None, Some(2))];
+        assert!(matches!(
+            check(Register(0), &unexplained, 1_000),
+            Verdict::NotLinearizable { .. }
+        ));
+    }
+
+    #[test]
+    fn a_search_over_budget_is_undecided() {
+        // Forty concurrent writes and a read of a value none wrote: every order fails.
+        let mut history: Vec<_> = (0..40)
+            .map(|i| op(i, 0, Some(100), Some(i as u8 + 1), None))
+            .collect();
+        history.push(op(99, 0, Some(100), None, Some(200)));
+        assert!(matches!(
+            check(Register(0), &history, 100),
+            Verdict::Undecided { .. }
+        ));
+    }
+}

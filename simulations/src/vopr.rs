@@ -30,8 +30,10 @@ pub const VERIFY_LIMIT: u32 = 40;
 pub const VERIFY_WINDOW_MS: u64 = 2_000;
 /// Deadline of one admin call of the harness (membership changes, elections).
 const ADMIN_DEADLINE: Duration = Duration::from_secs(10);
+/// The chain's base fee moves between these at every fault.
+const BASE_FEES_WEI: [u128; 4] = [1_000_000_000, 1_500_000_000, 2_000_000_000, 3_000_000_000];
 /// How often the status poller looks at every node.
-const POLL_EVERY: Duration = Duration::from_millis(250);
+const POLL_EVERY: Duration = Duration::from_millis(400);
 const POLL_DEADLINE: Duration = Duration::from_millis(200);
 /// Settle attempts per payment after the heal.
 const FINAL_SETTLE_ATTEMPTS: usize = 12;
@@ -75,6 +77,8 @@ impl VoprOptions {
         let mut o = SimOptions::new(self.seed);
         o.nodes = self.nodes;
         o.spares = 1;
+        // Coarser steps: a seed costs half the wall time; latencies stay 1–5 ms.
+        o.tick = Duration::from_millis(2);
         o.snapshot_after_logs = 40;
         o.logs_to_keep = 10;
         o.purge_batch_size = 8;
@@ -141,7 +145,7 @@ pub fn run(options: VoprOptions) -> VoprReport {
     let sim_options = options.sim_options();
     let mut cluster = SimCluster::new(sim_options.clone());
     let workload = cluster.start_workload(WorkloadOptions {
-        workers: 2,
+        workers: 1,
         pause: Duration::from_millis(100),
         ..WorkloadOptions::default()
     });
@@ -363,6 +367,9 @@ impl FaultRunner {
 
     fn start(&mut self, cluster: &mut SimCluster, episode: usize, fault: &Fault) {
         cluster.note(format!("FAULT {fault:?}"));
+        // Fees move on a real chain; a transaction signed twice is then two transactions.
+        let base_fee = BASE_FEES_WEI[self.rng.below(BASE_FEES_WEI.len() as u64) as usize];
+        cluster.chain.set_base_fee(base_fee);
         let hosts = cluster.ids();
         let applied = match fault {
             Fault::Isolate(node) => {
