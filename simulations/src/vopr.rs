@@ -531,17 +531,9 @@ impl FaultRunner {
         let Some(spare) = cluster.spares().first().copied() else {
             return false;
         };
-        let Some(leader) = cluster.leader() else {
+        let Some((leader, followers)) = leader_and_followers(cluster) else {
             return false;
         };
-        let followers: Vec<u64> = cluster
-            .running()
-            .into_iter()
-            .filter(|m| *m != leader)
-            .collect();
-        if followers.is_empty() {
-            return false;
-        }
         let gone = *self.rng.pick(&followers);
         let hosts = cluster.ids();
         self.cut(cluster, episode, &[gone], &hosts);
@@ -613,17 +605,9 @@ impl FaultRunner {
     /// Moves leadership: the leader's heartbeats are cut for one election timeout, then the
     /// target is told to campaign (openraft 0.9 has no leader-transfer call).
     fn transfer_leadership(&mut self, cluster: &mut SimCluster) -> bool {
-        let Some(leader) = cluster.leader() else {
+        let Some((leader, followers)) = leader_and_followers(cluster) else {
             return false;
         };
-        let followers: Vec<u64> = cluster
-            .running()
-            .into_iter()
-            .filter(|m| *m != leader)
-            .collect();
-        if followers.is_empty() {
-            return false;
-        }
         let target = *self.rng.pick(&followers);
         for f in &followers {
             cluster
@@ -674,6 +658,17 @@ impl FaultRunner {
         cluster.chain.set_unavailable(false);
         cluster.note("HEAL everything");
     }
+}
+
+/// The agreed leader and the running members following it, if there is a leader and a follower.
+fn leader_and_followers(cluster: &mut SimCluster) -> Option<(u64, Vec<u64>)> {
+    let leader = cluster.leader()?;
+    let followers: Vec<u64> = cluster
+        .running()
+        .into_iter()
+        .filter(|m| *m != leader)
+        .collect();
+    (!followers.is_empty()).then_some((leader, followers))
 }
 
 /// After the heal: every payment a client tried to settle is settled (or refused, if other
