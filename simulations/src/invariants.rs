@@ -15,16 +15,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use x402_node::chain::{Address, MemoryChain, B256};
 
 use crate::linearizability::{check, Model, Operation, Verdict};
-use crate::payments::{PayAnswer, PayAttempt, PayLog, Requirements, Step};
+use crate::payments::{
+    PayAnswer, PayAttempt, PayLog, Requirements, Step, CHAIN_UNREADABLE, NONCE_USED,
+    SETTLE_PENDING, SETTLE_UNEXPECTED,
+};
 
 /// Search steps the linearizability check may take per authorization before calling it
 /// undecided (a failure).
 pub const LINEARIZABILITY_BUDGET: u64 = 2_000_000;
-
-const NONCE_USED: &str = "invalid_exact_evm_nonce_already_used";
-const CHAIN_UNREADABLE: &str = "unexpected_verify_error";
-const SETTLE_PENDING: &str = "settlement_pending";
-const SETTLE_UNEXPECTED: &str = "unexpected_settle_error";
 
 /// One authorization as the cluster promises to behave: claimed by the first requirements that
 /// verify or settle it; refused to any other; settled once, with one transaction every settle

@@ -37,6 +37,13 @@ pub enum Requirements {
     Other,
 }
 
+/// Reason codes the clients and checkers tell apart.
+pub const NONCE_USED: &str = "invalid_exact_evm_nonce_already_used";
+/// The chain could not be read: refused before anything was claimed or begun.
+pub const CHAIN_UNREADABLE: &str = "unexpected_verify_error";
+pub const SETTLE_PENDING: &str = "settlement_pending";
+pub const SETTLE_UNEXPECTED: &str = "unexpected_settle_error";
+
 /// What a request asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Step {
@@ -277,6 +284,28 @@ pub async fn send(
     }
 }
 
+/// Sends `step` of payment `key` to `node` once, timing it in simulated time.
+pub async fn attempt(
+    client: &AdminClient,
+    signer: &Signer,
+    key: u64,
+    payment: &Payment,
+    step: Step,
+    node: u64,
+    deadline: Duration,
+) -> PayAttempt {
+    let call_ms = sim_elapsed_ms();
+    let answer = send(client, signer, payment, step, node, deadline).await;
+    PayAttempt {
+        key,
+        step,
+        node,
+        call_ms,
+        return_ms: sim_elapsed_ms(),
+        answer,
+    }
+}
+
 /// Shared between the clients (inside the simulation) and the driver (outside it).
 #[derive(Default)]
 struct Shared {
@@ -394,24 +423,18 @@ impl Ctx {
     }
 
     async fn attempt(&self, key: u64, payment: &Payment, step: Step, node: u64) -> PayAnswer {
-        let call_ms = sim_elapsed_ms();
-        let answer = send(
+        let made = attempt(
             &self.client,
             &self.signer,
+            key,
             payment,
             step,
             node,
             self.options.deadline,
         )
         .await;
-        self.shared.record(PayAttempt {
-            key,
-            step,
-            node,
-            call_ms,
-            return_ms: sim_elapsed_ms(),
-            answer: answer.clone(),
-        });
+        let answer = made.answer.clone();
+        self.shared.record(made);
         answer
     }
 
@@ -440,7 +463,7 @@ impl Ctx {
 /// Whether a verify answer decides the payment's validity.
 fn verify_final(a: &PayAnswer) -> bool {
     matches!(a, PayAnswer::Valid | PayAnswer::Invalid(_))
-        && a != &PayAnswer::Invalid("unexpected_verify_error".into())
+        && a != &PayAnswer::Invalid(CHAIN_UNREADABLE.into())
 }
 
 /// Whether a settle answer is the settlement's outcome.
@@ -448,9 +471,7 @@ fn settle_final(a: &PayAnswer) -> bool {
     match a {
         PayAnswer::Settled(_) => true,
         PayAnswer::NotSettled { reason, .. } => {
-            reason != "settlement_pending"
-                && reason != "unexpected_settle_error"
-                && reason != "unexpected_verify_error"
+            reason != SETTLE_PENDING && reason != SETTLE_UNEXPECTED && reason != CHAIN_UNREADABLE
         }
         _ => false,
     }

@@ -20,7 +20,7 @@ use crate::clock::sim_elapsed_ms;
 use crate::cluster::{node_authority, node_name, node_url, SimCluster, SimOptions};
 use crate::faults::{Episode, Fault, FaultMode, FaultPlan, PlanLimits};
 use crate::invariants::{self, Sample};
-use crate::payments::{self, PayAnswer, PayAttempt, PaymentOptions, Requirements, Signer, Step};
+use crate::payments::{self, PayAnswer, PaymentOptions, Requirements, Signer, Step, NONCE_USED};
 use crate::rng::SimRng;
 use crate::workload::WorkloadOptions;
 use crate::world;
@@ -37,6 +37,8 @@ const POLL_EVERY: Duration = Duration::from_millis(400);
 const POLL_DEADLINE: Duration = Duration::from_millis(200);
 /// Settle attempts per payment after the heal.
 const FINAL_SETTLE_ATTEMPTS: usize = 12;
+/// Deadline of one request of the final checks.
+const FINAL_DEADLINE: Duration = Duration::from_secs(5);
 /// Payments whose acknowledged claim is re-tried with other requirements after the heal.
 const FINAL_CONFLICTS: usize = 30;
 
@@ -151,7 +153,7 @@ pub fn run(options: VoprOptions) -> VoprReport {
     });
     let payers = cluster.start_payments(PaymentOptions::default());
     let poller = Poller::start(&mut cluster);
-    let mut faults = FaultRunner::new(options.seed, &plan);
+    let mut faults = FaultRunner::new(options.seed);
     if cluster
         .wait_for_leader(Duration::from_secs(5), &[])
         .is_none()
@@ -345,7 +347,7 @@ struct FaultRunner {
 }
 
 impl FaultRunner {
-    fn new(seed: u64, _plan: &FaultPlan) -> Self {
+    fn new(seed: u64) -> Self {
         Self {
             rng: SimRng::new(seed, 2),
             exercised: BTreeSet::new(),
@@ -713,29 +715,21 @@ fn final_payments(
                 tokio::time::sleep(Duration::from_millis(i as u64 % 50 * 10)).await;
                 for attempt in 0..FINAL_SETTLE_ATTEMPTS {
                     let node = members[(key as usize + attempt) % members.len()];
-                    let call_ms = sim_elapsed_ms();
-                    let answer = payments::send(
+                    let made = payments::attempt(
                         &client,
                         &signer,
+                        key,
                         &payment,
                         Step::Settle,
                         node,
-                        Duration::from_secs(5),
+                        FINAL_DEADLINE,
                     )
                     .await;
-                    recorder.record(PayAttempt {
-                        key,
-                        step: Step::Settle,
-                        node,
-                        call_ms,
-                        return_ms: sim_elapsed_ms(),
-                        answer: answer.clone(),
-                    });
+                    let answer = made.answer.clone();
+                    recorder.record(made);
                     match answer {
                         PayAnswer::Settled(_) => return None,
-                        PayAnswer::NotSettled { ref reason, .. }
-                            if reason == "invalid_exact_evm_nonce_already_used" =>
-                        {
+                        PayAnswer::NotSettled { ref reason, .. } if reason == NONCE_USED => {
                             return None
                         }
                         _ => tokio::time::sleep(Duration::from_millis(500)).await,
@@ -752,24 +746,17 @@ fn final_payments(
         for key in conflict_keys.iter().copied() {
             let payment = payments_of[&key].clone();
             let node = members[key as usize % members.len()];
-            let call_ms = sim_elapsed_ms();
-            let answer = payments::send(
+            let made = payments::attempt(
                 &client,
                 &signer,
+                key,
                 &payment,
                 Step::Verify(Requirements::Other),
                 node,
-                Duration::from_secs(5),
+                FINAL_DEADLINE,
             )
             .await;
-            recorder.record(PayAttempt {
-                key,
-                step: Step::Verify(Requirements::Other),
-                node,
-                call_ms,
-                return_ms: sim_elapsed_ms(),
-                answer,
-            });
+            recorder.record(made);
         }
         unsettled
     });
