@@ -66,6 +66,21 @@ pub struct NodeStatus {
     /// The circuit breaker of each chain RPC endpoint, as this node has applied it.
     #[serde(default)]
     pub breakers: Vec<BreakerStatus>,
+    /// Every facilitator signer's nonce counter, as this node has applied it.
+    #[serde(default)]
+    pub signers: Vec<SignerStatus>,
+}
+
+/// One facilitator signer key's nonce counter (replicated, I3).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignerStatus {
+    pub chain_id: u64,
+    /// EIP-55 address.
+    pub address: String,
+    /// The nonce the next settlement gets.
+    pub next_nonce: u64,
+    /// Settlements holding a nonce of this signer that are not done yet.
+    pub in_flight: u32,
 }
 
 /// One chain RPC endpoint's circuit breaker (shared by the cluster).

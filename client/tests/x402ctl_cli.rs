@@ -85,6 +85,7 @@ async fn status(State(fake): State<Arc<Fake>>, headers: HeaderMap) -> Answer<Nod
         claims: fake.accepted.load(Ordering::Relaxed),
         state_hash: "00".into(),
         breakers: vec![],
+        signers: vec![],
     }))
 }
 

@@ -209,7 +209,9 @@ impl Facilitator {
         }
         SupportedResponse {
             kinds,
-            extensions: Vec::new(),
+            // A settlement's retry with the same payment-identifier id gets its first answer
+            // (crate::access::idempotency).
+            extensions: vec![crate::access::idempotency::PAYMENT_IDENTIFIER.to_owned()],
             signers,
         }
     }

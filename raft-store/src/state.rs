@@ -44,8 +44,8 @@ pub use rate_limits::{
 };
 pub use settlements::{
     InvariantViolation, Rejection, SettlementAnswer, SettlementFinish, SettlementOutcome,
-    SettlementPhase, SettlementRecord, SettlementRegistry, SettlementStart, SignedSettlement,
-    SignerRegistry, SignerState,
+    SettlementPhase, SettlementRecord, SettlementRegistry, SettlementReplace, SettlementStart,
+    SignedSettlement, SignerRegistry, SignerState, SuccessTaker,
 };
 
 use settlements::Ledger;
@@ -118,6 +118,13 @@ pub enum Op {
     /// Forget a begun request that ended without an answer worth storing. Answered
     /// `Idempotency`.
     ReleaseIdempotent { key: [u8; 32], attempt: [u8; 16] },
+    /// Give a settled authorization's one success to the request `taker`, if nobody took it.
+    /// Answered `Settlement(Current)`: the record, whose `success_taker` says who has it.
+    TakeSuccess { id: ClaimId, taker: SuccessTaker },
+    /// Sign a settlement again at a fresh nonce: its signer nonce was used by another
+    /// transaction. Answered `Settlement(Allocated)`, or `Current` if it was replaced or
+    /// finished already.
+    ReplaceSettlement(SettlementReplace),
 }
 
 /// The operations a rate-limit admission can ride with: the writes a paying request makes
@@ -213,7 +220,7 @@ impl ClusterState {
                 chain_nonce,
             } => match self.ledger.sync_signer(*chain_id, *signer, *chain_nonce) {
                 Ok(next_nonce) => Response::SignerSynced { next_nonce },
-                Err(r) => Response::Settlement(SettlementAnswer::Rejected(r.to_string())),
+                Err(r) => Response::Settlement(SettlementAnswer::Rejected(r)),
             },
             Op::BeginSettlement(start) => {
                 Response::Settlement(self.ledger.begin(&mut self.nonces, start, now_ms))
@@ -252,6 +259,12 @@ impl ClusterState {
             }
             Op::ReleaseIdempotent { key, attempt } => {
                 Response::Idempotency(self.idempotency.release(key, attempt))
+            }
+            Op::TakeSuccess { id, taker } => {
+                Response::Settlement(self.ledger.take(id, *taker, now_ms))
+            }
+            Op::ReplaceSettlement(replace) => {
+                Response::Settlement(self.ledger.replace(replace, now_ms))
             }
         }
     }

@@ -48,7 +48,7 @@ enum Verdict {
     /// It exited; this is its `error:` line.
     Refused(String),
     /// It started and answers status.
-    Started(x402_client::wire::NodeStatus),
+    Started(Box<x402_client::wire::NodeStatus>),
 }
 
 async fn verdict(cluster: &mut LocalCluster, id: u64, log_offset: usize) -> Verdict {
@@ -66,7 +66,7 @@ async fn verdict(cluster: &mut LocalCluster, id: u64, log_offset: usize) -> Verd
             return Verdict::Refused(line);
         }
         if let Ok(status) = cluster.admin(id).status().await {
-            return Verdict::Started(status);
+            return Verdict::Started(Box::new(status));
         }
         assert!(
             Instant::now() < deadline,

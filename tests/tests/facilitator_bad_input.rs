@@ -547,6 +547,7 @@ fn cases() -> Vec<Case> {
             "invalid_exact_evm_payload_authorization_value_mismatch",
             None,
         ),
+        // v1 wants the exact amount too (2.27), under its own reason.
         verify(
             "v1 underpaid",
             {
@@ -556,7 +557,19 @@ fn cases() -> Vec<Case> {
                 s.v1("base-sepolia")
             },
             ok,
-            "invalid_exact_evm_payload_authorization_value_mismatch",
+            "invalid_exact_evm_authorization_value",
+            None,
+        ),
+        verify(
+            "v1 overpaid",
+            {
+                let mut s = Spec::new(0x10);
+                s.chain_id = 84532;
+                s.value = 10_001;
+                s.v1("base-sepolia")
+            },
+            ok,
+            "invalid_exact_evm_authorization_value",
             None,
         ),
         Case {

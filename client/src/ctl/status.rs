@@ -159,6 +159,7 @@ mod tests {
             claims: 42,
             state_hash: "00".into(),
             breakers: vec![],
+            signers: vec![],
         }
     }
 

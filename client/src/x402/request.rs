@@ -158,6 +158,25 @@ impl FacilitatorRequest {
             FacilitatorRequest::V2(r) => r.payment_requirements.extra.as_ref(),
         }
     }
+
+    /// `paymentPayload.extensions` (v2 only; v1 payloads have none).
+    pub fn extensions(&self) -> Option<&Value> {
+        match self {
+            FacilitatorRequest::V1(_) => None,
+            FacilitatorRequest::V2(r) => r.payment_payload.extensions.as_ref(),
+        }
+    }
+
+    /// `paymentRequirements` as JSON, re-encoded from the decoded value (keys in a fixed
+    /// order), so two requests with the same requirements give the same bytes.
+    pub fn requirements_json(&self) -> Vec<u8> {
+        let encoded = match self {
+            FacilitatorRequest::V1(r) => serde_json::to_vec(&r.payment_requirements),
+            FacilitatorRequest::V2(r) => serde_json::to_vec(&r.payment_requirements),
+        };
+        // Serializing a decoded value into memory cannot fail (no maps with non-string keys).
+        encoded.unwrap_or_default()
+    }
 }
 
 impl From<v1::FacilitatorRequest> for FacilitatorRequest {

@@ -1,21 +1,26 @@
-//! `Idempotency-Key` on `POST /verify` and `/settle`, with the IETF draft's semantics
-//! (draft-ietf-httpapi-idempotency-key-header) for the cluster as a whole:
+//! Retries that must get the first answer again, for the cluster as a whole: the
+//! `Idempotency-Key` header on `POST /verify` and `/settle` (draft-ietf-httpapi-idempotency-key-
+//! header) and the x402 `payment-identifier` extension on `/settle`
+//! (`paymentPayload.extensions["payment-identifier"].info.id`):
 //!
-//! - the first request with a key runs and its answer is stored (replicated) for `ttl_ms`;
-//! - a later request with the same key and the same fingerprint (method, path, body digest) gets
-//!   the stored answer again, on any node, marked `Idempotent-Replayed: true`;
-//! - the same key while the first is still running: 409; with another request: 422;
-//! - an answer the cluster could not decide (503/504, 429) is not stored: the key is released so
-//!   a retry runs again (verify and settle are themselves idempotent by payment, so running
-//!   again is safe). A node that died mid-request leaves the key in flight; after
+//! - the first request with a key runs and its final answer is stored (replicated) for `ttl_ms`;
+//! - a later request with the same key and the same fingerprint gets the stored answer again,
+//!   on any node, marked `Idempotent-Replayed: true`;
+//! - the same key while the first is still running: 409; with another request: 422 for an
+//!   `Idempotency-Key`, 409 for a `payment-identifier` (as its specification says);
+//! - an answer that decided nothing is not stored: 5xx, 429, and `settlement_pending` (its retry
+//!   must reach the settlement, whose success it may still get). The key is released so a retry
+//!   runs again; a node that died mid-request leaves the key in flight, and after
 //!   `in_flight_timeout_ms` a retry takes it over.
 //!
-//! Keys are scoped by caller (API key id; anonymous callers share one scope) and stored as a
-//! digest, so a key's text never reaches the log.
+//! The caller begins a key only after the request decoded and its signature and terms passed,
+//! so malformed or forged requests never write to the log, and a payload that differs from the
+//! stored one in any signed or required field never gets the stored answer. Keys are scoped by
+//! caller (the API key id; an anonymous caller by its IP address) and stored as a digest, so a
+//! key's text never reaches the log.
 
-use axum::body::Bytes;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use std::net::IpAddr;
+
 use sha2::{Digest, Sha256};
 use x402_raft_store::runtime::ThreadRng;
 use x402_raft_store::state::idempotency::{
@@ -26,37 +31,78 @@ use x402_raft_store::{Op, Response as OpResponse};
 use super::api_keys::KeyId;
 use super::Route;
 use crate::cluster::batcher::Batcher;
+use crate::cluster::proposer::ProposeError;
 use crate::config::IdempotencySettings;
-use crate::http::error::ApiError;
 
 pub const HEADER: &str = "idempotency-key";
 /// Marks an answer that was stored earlier rather than computed now.
 pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+/// The x402 extension whose `info.id` a settlement's retry repeats.
+pub const PAYMENT_IDENTIFIER: &str = "payment-identifier";
+/// Lengths of a `payment-identifier` id, as its specification bounds them.
+pub const PAYMENT_ID_LEN: std::ops::RangeInclusive<usize> = 16..=128;
 
-/// One request's claim on an idempotency key.
-#[derive(Debug, Clone)]
-pub struct KeyClaim {
+/// Which mechanism a request's key came from (their conflicts answer differently).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    IdempotencyKey,
+    PaymentIdentifier,
+}
+
+/// A request's idempotency key, scoped and digested, with the fingerprint of what it asks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestKey {
+    pub kind: KeyKind,
     key: [u8; 32],
-    attempt: [u8; 16],
+    fingerprint: [u8; 32],
 }
 
-/// What to do with a request that carries a key.
-pub enum Begun {
-    /// Run the request, then [`finish`] with its answer.
-    Run(KeyClaim),
-    /// Answer this at once (a replay, 409, 422, or an error).
-    Answer(Response),
+/// Who a key belongs to: the API key, or an anonymous caller's address (two anonymous clients
+/// picking the same key must not see each other's answers).
+#[derive(Clone, Debug)]
+pub struct Scope {
+    pub api_key: Option<KeyId>,
+    pub client_ip: Option<IpAddr>,
 }
 
-/// The request's key, if it sent one; a malformed one is a 400 answer.
-pub fn key_of(
-    headers: &HeaderMap,
+impl Scope {
+    fn write(&self, h: &mut Sha256) {
+        let (tag, bytes): (&[u8], Vec<u8>) = match (&self.api_key, self.client_ip) {
+            (Some(k), _) => (b"key", k.as_bytes().to_vec()),
+            (None, Some(IpAddr::V4(ip))) => (b"ip4", ip.octets().to_vec()),
+            (None, Some(IpAddr::V6(ip))) => (b"ip6", ip.octets().to_vec()),
+            (None, None) => (b"none", Vec::new()),
+        };
+        h.update(tag);
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    }
+}
+
+/// Why a key was refused before the request ran (nothing was written).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("Idempotency-Key must be 1..={max} visible ASCII characters")]
+    BadIdempotencyKey { max: usize },
+    #[error(
+        "extensions[\"payment-identifier\"].info.id must be 16-128 characters of A-Z, a-z, 0-9, \
+         '_' and '-'"
+    )]
+    BadPaymentIdentifier,
+}
+
+/// The `Idempotency-Key` of a request (route and body fingerprinted), if it sent one.
+pub fn idempotency_key(
+    header: Option<&[u8]>,
     settings: &IdempotencySettings,
-) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get(HEADER) else {
+    scope: &Scope,
+    route: Route,
+    body: &[u8],
+) -> Result<Option<RequestKey>, KeyError> {
+    let Some(raw) = header else {
         return Ok(None);
     };
-    let text = value.to_str().unwrap_or_default();
+    let text = std::str::from_utf8(raw).unwrap_or_default();
     // The draft's key is a Structured Field string: "…"; bare tokens are accepted too.
     let key = text
         .strip_prefix('"')
@@ -66,46 +112,96 @@ pub fn key_of(
         || key.len() > settings.max_key_bytes
         || !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
     {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "idempotency_key_invalid",
-            format!(
-                "Idempotency-Key must be 1..={} visible ASCII characters",
-                settings.max_key_bytes
-            ),
-        ));
+        return Err(KeyError::BadIdempotencyKey {
+            max: settings.max_key_bytes,
+        });
     }
-    Ok(Some(key.to_owned()))
-}
-
-fn digest_key(caller: Option<&KeyId>, key: &str) -> [u8; 32] {
-    let scope = caller.map(|k| k.as_bytes()).unwrap_or(b"");
     let mut h = Sha256::new();
-    h.update(b"x402-cluster idempotency key v1");
-    h.update((scope.len() as u64).to_be_bytes());
-    h.update(scope);
+    h.update(b"x402-cluster idempotency key v2");
+    scope.write(&mut h);
     h.update(key.as_bytes());
-    h.finalize().into()
+    let mut f = Sha256::new();
+    f.update(b"POST ");
+    f.update(route.path().as_bytes());
+    f.update(Sha256::digest(body));
+    Ok(Some(RequestKey {
+        kind: KeyKind::IdempotencyKey,
+        key: h.finalize().into(),
+        fingerprint: f.finalize().into(),
+    }))
 }
 
-/// The request's fingerprint: method, path and body digest.
-fn fingerprint(route: Route, body: &[u8]) -> [u8; 32] {
+/// The `payment-identifier` key of a request, if its payload carries an id. `payment` is the
+/// digest of everything signed and required (the caller computes it from the checked payment),
+/// so the same id with another payload is a conflict.
+pub fn payment_identifier(
+    extensions: Option<&serde_json::Value>,
+    scope: &Scope,
+    route: Route,
+    payment: [u8; 32],
+) -> Result<Option<RequestKey>, KeyError> {
+    let Some(id) = extensions
+        .and_then(|e| e.get(PAYMENT_IDENTIFIER))
+        .and_then(|e| e.get("info"))
+        .and_then(|i| i.get("id"))
+    else {
+        return Ok(None);
+    };
+    let id = id.as_str().ok_or(KeyError::BadPaymentIdentifier)?;
+    if !PAYMENT_ID_LEN.contains(&id.len())
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        return Err(KeyError::BadPaymentIdentifier);
+    }
     let mut h = Sha256::new();
-    h.update(b"POST ");
+    h.update(b"x402-cluster payment-identifier v1");
+    scope.write(&mut h);
     h.update(route.path().as_bytes());
-    h.update(Sha256::digest(body));
-    h.finalize().into()
+    h.update(id.as_bytes());
+    Ok(Some(RequestKey {
+        kind: KeyKind::PaymentIdentifier,
+        key: h.finalize().into(),
+        fingerprint: payment,
+    }))
 }
 
-async fn propose(batcher: &Batcher, op: Op) -> Result<IdempotencyAnswer, Response> {
-    match batcher.propose(op).await {
-        Ok(c) => match c.response {
-            OpResponse::Idempotency(answer) => Ok(answer),
-            other => {
-                Err(ApiError::internal(format!("unexpected answer {other:?}")).into_response())
-            }
-        },
-        Err(e) => Err(ApiError::from(e).into_response()),
+/// One request's claim on an idempotency key.
+#[derive(Debug, Clone)]
+pub struct KeyClaim {
+    key: [u8; 32],
+    attempt: [u8; 16],
+}
+
+/// What to do with a request that carries a key.
+#[derive(Debug)]
+pub enum Begun {
+    /// Run the request, then [`finish`] with its answer.
+    Run(KeyClaim),
+    /// Answer this stored answer instead.
+    Replay(StoredAnswer),
+}
+
+/// Why a keyed request does not run (nothing was written, or the write's outcome is unknown).
+#[derive(Debug, thiserror::Error)]
+pub enum BeginError {
+    #[error("a request with this key is still being processed; retry later")]
+    InFlight,
+    #[error("this key was used for a different request")]
+    Mismatch(KeyKind),
+    #[error("too many idempotency keys are stored; retry later or without the key")]
+    Full,
+    #[error(transparent)]
+    Propose(#[from] ProposeError),
+    #[error("unexpected answer to an idempotency key: {0}")]
+    Unexpected(String),
+}
+
+async fn propose(batcher: &Batcher, op: Op) -> Result<IdempotencyAnswer, BeginError> {
+    match batcher.propose(op).await?.response {
+        OpResponse::Idempotency(answer) => Ok(answer),
+        other => Err(BeginError::Unexpected(format!("{other:?}"))),
     }
 }
 
@@ -113,78 +209,50 @@ async fn propose(batcher: &Batcher, op: Op) -> Result<IdempotencyAnswer, Respons
 pub async fn begin(
     batcher: &Batcher,
     settings: &IdempotencySettings,
-    caller: Option<&KeyId>,
-    key: &str,
-    route: Route,
-    body: &Bytes,
-) -> Begun {
+    key: &RequestKey,
+) -> Result<Begun, BeginError> {
     let claim = KeyClaim {
-        key: digest_key(caller, key),
+        key: key.key,
         // Raft's thread generator: OS-seeded in production, seeded by a simulation.
         attempt: rand::Rng::gen(&mut ThreadRng),
     };
     let start = IdempotentStart {
         key: claim.key,
-        fingerprint: fingerprint(route, body),
+        fingerprint: key.fingerprint,
         attempt: claim.attempt,
         ttl_ms: settings.ttl_ms,
         stale_after_ms: settings.in_flight_timeout_ms,
     };
-    let answer = match propose(batcher, Op::BeginIdempotent(start)).await {
-        Ok(answer) => answer,
-        Err(response) => return Begun::Answer(response),
-    };
-    Begun::Answer(match answer {
-        IdempotencyAnswer::Started => return Begun::Run(claim),
-        IdempotencyAnswer::Replay(stored) => replay(stored),
-        IdempotencyAnswer::InFlight => ApiError::new(
-            StatusCode::CONFLICT,
-            "idempotency_key_in_flight",
-            "a request with this Idempotency-Key is still being processed; retry later",
-        )
-        .into_response(),
-        IdempotencyAnswer::Mismatch => ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "idempotency_key_reused",
-            "this Idempotency-Key was used for a different request",
-        )
-        .into_response(),
-        IdempotencyAnswer::Full => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "idempotency_store_full",
-            "too many idempotency keys are stored; retry later or without the header",
-        )
-        .into_response(),
-        other => {
-            ApiError::internal(format!("unexpected idempotency answer {other:?}")).into_response()
-        }
-    })
+    match propose(batcher, Op::BeginIdempotent(start)).await? {
+        IdempotencyAnswer::Started => Ok(Begun::Run(claim)),
+        IdempotencyAnswer::Replay(stored) => Ok(Begun::Replay(stored)),
+        IdempotencyAnswer::InFlight => Err(BeginError::InFlight),
+        IdempotencyAnswer::Mismatch => Err(BeginError::Mismatch(key.kind)),
+        IdempotencyAnswer::Full => Err(BeginError::Full),
+        other => Err(BeginError::Unexpected(format!("{other:?}"))),
+    }
 }
 
-fn replay(stored: StoredAnswer) -> Response {
-    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
-    let mut response = (status, stored.body).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        axum::http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
-    response
-}
-
-/// Stores `status` and `body` as the key's answer, or releases the key when the answer is not
-/// final (5xx, 429) or too large to store. Failing to store is logged, not answered: the caller
+/// Stores `status` and `body` as the key's answer when it is `final` (a decided answer small
+/// enough to store), or releases the key. Failing to store is logged, not answered: the caller
 /// already has its answer, and a retry simply runs again.
-pub async fn finish(batcher: &Batcher, claim: KeyClaim, status: StatusCode, body: &[u8]) {
-    let keep = !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS)
+pub async fn finish(
+    batcher: &Batcher,
+    claim: KeyClaim,
+    status: u16,
+    body: &[u8],
+    final_answer: bool,
+) {
+    let keep = final_answer
+        && !(500..600).contains(&status)
+        && status != 429
         && body.len() <= MAX_STORED_ANSWER_BYTES;
     let op = if keep {
         Op::FinishIdempotent(IdempotentFinish {
             key: claim.key,
             attempt: claim.attempt,
             answer: StoredAnswer {
-                status: status.as_u16(),
+                status,
                 body: body.to_vec(),
             },
         })
@@ -197,6 +265,97 @@ pub async fn finish(batcher: &Batcher, claim: KeyClaim, status: StatusCode, body
     match propose(batcher, op).await {
         Ok(IdempotencyAnswer::Finished | IdempotencyAnswer::Released) => {}
         Ok(other) => tracing::warn!(?other, "idempotency key not stored"),
-        Err(_) => tracing::warn!("idempotency key not stored: the write failed"),
+        Err(e) => tracing::warn!(error = %e, "idempotency key not stored"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> IdempotencySettings {
+        IdempotencySettings::default()
+    }
+
+    const ANON_A: Scope = Scope {
+        api_key: None,
+        client_ip: Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1))),
+    };
+    const ANON_B: Scope = Scope {
+        api_key: None,
+        client_ip: Some(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 2))),
+    };
+
+    #[test]
+    fn keys_are_scoped_by_caller_and_fingerprinted_by_route_and_body() {
+        let k = |scope: Scope, route, body: &[u8]| {
+            idempotency_key(Some(b"k-1"), &settings(), &scope, route, body)
+                .unwrap()
+                .unwrap()
+        };
+        let a = k(ANON_A, Route::Settle, b"{}");
+        assert_eq!(a, k(ANON_A, Route::Settle, b"{}"));
+        assert_ne!(a.key, k(ANON_B, Route::Settle, b"{}").key);
+        let keyed = Scope {
+            api_key: Some("shop".into()),
+            client_ip: ANON_A.client_ip,
+        };
+        assert_ne!(a.key, k(keyed, Route::Settle, b"{}").key);
+        // Same key, other request: same record, other fingerprint (a conflict).
+        let other = k(ANON_A, Route::Verify, b"{}");
+        assert_eq!(a.key, other.key);
+        assert_ne!(a.fingerprint, other.fingerprint);
+        assert_ne!(a.fingerprint, k(ANON_A, Route::Settle, b"{ }").fingerprint);
+    }
+
+    #[test]
+    fn malformed_keys_are_refused_before_anything_is_written() {
+        let s = settings();
+        let bad = |raw: &[u8]| idempotency_key(Some(raw), &s, &ANON_A, Route::Settle, b"{}");
+        assert_eq!(
+            bad(b""),
+            Err(KeyError::BadIdempotencyKey {
+                max: s.max_key_bytes
+            })
+        );
+        assert!(bad(&vec![b'a'; s.max_key_bytes + 1]).is_err());
+        assert!(bad(b"tab\there").is_err());
+        assert!(bad(&[0xff, 0xfe]).is_err());
+        assert!(bad(b"\"quoted\"").unwrap().is_some());
+        assert_eq!(
+            idempotency_key(None, &s, &ANON_A, Route::Settle, b"{}"),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn payment_identifiers_follow_the_extension_s_rules() {
+        let ext = |id: serde_json::Value| serde_json::json!({"payment-identifier": {"info": {"required": false, "id": id}}});
+        let key =
+            |e: &serde_json::Value, route| payment_identifier(Some(e), &ANON_A, route, [7; 32]);
+        let good = ext("pay_0123456789abcdef".into());
+        let k = key(&good, Route::Settle).unwrap().unwrap();
+        assert_eq!(k.kind, KeyKind::PaymentIdentifier);
+        assert_eq!(k.fingerprint, [7; 32]);
+        // Verify and settle of one payment share an id, not a record.
+        assert_ne!(k.key, key(&good, Route::Verify).unwrap().unwrap().key);
+        for bad in [
+            serde_json::json!("short"),
+            serde_json::json!("x".repeat(129)),
+            serde_json::json!("has space in it!!"),
+            serde_json::json!(12345678901234567u64),
+        ] {
+            assert_eq!(
+                key(&ext(bad), Route::Settle),
+                Err(KeyError::BadPaymentIdentifier)
+            );
+        }
+        // Declared without an id (the server's declaration echoed): no key.
+        let declared = serde_json::json!({"payment-identifier": {"info": {"required": true}}});
+        assert_eq!(key(&declared, Route::Settle), Ok(None));
+        assert_eq!(
+            payment_identifier(None, &ANON_A, Route::Settle, [7; 32]),
+            Ok(None)
+        );
     }
 }

@@ -3,8 +3,8 @@
 //! Settlement signs `transferWithAuthorization` transactions with the facilitator's key; tests
 //! also deploy contracts with it. Pure: no network (nonce, fees and gas come from the caller).
 
-use alloy::consensus::{SignableTransaction, TxEip1559, TxEnvelope};
-use alloy::eips::eip2718::Encodable2718;
+use alloy::consensus::{SignableTransaction, Transaction, TxEip1559, TxEnvelope};
+use alloy::eips::eip2718::{Decodable2718, Encodable2718};
 use alloy::primitives::{Bytes, TxKind};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::signers::SignerSync;
@@ -57,6 +57,12 @@ pub fn sign_eip1559(
         hash: *envelope.tx_hash(),
         raw: envelope.encoded_2718(),
     })
+}
+
+/// The input (calldata) of a signed EIP-2718 transaction, if the bytes decode.
+pub fn call_of(raw: &[u8]) -> Option<Vec<u8>> {
+    let envelope = TxEnvelope::decode_2718(&mut &raw[..]).ok()?;
+    Some(envelope.input().to_vec())
 }
 
 #[cfg(test)]

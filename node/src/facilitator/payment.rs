@@ -98,6 +98,23 @@ impl Payment {
     pub fn payer_text(&self) -> String {
         self.payer.to_checksum(None)
     }
+
+    /// Digest of everything the payer signed and the resource server required: two requests
+    /// with the same digest are the same payment for the same thing.
+    pub fn content_digest(&self, request: &FacilitatorRequest) -> [u8; 32] {
+        let a = &self.authorization;
+        let mut h = Sha256::new();
+        h.update(b"x402-cluster payment content v1");
+        h.update(self.nonce_key().digest());
+        h.update(a.to.as_slice());
+        h.update(a.value.to_be_bytes::<32>());
+        h.update(a.validAfter.to_be_bytes::<32>());
+        h.update(a.validBefore.to_be_bytes::<32>());
+        h.update((self.signature.len() as u64).to_be_bytes());
+        h.update(&self.signature);
+        h.update(request.requirements_json());
+        h.finalize().into()
+    }
 }
 
 /// The requirements fingerprint: network, asset, payTo, amount and resource URL. Two requests
@@ -275,15 +292,18 @@ pub fn check_terms(
             ),
         );
     }
-    // 11. amount: exact in v2 (spec §6.1.2); v1 "meets or exceeds".
+    // 11. amount: exact in both versions, as the 2.27 reference (its v1 path names the reason
+    // `invalid_exact_evm_authorization_value`, over- and under-payment alike).
     let required = request.required_amount();
-    let amount_ok = match request {
-        FacilitatorRequest::V1(_) => wire.value >= required,
-        FacilitatorRequest::V2(_) => wire.value == required,
-    };
-    if !amount_ok {
+    if wire.value != required {
+        let reason = match request {
+            FacilitatorRequest::V1(_) => ReasonCode::InvalidExactEvmAuthorizationValue,
+            FacilitatorRequest::V2(_) => {
+                ReasonCode::InvalidExactEvmPayloadAuthorizationValueMismatch
+            }
+        };
         return reject(
-            ReasonCode::InvalidExactEvmPayloadAuthorizationValueMismatch,
+            reason,
             format!(
                 "authorization.value {} does not match the required amount {required}",
                 wire.value

@@ -7,17 +7,23 @@
 //!   re-broadcast the recorded bytes and commit the outcome of their receipt.
 //!
 //! Everything it does goes through the log and is idempotent by content, so a leader change in
-//! the middle leaves nothing half done that the next leader would not redo.
+//! the middle leaves nothing half done that the next leader would not redo. It acts only as a
+//! confirmed leader: each round starts with a linearizable read (a quorum confirms this node
+//! still leads, and its state has applied everything committed before), so a node that was
+//! killed as leader and restarted, still believing for a moment that it leads its old term,
+//! never signs from a stale copy of a settlement that another leader has since finished.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy::primitives::{Address, B256};
-use x402_raft_store::state::{Op, SettlementPhase, SettlementRecord, SignedSettlement};
+use alloy::primitives::Address;
+use tokio::time::Instant;
+use x402_raft_store::state::{Op, SettlementPhase, SettlementRecord};
 
-use super::settle::{self, read_outcome, rebroadcast};
+use super::settle::{self, Allocation, Driven, SignedBy};
 use super::Network;
 use crate::chain::NonceTag;
+use crate::cluster::read_barrier;
 use crate::node::App;
 
 /// Most stale settlements one round takes on, so a backlog cannot starve the leader.
@@ -38,6 +44,10 @@ pub async fn run(app: Arc<App>) {
             .unfinished_settlements
             .set(i64::try_from(unfinished).unwrap_or(i64::MAX));
         if app.raft.metrics().borrow().current_leader != Some(app.id) {
+            continue;
+        }
+        if let Err(e) = read_barrier::wait_linearizable(&app, app.proposer.timeout()).await {
+            tracing::debug!(error = %e, "leadership not confirmed; reconciling later");
             continue;
         }
         for network in app.facilitator.networks.values() {
@@ -117,51 +127,49 @@ async fn finish_stale(app: &App) {
                 nonce,
                 call,
             } => {
-                let signer = Address::from(*signer);
-                let asset = Address::from(record.key.asset);
-                let signed =
-                    match settle::sign_transaction(network, signer, *nonce, asset, call.clone())
-                        .await
-                    {
-                        Ok(s) => s,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot sign an abandoned settlement");
-                            continue;
-                        }
-                    };
-                tracing::info!(tx = %signed.hash, owner = record.owner, "signing an abandoned settlement");
-                let op = Op::RecordSigned(SignedSettlement {
+                let allocation = Allocation {
                     id,
-                    signer: signer.into_array(),
+                    asset: Address::from(record.key.asset),
+                    signer: Address::from(*signer),
                     nonce: *nonce,
-                    tx_hash: signed.hash.0,
-                    raw_tx: signed.raw,
-                });
-                if let Err(e) = app.batcher.propose(op).await {
-                    tracing::warn!(error = %e, "abandoned settlement not recorded");
-                }
+                    call: call.clone(),
+                };
+                sign_abandoned(app, network, allocation, record.owner).await;
             }
-            SettlementPhase::Signed {
-                signer,
-                nonce,
-                tx_hash,
-                raw_tx,
-            } => {
-                let tx_hash = B256::from(*tx_hash);
-                rebroadcast(network, raw_tx.clone(), tx_hash).await;
-                let signer = Address::from(*signer);
-                if let Some(outcome) =
-                    read_outcome(network, &record, signer, *nonce, tx_hash, now_ms).await
-                {
-                    match settle::finish(app, id, tx_hash, outcome).await {
-                        Ok(outcome) => {
-                            tracing::info!(%tx_hash, ?outcome, "reconciled a settlement")
-                        }
-                        Err(e) => tracing::warn!(%tx_hash, error = %e, "outcome not committed"),
+            SettlementPhase::Signed { .. } => {
+                // One round: broadcast again, read the receipt, commit what it shows.
+                match settle::drive(app, network, &id, record, Instant::now(), None).await {
+                    Ok(Driven::Done(record)) => {
+                        tracing::info!(tx = ?record.settled_tx(), "reconciled a settlement")
                     }
+                    Ok(Driven::Pending(_)) => {}
+                    Err(e) => tracing::warn!(error = %e, "settlement not reconciled"),
                 }
             }
             SettlementPhase::Done { .. } => {}
         }
+    }
+}
+
+/// Signs an allocation whose owner went quiet, from a state confirmed fresh just before: the
+/// fees are read first, then a linearizable read, then [`settle::sign_allocation`] looks at the
+/// record and signs with nothing awaited in between.
+async fn sign_abandoned(app: &App, network: &Network, allocation: Allocation, owner: u64) {
+    let fees = match network.fees().await {
+        Ok(fees) => fees,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot sign an abandoned settlement: no fees");
+            return;
+        }
+    };
+    if let Err(e) = read_barrier::wait_linearizable(app, app.proposer.timeout()).await {
+        tracing::debug!(error = %e, "leadership not confirmed; signing later");
+        return;
+    }
+    tracing::info!(owner, "signing an abandoned settlement");
+    if let Err(e) =
+        settle::sign_allocation(app, network, allocation, fees, SignedBy::Reconciler).await
+    {
+        tracing::warn!(error = %e, "abandoned settlement not signed");
     }
 }

@@ -12,28 +12,39 @@
 //!    `FinishSettlement` (the first outcome committed wins and is what every caller gets).
 //!
 //! A caller that finds the record in flight follows it (broadcast, receipt) up to its deadline,
-//! then answers `settlement_pending` with the hash; a caller that finds it done gets the stored
-//! outcome. The leader's reconciler finishes records whose owner went quiet
-//! ([`super::reconcile`]).
+//! then answers `settlement_pending` with the hash (that answer has not used up the success: the
+//! retry the official SDK makes gets it). One payment buys one resource: of all the requests
+//! that follow a settlement to success, exactly one is answered `success: true`, the one that
+//! commits the verdict or, once it is committed, the first that takes it (each request draws a
+//! random taker token; the record keeps the winner's). Every other request is refused with
+//! `invalid_exact_evm_nonce_already_used` and the transaction hash, so an honest retrier sees
+//! what happened; a retrier that must get the answer again sends the same `Idempotency-Key` or
+//! `payment-identifier`. A failed settlement answers its failure to everyone.
+//!
+//! When the chain shows the settlement's signer nonce used by another transaction (the key was
+//! used outside the cluster) while the authorization is still unused, the transaction can never
+//! be mined: `ReplaceSettlement` allocates the same call a fresh nonce above the chain's count and
+//! it is signed again, so the payment still settles within seconds. The leader's reconciler
+//! finishes records whose owner went quiet ([`super::reconcile`]).
 
 use std::time::Duration;
 
 use alloy::primitives::{Address, B256, U256};
 use tokio::time::Instant;
 use x402_client::x402::eip3009;
-use x402_client::x402::{FacilitatorRequest, ReasonCode, SettleResponse};
+use x402_client::x402::{ReasonCode, SettleResponse};
 use x402_raft_store::state::{
     ClaimId, GuardedOp, Op, SettlementAnswer, SettlementFinish, SettlementOutcome, SettlementPhase,
-    SettlementRecord, SettlementStart, SignedSettlement,
+    SettlementRecord, SettlementReplace, SettlementStart, SignedSettlement, SuccessTaker,
 };
 use x402_raft_store::Response;
 
-use super::payment::{self, Payment, Rejection};
+use super::payment::{Payment, Rejection};
 use super::verify::{self, Simulation};
 use super::Network;
 use crate::access::rate_limit::{propose_guarded, Gate, GuardedError, Limited};
-use crate::chain::tx::{sign_eip1559, Eip1559Request};
-use crate::chain::{NonceTag, Receipt};
+use crate::chain::tx::{self, sign_eip1559, Eip1559Request};
+use crate::chain::{CallRequest, Fees, NonceTag, Receipt};
 use crate::cluster::proposer::ProposeError;
 use crate::cluster::read_barrier;
 use crate::node::App;
@@ -62,37 +73,41 @@ impl From<GuardedError> for SettleError {
     }
 }
 
-/// Settles `request`: see the module documentation.
+/// Settles `payment` (whose signature and terms passed) for the request `taker`: see the
+/// module documentation. `network_text` is the request's network as sent, for the answer.
 pub async fn settle(
     app: &App,
-    request: &FacilitatorRequest,
+    payment: &Payment,
+    network_text: &str,
     gate: &Gate,
+    taker: SuccessTaker,
 ) -> Result<SettleResponse, SettleError> {
-    let network_text = request.network().to_owned();
-    let fail = |r: Rejection| failure(r, &network_text);
-    let payment = match payment::prepare(&app.facilitator, request) {
-        Ok(p) => p,
-        Err(r) => return Ok(fail(r)),
-    };
+    let fail = |r: Rejection| failure(r, network_text);
     let Some(network) = app.facilitator.networks.get(&payment.chain_id) else {
         return Ok(fail(Rejection::new(
             ReasonCode::InvalidNetwork,
             "network not served",
         )));
     };
+    let follow = Follow {
+        app,
+        network,
+        payment,
+        network_text,
+        taker,
+    };
     let id = payment.nonce_key().digest();
     // A settlement of this authorization already exists: follow it (no chain checks: after it
     // is mined the simulation would fail with "authorization is used").
     if let Some(record) = local_record(app, &id) {
-        return follow_existing(app, network, &payment, &network_text, record).await;
+        return follow.record(record).await;
     }
-    let now_secs = app.clock.now_ms() / 1000;
     let simulation = if app.facilitator.settings.simulate_in_settle {
         Simulation::Run
     } else {
         Simulation::Skip
     };
-    if let Err(rejection) = verify::check_payment(app, request, now_secs, simulation).await {
+    if let Err(rejection) = verify::chain_checks(app, payment, simulation).await {
         // Another node may have settled this very payment and our replica not applied its
         // record yet: look again with a linearizable read before calling it a failure.
         if rejection.reason == ReasonCode::InvalidExactEvmNonceAlreadyUsed
@@ -101,20 +116,20 @@ pub async fn settle(
                 .is_ok()
         {
             if let Some(record) = local_record(app, &id) {
-                return follow_existing(app, network, &payment, &network_text, record).await;
+                return follow.record(record).await;
             }
         }
         return Ok(fail(rejection));
     }
-    let record = match begin(app, network, &payment, gate).await? {
+    let record = match begin(app, network, payment, gate).await? {
         Begun::Record(record) => record,
         Begun::Refused(rejection) => return Ok(fail(rejection)),
     };
-    follow_existing(app, network, &payment, &network_text, record).await
+    follow.record(*record).await
 }
 
 enum Begun {
-    Record(SettlementRecord),
+    Record(Box<SettlementRecord>),
     Refused(Rejection),
 }
 
@@ -141,6 +156,20 @@ async fn begin(
             .map(|a| a.into_array())
             .collect(),
     };
+    // Fees first: an allocation is signed the moment the log hands it out, with no wait in
+    // between (and a chain that cannot tell its fees would not take the transaction anyway).
+    let fees = match network.fees().await {
+        Ok(fees) => fees,
+        Err(e) => {
+            return Ok(Begun::Refused(
+                Rejection::new(
+                    ReasonCode::UnexpectedSettleError,
+                    format!("cannot read the chain's fees: {e}"),
+                )
+                .with_payer(payment.payer),
+            ))
+        }
+    };
     let mut synced = false;
     loop {
         let payer = payment.payer.into_array();
@@ -160,17 +189,26 @@ async fn begin(
         return match answer {
             SettlementAnswer::Allocated { signer, nonce } => {
                 let signer = Address::from(signer);
-                match sign_and_record(app, network, payment, signer, nonce).await {
-                    Ok(record) => Ok(Begun::Record(record)),
-                    // The nonce is ours but unsigned (fees unreadable, say): the leader's
+                let allocation = Allocation {
+                    id: payment.nonce_key().digest(),
+                    asset: payment.asset,
+                    signer,
+                    nonce,
+                    call: settlement_call(payment),
+                };
+                match sign_allocation(app, network, allocation, fees, SignedBy::Owner).await {
+                    Ok(record) => Ok(Begun::Record(Box::new(record))),
+                    // The nonce is ours but unsigned (the key is missing, say): the leader's
                     // reconciler signs it with the recorded call; follow the record meanwhile.
                     Err(e) => {
                         tracing::warn!(error = %e, "allocated settlement not signed yet");
-                        Ok(Begun::Record(allocated_record(app, payment, signer, nonce)))
+                        Ok(Begun::Record(Box::new(allocated_record(
+                            app, payment, signer, nonce,
+                        ))))
                     }
                 }
             }
-            SettlementAnswer::Current(record) => Ok(Begun::Record(*record)),
+            SettlementAnswer::Current(record) => Ok(Begun::Record(record)),
             SettlementAnswer::Replay => refused(
                 ReasonCode::InvalidExactEvmNonceAlreadyUsed,
                 "this authorization was already used for other payment requirements",
@@ -189,29 +227,82 @@ async fn begin(
                 ReasonCode::UnexpectedSettleError,
                 "the signer keys' nonces could not be read from the chain",
             ),
-            SettlementAnswer::Rejected(why) => Err(SettleError::Refused(why)),
+            SettlementAnswer::Rejected(why) => Err(SettleError::Refused(why.to_string())),
         };
     }
 }
 
-/// Signs the allocated `(signer, nonce)` for `payment` and commits the bytes. The answer is the
-/// record as committed: ours, or the bytes someone else (the reconciler) recorded first.
-pub async fn sign_and_record(
+/// A signer nonce the log handed to a settlement, and the call to sign at it.
+pub struct Allocation {
+    pub id: ClaimId,
+    /// The token the call is for.
+    pub asset: Address,
+    pub signer: Address,
+    pub nonce: u64,
+    pub call: Vec<u8>,
+}
+
+/// Who signs an allocation (in the log line; the simulations check the reconciler's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignedBy {
+    /// The node whose `BeginSettlement` got the allocation.
+    Owner,
+    /// The node whose `ReplaceSettlement` got a fresh nonce for it.
+    Replacer,
+    /// The leader's reconciler, for an owner that went quiet.
+    Reconciler,
+}
+
+impl SignedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignedBy::Owner => "owner",
+            SignedBy::Replacer => "replacer",
+            SignedBy::Reconciler => "reconciler",
+        }
+    }
+}
+
+/// Target of the log line every signature writes.
+pub const SIGNING_TARGET: &str = "x402::settlement";
+
+/// Signs an allocation with `fees` and commits the bytes. Nothing is signed for an allocation
+/// this replica already knows to be gone (signed by another node, replaced, finished), and
+/// nothing is awaited between that look and the signature. The answer is the record as
+/// committed: ours, or the bytes someone else recorded first.
+pub async fn sign_allocation(
     app: &App,
     network: &Network,
-    payment: &Payment,
-    signer: Address,
-    nonce: u64,
+    allocation: Allocation,
+    fees: Fees,
+    by: SignedBy,
 ) -> Result<SettlementRecord, SettleError> {
-    let id = payment.nonce_key().digest();
-    let signed = sign_transaction(
-        network,
+    let Allocation {
+        id,
+        asset,
         signer,
         nonce,
-        payment.asset,
-        settlement_call(payment),
-    )
-    .await?;
+        call,
+    } = allocation;
+    if let Some(record) = local_record(app, &id) {
+        let ours = matches!(
+            &record.phase,
+            SettlementPhase::Allocated { signer: s, nonce: n, .. } if *s == signer.0 && *n == nonce
+        );
+        if !ours {
+            return Ok(record);
+        }
+    }
+    let signed = sign_transaction(network, fees, signer, nonce, asset, call)?;
+    tracing::info!(
+        target: SIGNING_TARGET,
+        settlement = %B256::from(id),
+        by = by.as_str(),
+        tx = %signed.hash,
+        %signer,
+        nonce,
+        "signed a settlement"
+    );
     let answer = propose_settlement(
         app,
         Op::RecordSigned(SignedSettlement {
@@ -229,9 +320,11 @@ pub async fn sign_and_record(
     }
 }
 
-/// Signs a call of `to` with `input` from `signer` at `nonce`, with the chain's current fees.
-pub async fn sign_transaction(
+/// Signs a call of `to` with `input` from `signer` at `nonce`, with the given fees (capped by
+/// the network's `max_fee_per_gas_wei`).
+pub fn sign_transaction(
     network: &Network,
+    fees: Fees,
     signer: Address,
     nonce: u64,
     to: Address,
@@ -240,10 +333,6 @@ pub async fn sign_transaction(
     let key = network
         .signer(&signer)
         .ok_or_else(|| SettleError::Refused(format!("this node does not hold signer {signer}")))?;
-    let fees = network
-        .fees()
-        .await
-        .map_err(|e| SettleError::Refused(format!("cannot read fees: {e}")))?;
     let mut max_fee = fees.max_fee_per_gas();
     let mut tip = fees.max_priority_fee_per_gas;
     if let Some(cap) = network.settings.max_fee_per_gas_wei {
@@ -263,71 +352,134 @@ pub async fn sign_transaction(
     sign_eip1559(key, &request).map_err(|e| SettleError::Refused(format!("signing failed: {e}")))
 }
 
-/// Follows a settlement record to its outcome or to the caller's deadline.
-async fn follow_existing(
-    app: &App,
-    network: &Network,
-    payment: &Payment,
-    network_text: &str,
-    record: SettlementRecord,
-) -> Result<SettleResponse, SettleError> {
-    if record.fingerprint != payment.fingerprint {
-        return Ok(failure(
-            Rejection::new(
-                ReasonCode::InvalidExactEvmNonceAlreadyUsed,
-                "this authorization was already used for other payment requirements",
-            )
-            .with_payer(payment.payer),
-            network_text,
-        ));
-    }
-    let payer = payment.payer_text();
-    let deadline = Instant::now()
-        + Duration::from_millis(
-            network
-                .settings
-                .receipt_timeout_ms
-                .min(app.facilitator.settings.settle_wait_ms),
-        );
-    let id = payment.nonce_key().digest();
-    match drive(app, network, &id, record, deadline).await? {
-        Driven::Done(outcome) => Ok(response_of(&outcome, network_text, &payer)),
-        Driven::Pending(Some(tx_hash)) => {
-            Ok(
-                SettleResponse::pending(tx_hash.to_string(), network_text, payer)
-                    .with_message("the transaction was broadcast; its receipt is not in yet"),
-            )
+/// One `/settle` request following a settlement record.
+struct Follow<'a> {
+    app: &'a App,
+    network: &'a Network,
+    payment: &'a Payment,
+    network_text: &'a str,
+    taker: SuccessTaker,
+}
+
+impl Follow<'_> {
+    /// Follows `record` to its outcome or to the caller's deadline, and answers: the success if
+    /// this request holds it, a refusal with the hash if another does.
+    async fn record(&self, record: SettlementRecord) -> Result<SettleResponse, SettleError> {
+        let (app, network, payment) = (self.app, self.network, self.payment);
+        if record.fingerprint != payment.fingerprint {
+            return Ok(failure(
+                Rejection::new(
+                    ReasonCode::InvalidExactEvmNonceAlreadyUsed,
+                    "this authorization was already used for other payment requirements",
+                )
+                .with_payer(payment.payer),
+                self.network_text,
+            ));
         }
-        Driven::Pending(None) => Ok(SettleResponse::failure(
-            ReasonCode::SettlementPending,
-            network_text,
-            Some(payer),
-        )
-        .with_message("the settlement is being signed by another node; settle again shortly")),
+        let payer = payment.payer_text();
+        let deadline = Instant::now()
+            + Duration::from_millis(
+                network
+                    .settings
+                    .receipt_timeout_ms
+                    .min(app.facilitator.settings.settle_wait_ms),
+            );
+        let id = payment.nonce_key().digest();
+        let driven = drive(app, network, &id, record, deadline, Some(self.taker)).await?;
+        let record = match driven {
+            Driven::Done(record) => *record,
+            Driven::Pending(Some(tx_hash)) => {
+                return Ok(
+                    SettleResponse::pending(tx_hash.to_string(), self.network_text, payer)
+                        .with_message("the transaction was broadcast; its receipt is not in yet"),
+                )
+            }
+            Driven::Pending(None) => {
+                return Ok(SettleResponse::failure(
+                    ReasonCode::SettlementPending,
+                    self.network_text,
+                    Some(payer),
+                )
+                .with_message(
+                    "the settlement is being signed by another node; settle again shortly",
+                ))
+            }
+        };
+        let record = match (record.settled_tx(), record.success_taker) {
+            // Done by someone else (the reconciler, a request that timed out): take it.
+            (Some(_), None) => take_success(app, id, self.taker).await?,
+            _ => record,
+        };
+        Ok(match (record.settled_tx(), &record.phase) {
+            (Some(tx_hash), _) if record.success_is(&self.taker) => {
+                SettleResponse::success(B256::from(tx_hash).to_string(), self.network_text, &payer)
+            }
+            (Some(tx_hash), _) => already_settled(B256::from(tx_hash), self.network_text, &payer),
+            (None, SettlementPhase::Done { outcome, .. }) => {
+                response_of(outcome, self.network_text, &payer)
+            }
+            (None, _) => {
+                return Err(SettleError::Refused(
+                    "a settlement driven to its end is unfinished".into(),
+                ))
+            }
+        })
+    }
+}
+
+/// The answer to every request but the one that received a settlement's success.
+fn already_settled(tx_hash: B256, network: &str, payer: &str) -> SettleResponse {
+    let mut r = SettleResponse::failure(
+        ReasonCode::InvalidExactEvmNonceAlreadyUsed,
+        network,
+        Some(payer.to_owned()),
+    )
+    .with_message(format!(
+        "this authorization was already settled by transaction {tx_hash}, and that success was \
+         answered to another request; retry with the same Idempotency-Key or payment-identifier \
+         to get that answer again"
+    ));
+    r.transaction = tx_hash.to_string();
+    r
+}
+
+/// Gives a settled authorization's success to `taker` if nobody took it; the record after.
+async fn take_success(
+    app: &App,
+    id: ClaimId,
+    taker: SuccessTaker,
+) -> Result<SettlementRecord, SettleError> {
+    match propose_settlement(app, Op::TakeSuccess { id, taker }).await? {
+        SettlementAnswer::Current(record) => Ok(*record),
+        other => Err(SettleError::Refused(format!("{other:?}"))),
     }
 }
 
 /// Where a settlement stands after [`drive`].
 pub enum Driven {
-    Done(SettlementOutcome),
+    /// The record, done.
+    Done(Box<SettlementRecord>),
     /// Not finished by the deadline; the transaction hash once it is signed.
     Pending(Option<B256>),
 }
 
-/// Moves a settlement record forward until it is done or `deadline` passes: waits for its bytes
-/// while it is only allocated, broadcasts them, reads the receipt and commits the outcome.
+/// Moves a settlement record forward until it is done or `deadline` passes (at least one round
+/// either way): waits for its bytes while it is only allocated, broadcasts them, reads the
+/// receipt and commits the outcome (for `taker`, the request driving it, if any), and signs it
+/// again at a fresh nonce when another transaction used its nonce.
 pub async fn drive(
     app: &App,
     network: &Network,
     id: &ClaimId,
     mut record: SettlementRecord,
     deadline: Instant,
+    taker: Option<SuccessTaker>,
 ) -> Result<Driven, SettleError> {
     let poll = Duration::from_millis(network.settings.receipt_poll_ms);
-    let mut broadcast = false;
+    let mut broadcast: Option<B256> = None;
     loop {
         match &record.phase {
-            SettlementPhase::Done { outcome, .. } => return Ok(Driven::Done(outcome.clone())),
+            SettlementPhase::Done { .. } => return Ok(Driven::Done(Box::new(record))),
             SettlementPhase::Allocated { .. } => {}
             SettlementPhase::Signed {
                 signer,
@@ -336,16 +488,28 @@ pub async fn drive(
                 raw_tx,
             } => {
                 let tx_hash = B256::from(*tx_hash);
-                if !broadcast {
+                if broadcast != Some(tx_hash) {
                     rebroadcast(network, raw_tx.clone(), tx_hash).await;
-                    broadcast = true;
+                    broadcast = Some(tx_hash);
                 }
                 let signer = Address::from(*signer);
                 let now_ms = app.clock.now_ms();
-                if let Some(outcome) =
-                    read_outcome(network, &record, signer, *nonce, tx_hash, now_ms).await
-                {
-                    return finish(app, *id, tx_hash, outcome).await.map(Driven::Done);
+                match read_outcome(network, &record, signer, *nonce, tx_hash, now_ms).await {
+                    Verdict::Decided(outcome) => {
+                        let done = finish(app, *id, tx_hash, outcome, taker).await?;
+                        return Ok(Driven::Done(Box::new(done)));
+                    }
+                    Verdict::NonceUsedElsewhere { chain_nonce } => {
+                        let call = tx::call_of(raw_tx).ok_or_else(|| {
+                            SettleError::Refused("a recorded transaction does not decode".into())
+                        })?;
+                        tracing::warn!(%tx_hash, %signer, nonce, chain_nonce,
+                            "another transaction used this settlement's signer nonce; signing it again");
+                        record =
+                            replace(app, network, *id, &record, tx_hash, chain_nonce, call).await?;
+                        continue;
+                    }
+                    Verdict::Undecided => {}
                 }
             }
         }
@@ -364,8 +528,50 @@ pub async fn drive(
     }
 }
 
+/// `ReplaceSettlement`, then signing the fresh allocation; the record after.
+async fn replace(
+    app: &App,
+    network: &Network,
+    id: ClaimId,
+    record: &SettlementRecord,
+    tx_hash: B256,
+    chain_nonce: u64,
+    call: Vec<u8>,
+) -> Result<SettlementRecord, SettleError> {
+    let fees = network
+        .fees()
+        .await
+        .map_err(|e| SettleError::Refused(format!("cannot read the chain's fees: {e}")))?;
+    let answer = propose_settlement(
+        app,
+        Op::ReplaceSettlement(SettlementReplace {
+            id,
+            tx_hash: tx_hash.0,
+            chain_nonce,
+            call: call.clone(),
+        }),
+    )
+    .await?;
+    match answer {
+        SettlementAnswer::Allocated { signer, nonce } => {
+            let allocation = Allocation {
+                id,
+                asset: Address::from(record.key.asset),
+                signer: Address::from(signer),
+                nonce,
+                call,
+            };
+            sign_allocation(app, network, allocation, fees, SignedBy::Replacer).await
+        }
+        SettlementAnswer::Current(record) => Ok(*record),
+        SettlementAnswer::Rejected(why) => Err(SettleError::Refused(why.to_string())),
+        other => Err(SettleError::Refused(format!("{other:?}"))),
+    }
+}
+
 /// Sends the recorded bytes again. Errors are expected and harmless: "already known", or
-/// "nonce too low" once it is mined; an unreachable RPC is retried on the next round.
+/// "nonce too low" once it is mined (or once another transaction used the nonce, which
+/// [`read_outcome`] tells apart); an unreachable RPC is retried on the next round.
 pub async fn rebroadcast(network: &Network, raw: Vec<u8>, tx_hash: B256) {
     match network.chain.send_raw_transaction(raw).await {
         Ok(hash) if hash != tx_hash => {
@@ -376,15 +582,26 @@ pub async fn rebroadcast(network: &Network, raw: Vec<u8>, tx_hash: B256) {
     }
 }
 
-/// How long a signed settlement must have gone without a receipt, while its signer's mined
-/// count is past its nonce, before it is judged replaced by another transaction. A node can
-/// count a mined transaction before it serves the receipt (anvil does, under load), so an
-/// immediate judgement would fail settlements that succeeded.
+/// How long a signed settlement must have gone without a receipt, while the chain shows its
+/// authorization used by some other transaction, before it is judged failed. A node can count a
+/// mined transaction before it serves the receipt (anvil does, under load), so an immediate
+/// judgement would fail settlements that succeeded.
 pub const REPLACED_AFTER_MS: u64 = 30_000;
 
-/// The outcome of a signed settlement if the chain has decided it: its receipt (with enough
-/// confirmations), or the signer's nonce consumed by some other transaction for longer than
-/// [`REPLACED_AFTER_MS`].
+/// What the chain says of a signed settlement.
+pub enum Verdict {
+    /// Its receipt (with enough confirmations), or the authorization used by a transaction
+    /// that is not ours for longer than [`REPLACED_AFTER_MS`].
+    Decided(SettlementOutcome),
+    /// The signer's nonce was used by another transaction while the authorization is unused:
+    /// this transaction can never be mined, and signing the call again is safe.
+    NonceUsedElsewhere { chain_nonce: u64 },
+    /// Not yet (or the chain could not be read).
+    Undecided,
+}
+
+/// Reads the chain's verdict on the signed transaction `tx_hash` of `record` (its signer and
+/// nonce given).
 pub async fn read_outcome(
     network: &Network,
     record: &SettlementRecord,
@@ -392,42 +609,107 @@ pub async fn read_outcome(
     nonce: u64,
     tx_hash: B256,
     now_ms: u64,
-) -> Option<SettlementOutcome> {
-    match network.chain.receipt(tx_hash).await {
+) -> Verdict {
+    let chain = &network.chain;
+    match chain.receipt(tx_hash).await {
         Ok(Some(receipt)) => {
             if network.settings.confirmations > 1 {
-                let mined = receipt.block_number?;
-                let latest = network.chain.block_number().await.ok()?;
+                let (Some(mined), Ok(latest)) = (receipt.block_number, chain.block_number().await)
+                else {
+                    return Verdict::Undecided;
+                };
                 if latest.saturating_add(1) < mined.saturating_add(network.settings.confirmations) {
-                    return None;
+                    return Verdict::Undecided;
                 }
             }
-            Some(judge_receipt(record, &receipt, tx_hash))
+            Verdict::Decided(judge(network, record, &receipt, tx_hash).await)
         }
         Ok(None) => {
-            // Our nonce used by another transaction (the key was used outside the cluster):
-            // this one can never be mined. Read the receipt once more in case it just was.
-            if record.updated_at_ms.saturating_add(REPLACED_AFTER_MS) > now_ms {
-                return None;
-            }
-            let mined_count = network.chain.nonce(signer, NonceTag::Latest).await.ok()?;
+            let Ok(mined_count) = chain.nonce(signer, NonceTag::Latest).await else {
+                return Verdict::Undecided;
+            };
             if mined_count <= nonce {
-                return None;
+                return Verdict::Undecided;
             }
-            match network.chain.receipt(tx_hash).await {
-                Ok(Some(receipt)) => Some(judge_receipt(record, &receipt, tx_hash)),
-                Ok(None) => Some(SettlementOutcome::Failed {
-                    reason: ReasonCode::InvalidTransactionState.as_str().to_owned(),
-                    message: Some(format!(
-                        "signer nonce {nonce} was consumed by another transaction"
-                    )),
-                    tx_hash: Some(tx_hash.0),
-                }),
-                Err(_) => None,
+            // The nonce is used. By this transaction, just mined? Read the receipt once more.
+            match chain.receipt(tx_hash).await {
+                Ok(Some(receipt)) => {
+                    return Verdict::Decided(judge(network, record, &receipt, tx_hash).await)
+                }
+                Ok(None) => {}
+                Err(_) => return Verdict::Undecided,
+            }
+            if let Some(outcome) = replaced_success(network, record).await {
+                return Verdict::Decided(outcome);
+            }
+            // Read after the count, so a used authorization shows if our own transaction
+            // used it (state only moves forward on one node).
+            let used = chain
+                .eth_call(CallRequest {
+                    from: None,
+                    to: Address::from(record.key.asset),
+                    data: eip3009::authorization_state_calldata(
+                        Address::from(record.key.payer),
+                        B256::from(record.key.nonce),
+                    ),
+                })
+                .await
+                .ok()
+                .and_then(|ret| eip3009::decode_bool(&ret).ok());
+            match used {
+                Some(false) => Verdict::NonceUsedElsewhere {
+                    chain_nonce: mined_count,
+                },
+                Some(true) if record.updated_at_ms.saturating_add(REPLACED_AFTER_MS) <= now_ms => {
+                    Verdict::Decided(SettlementOutcome::Failed {
+                        reason: ReasonCode::InvalidTransactionState.as_str().to_owned(),
+                        message: Some(
+                            "the authorization was used on chain by a transaction that is not \
+                             this settlement's"
+                                .to_owned(),
+                        ),
+                        tx_hash: Some(tx_hash.0),
+                    })
+                }
+                _ => Verdict::Undecided,
             }
         }
-        Err(_) => None,
+        Err(_) => Verdict::Undecided,
     }
+}
+
+/// The verdict of a receipt; a reverted transaction of a settlement that was signed again is a
+/// success if one of its replaced transactions was mined after all and transferred.
+async fn judge(
+    network: &Network,
+    record: &SettlementRecord,
+    receipt: &Receipt,
+    tx_hash: B256,
+) -> SettlementOutcome {
+    let outcome = judge_receipt(record, receipt, tx_hash);
+    if matches!(outcome, SettlementOutcome::Failed { .. }) {
+        if let Some(settled) = replaced_success(network, record).await {
+            return settled;
+        }
+    }
+    outcome
+}
+
+/// A replaced transaction of `record` that is mined and transferred, if any.
+async fn replaced_success(
+    network: &Network,
+    record: &SettlementRecord,
+) -> Option<SettlementOutcome> {
+    for hash in &record.replaced {
+        let hash = B256::from(*hash);
+        if let Ok(Some(receipt)) = network.chain.receipt(hash).await {
+            let outcome = judge_receipt(record, &receipt, hash);
+            if matches!(outcome, SettlementOutcome::Settled { .. }) {
+                return Some(outcome);
+            }
+        }
+    }
+    None
 }
 
 /// Success needs status 1 and the token's `Transfer(from, to, value)` in the receipt.
@@ -461,29 +743,27 @@ fn judge_receipt(record: &SettlementRecord, receipt: &Receipt, tx_hash: B256) ->
     }
 }
 
-/// Commits an outcome; the answer is the outcome committed first (ours or another's).
+/// Commits an outcome (and the success to `taker`, if it is one nobody took); the record as
+/// committed, whose outcome is the one committed first (ours or another's).
 pub async fn finish(
     app: &App,
     id: ClaimId,
     tx_hash: B256,
     outcome: SettlementOutcome,
-) -> Result<SettlementOutcome, SettleError> {
+    taker: Option<SuccessTaker>,
+) -> Result<SettlementRecord, SettleError> {
     let answer = propose_settlement(
         app,
         Op::FinishSettlement(SettlementFinish {
             id,
             tx_hash: tx_hash.0,
             outcome,
+            taker,
         }),
     )
     .await?;
     match answer {
-        SettlementAnswer::Current(record) => match record.phase {
-            SettlementPhase::Done { outcome, .. } => Ok(outcome),
-            other => Err(SettleError::Refused(format!(
-                "a finished settlement is still {other:?}"
-            ))),
-        },
+        SettlementAnswer::Current(record) if !record.phase.is_unfinished() => Ok(*record),
         other => Err(SettleError::Refused(format!("{other:?}"))),
     }
 }
@@ -539,6 +819,8 @@ fn allocated_record(app: &App, payment: &Payment, signer: Address, nonce: u64) -
             nonce,
             call: settlement_call(payment),
         },
+        success_taker: None,
+        replaced: Vec::new(),
     })
 }
 

@@ -47,18 +47,33 @@ impl From<GuardedError> for VerifyError {
     }
 }
 
-/// Verifies `request` and, if it is valid, claims its authorization for its requirements (with
-/// the gate's rate-limit admission in the same log entry).
+/// Verifies a payment whose signature and terms passed ([`authenticate`]) and, if it is
+/// valid, claims its authorization for its requirements (with the gate's rate-limit admission
+/// in the same log entry).
 pub async fn verify(
     app: &App,
-    request: &FacilitatorRequest,
+    payment: &Payment,
     gate: &Gate,
 ) -> Result<VerifyResponse, VerifyError> {
-    let now_secs = app.clock.now_ms() / 1000;
-    let payment = match check_payment(app, request, now_secs, Simulation::Run).await {
-        Ok(payment) => payment,
-        Err(rejection) => return Ok(invalid(rejection)),
-    };
+    // Settled already (this replica knows): the reference answers "nonce already used" once
+    // the transfer is mined, and so do we, also with chain reads off.
+    let id = payment.nonce_key().digest();
+    if app
+        .state
+        .read(|s| s.settlements().get(&id).and_then(|r| r.settled_tx()))
+        .is_some()
+    {
+        return Ok(invalid(
+            Rejection::new(
+                ReasonCode::InvalidExactEvmNonceAlreadyUsed,
+                "this authorization was already settled",
+            )
+            .with_payer(payment.payer),
+        ));
+    }
+    if let Err(rejection) = chain_checks(app, payment, Simulation::Run).await {
+        return Ok(invalid(rejection));
+    }
     let payer = payment.payer.into_array();
     let committed = propose_guarded(
         &app.batcher,
@@ -99,29 +114,26 @@ pub fn invalid(rejection: Rejection) -> VerifyResponse {
     response
 }
 
-/// Whether [`check_payment`] simulates the transfer (when chain reads are on).
+/// Whether [`chain_checks`] simulates the transfer (when chain reads are on).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Simulation {
     Run,
     Skip,
 }
 
-/// Every check of a payment short of the claim: offline, then (if configured) on chain.
-pub async fn check_payment(
-    app: &App,
-    request: &FacilitatorRequest,
-    now_secs: u64,
-    simulation: Simulation,
-) -> Result<Payment, Rejection> {
+/// The checks every `/verify` and `/settle` passes before anything stored is consulted: the
+/// offline ones of [`payment`] in the reference's order, the signature of a contract wallet
+/// (ERC-1271, on chain), then the terms (recipient, time window on this node's clock, amount).
+pub async fn authenticate(app: &App, request: &FacilitatorRequest) -> Result<Payment, Rejection> {
     let facilitator = &app.facilitator;
     let payment = payment::prepare(facilitator, request)?;
-    let network = facilitator
-        .networks
-        .get(&payment.chain_id)
-        .ok_or_else(|| Rejection::new(ReasonCode::InvalidNetwork, "network not served"))?;
-    let onchain = facilitator.settings.onchain_checks;
     if payment.signature_check == SignatureCheck::NeedsErc1271 {
-        let accepted = onchain && erc1271_accepts(network, &payment).await?;
+        let network = facilitator
+            .networks
+            .get(&payment.chain_id)
+            .ok_or_else(|| Rejection::new(ReasonCode::InvalidNetwork, "network not served"))?;
+        let accepted =
+            facilitator.settings.onchain_checks && erc1271_accepts(network, &payment).await?;
         if !accepted {
             return Err(Rejection::new(
                 ReasonCode::InvalidExactEvmSignature,
@@ -131,14 +143,29 @@ pub async fn check_payment(
             .with_payer(payment.payer));
         }
     }
-    payment::check_terms(&payment, request, now_secs)?;
-    if !onchain {
-        return Ok(payment);
+    payment::check_terms(&payment, request, app.clock.now_ms() / 1000)?;
+    Ok(payment)
+}
+
+/// The chain reads after [`authenticate`] (when configured): the asset has code, and the
+/// transfer simulates.
+pub async fn chain_checks(
+    app: &App,
+    payment: &Payment,
+    simulation: Simulation,
+) -> Result<(), Rejection> {
+    let facilitator = &app.facilitator;
+    if !facilitator.settings.onchain_checks {
+        return Ok(());
     }
+    let network = facilitator
+        .networks
+        .get(&payment.chain_id)
+        .ok_or_else(|| Rejection::new(ReasonCode::InvalidNetwork, "network not served"))?;
     let deployed = network
         .asset_has_code(payment.asset)
         .await
-        .map_err(|e| chain_unavailable(&payment, e))?;
+        .map_err(|e| chain_unavailable(payment, e))?;
     if !deployed {
         return Err(Rejection::new(
             ReasonCode::AssetNotDeployedContract,
@@ -151,9 +178,9 @@ pub async fn check_payment(
         .with_payer(payment.payer));
     }
     if simulation == Simulation::Run {
-        simulate(network, &payment).await?;
+        simulate(network, payment).await?;
     }
-    Ok(payment)
+    Ok(())
 }
 
 /// ERC-1271: whether the payer has code and its `isValidSignature` returns the magic value.

@@ -23,7 +23,7 @@ use openraft::raft::ClientWriteResponse;
 use openraft::{BasicNode, ChangeMembers, Membership, ServerState};
 use x402_client::wire::{
     self, AddLearnerRequest, BreakerStatus, ClaimRequest, ClaimResponse, InitRequest, Member,
-    MemberIdRequest, MembershipResponse, NodeStatus, Role, SnapshotResponse,
+    MemberIdRequest, MembershipResponse, NodeStatus, Role, SignerStatus, SnapshotResponse,
 };
 use x402_raft_store::state::breakers::BreakerPhase;
 use x402_raft_store::state::{ClaimOutcome, NonceClaim, NonceKey};
@@ -87,9 +87,19 @@ async fn status(State(app): State<Arc<App>>) -> Result<Json<NodeStatus>, ApiErro
         ServerState::Shutdown => Role::Shutdown,
     };
     let committed = (app.committed)().await.map(|l| l.index);
-    let (claims, hash) = app
-        .state
-        .read(|s| (s.nonces().len() as u64, s.state_hash()));
+    let (claims, hash, signers) = app.state.read(|s| {
+        let signers = s
+            .signers()
+            .iter()
+            .map(|((chain_id, address), st)| SignerStatus {
+                chain_id,
+                address: alloy::primitives::Address::from(address).to_checksum(None),
+                next_nonce: st.next_nonce,
+                in_flight: st.in_flight,
+            })
+            .collect::<Vec<_>>();
+        (s.nonces().len() as u64, s.state_hash(), signers)
+    });
     Ok(Json(NodeStatus {
         id: app.id,
         url: app.url.clone(),
@@ -122,6 +132,7 @@ async fn status(State(app): State<Arc<App>>) -> Result<Json<NodeStatus>, ApiErro
                 }
             })
             .collect(),
+        signers,
     }))
 }
 

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use super::settlements::{
-    Rejection, MAX_CALL_BYTES, MAX_MESSAGE_BYTES, MAX_RAW_TX_BYTES, MAX_REASON_BYTES, MAX_SIGNERS,
-    MAX_SIGNERS_PER_START,
+    Rejection, MAX_CALL_BYTES, MAX_MESSAGE_BYTES, MAX_RAW_TX_BYTES, MAX_REASON_BYTES,
+    MAX_REPLACEMENTS, MAX_SIGNERS, MAX_SIGNERS_PER_START,
 };
 use super::*;
 
@@ -21,7 +21,7 @@ pub(super) struct Model {
 }
 
 fn rejected(r: Rejection) -> Response {
-    Response::Settlement(SettlementAnswer::Rejected(r.to_string()))
+    Response::Settlement(SettlementAnswer::Rejected(r))
 }
 
 fn answer(a: SettlementAnswer) -> Response {
@@ -123,6 +123,24 @@ impl Model {
             Op::BeginSettlement(start) => self.begin(start),
             Op::RecordSigned(signed) => self.record_signed(signed),
             Op::FinishSettlement(finish) => self.finish(finish),
+            Op::TakeSuccess { id, taker } => match self.find(id) {
+                None => rejected(Rejection::UnknownSettlement),
+                Some(r) => {
+                    let settled = matches!(
+                        r.phase,
+                        SettlementPhase::Done {
+                            outcome: SettlementOutcome::Settled { .. },
+                            ..
+                        }
+                    );
+                    if settled && r.success_taker.is_none() {
+                        r.success_taker = Some(*taker);
+                        r.updated_at_ms = now;
+                    }
+                    answer(SettlementAnswer::Current(Box::new(r.clone())))
+                }
+            },
+            Op::ReplaceSettlement(replace) => self.replace(replace),
             // The rate limits, breakers and idempotency records have tests of their own.
             other => panic!("the test model does not cover {other:?}"),
         }
@@ -187,6 +205,8 @@ impl Model {
                     nonce,
                     call: start.call.clone(),
                 },
+                success_taker: None,
+                replaced: Vec::new(),
             },
         );
         answer(SettlementAnswer::Allocated { signer, nonce })
@@ -248,13 +268,23 @@ impl Model {
             return rejected(Rejection::UnknownSettlement);
         };
         match r.phase.clone() {
-            SettlementPhase::Done { .. } => answer(SettlementAnswer::Current(Box::new(r.clone()))),
+            SettlementPhase::Done { outcome, .. } => {
+                if matches!(outcome, SettlementOutcome::Settled { .. }) && r.success_taker.is_none()
+                {
+                    if let Some(taker) = f.taker {
+                        r.success_taker = Some(taker);
+                        r.updated_at_ms = now;
+                    }
+                }
+                answer(SettlementAnswer::Current(Box::new(r.clone())))
+            }
             SettlementPhase::Allocated { .. } => rejected(Rejection::NotSigned),
             SettlementPhase::Signed { tx_hash, .. } if tx_hash != f.tx_hash => {
                 rejected(Rejection::OtherTransaction { signed: tx_hash })
             }
             SettlementPhase::Signed { signer, nonce, .. } => {
-                if matches!(f.outcome.tx_hash(), Some(h) if h != f.tx_hash) {
+                if matches!(f.outcome.tx_hash(), Some(h) if h != f.tx_hash && !r.replaced.contains(&h))
+                {
                     return rejected(Rejection::OutcomeOfOtherTransaction);
                 }
                 r.phase = SettlementPhase::Done {
@@ -262,9 +292,60 @@ impl Model {
                     nonce,
                     outcome: f.outcome.clone(),
                 };
+                if matches!(f.outcome, SettlementOutcome::Settled { .. }) {
+                    r.success_taker = f.taker;
+                }
                 r.updated_at_ms = now;
                 answer(SettlementAnswer::Current(Box::new(r.clone())))
             }
         }
+    }
+
+    fn replace(&mut self, x: &SettlementReplace) -> Response {
+        let now = self.now_ms;
+        if x.call.len() > MAX_CALL_BYTES {
+            return rejected(Rejection::CallTooLong { len: x.call.len() });
+        }
+        let Some(r) = self.find(&x.id) else {
+            return rejected(Rejection::UnknownSettlement);
+        };
+        let (signer, nonce) = match &r.phase {
+            SettlementPhase::Signed {
+                signer,
+                nonce,
+                tx_hash,
+                ..
+            } if *tx_hash == x.tx_hash => (*signer, *nonce),
+            _ => return answer(SettlementAnswer::Current(Box::new(r.clone()))),
+        };
+        if x.chain_nonce <= nonce {
+            return rejected(Rejection::NonceNotConsumed {
+                nonce,
+                chain_nonce: x.chain_nonce,
+            });
+        }
+        if r.replaced.len() >= MAX_REPLACEMENTS {
+            return rejected(Rejection::TooManyReplacements);
+        }
+        let chain = r.key.chain_id;
+        let key = r.key;
+        let next = self.next_nonce.get(&(chain, signer)).copied().unwrap();
+        let fresh = next.max(x.chain_nonce);
+        if fresh == u64::MAX {
+            return rejected(Rejection::SignerExhausted);
+        }
+        self.next_nonce.insert((chain, signer), fresh + 1);
+        let r = self.settlements.get_mut(&key).unwrap();
+        r.phase = SettlementPhase::Allocated {
+            signer,
+            nonce: fresh,
+            call: x.call.clone(),
+        };
+        r.replaced.push(x.tx_hash);
+        r.updated_at_ms = now;
+        answer(SettlementAnswer::Allocated {
+            signer,
+            nonce: fresh,
+        })
     }
 }

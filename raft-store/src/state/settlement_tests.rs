@@ -6,8 +6,8 @@ use proptest::prelude::*;
 
 use super::model::Model;
 use super::settlements::{
-    Rejection, MAX_CALL_BYTES, MAX_MESSAGE_BYTES, MAX_RAW_TX_BYTES, MAX_REASON_BYTES, MAX_SIGNERS,
-    MAX_SIGNERS_PER_START,
+    Rejection, MAX_CALL_BYTES, MAX_MESSAGE_BYTES, MAX_RAW_TX_BYTES, MAX_REASON_BYTES,
+    MAX_REPLACEMENTS, MAX_SIGNERS, MAX_SIGNERS_PER_START,
 };
 use super::*;
 
@@ -73,10 +73,31 @@ fn sign_op(n: u8, signer: [u8; 20], nonce: u64, tx: u8) -> Op {
 }
 
 fn finish_op(n: u8, tx: u8, outcome: SettlementOutcome) -> Op {
+    finish_by(n, tx, outcome, None)
+}
+
+fn finish_by(n: u8, tx: u8, outcome: SettlementOutcome, taker: Option<u8>) -> Op {
     Op::FinishSettlement(SettlementFinish {
         id: id(n),
         tx_hash: [tx; 32],
         outcome,
+        taker: taker.map(|t| [t; 16]),
+    })
+}
+
+fn take_op(n: u8, taker: u8) -> Op {
+    Op::TakeSuccess {
+        id: id(n),
+        taker: [taker; 16],
+    }
+}
+
+fn replace_op(n: u8, tx: u8, chain_nonce: u64) -> Op {
+    Op::ReplaceSettlement(SettlementReplace {
+        id: id(n),
+        tx_hash: [tx; 32],
+        chain_nonce,
+        call: vec![0xCA, 0x11],
     })
 }
 
@@ -115,7 +136,7 @@ fn current(r: Response) -> SettlementRecord {
 }
 
 fn rejected_with(r: Response, why: Rejection) {
-    assert_eq!(settlement(r), SettlementAnswer::Rejected(why.to_string()));
+    assert_eq!(settlement(r), SettlementAnswer::Rejected(why));
 }
 
 /// Runs `op` at the state's own time and asserts that it changed nothing.
@@ -496,6 +517,144 @@ fn finish_needs_the_signed_transaction_and_the_first_verdict_wins() {
 }
 
 #[test]
+fn a_settled_authorization_gives_its_success_to_one_request() {
+    let mut s = synced();
+    run(&mut s, T, begin_op(key(1), 1, &[A]));
+    run(&mut s, T, sign_op(1, A, 5, 1));
+    // Nothing to take before the verdict.
+    assert_eq!(
+        current(run_unchanged(&mut s, take_op(1, 7))).success_taker,
+        None
+    );
+    // The request committing the verdict takes it in the same operation.
+    let record = current(run(&mut s, T + 1, finish_by(1, 1, settled(1), Some(7))));
+    assert_eq!(record.success_taker, Some([7; 16]));
+    assert!(record.success_is(&[7; 16]));
+    // Nobody else gets it, by a later verdict or by taking it; the first again is a no-op.
+    assert_eq!(
+        current(run_unchanged(&mut s, finish_by(1, 1, settled(1), Some(8)))),
+        record
+    );
+    assert_eq!(current(run_unchanged(&mut s, take_op(1, 8))), record);
+    assert_eq!(current(run_unchanged(&mut s, take_op(1, 7))), record);
+    rejected_with(
+        run_unchanged(&mut s, take_op(9, 7)),
+        Rejection::UnknownSettlement,
+    );
+
+    // Finished by the reconciler (no request): the first request to take it has it.
+    run(&mut s, T, begin_op(key(2), 1, &[A]));
+    run(&mut s, T, sign_op(2, A, 6, 2));
+    let record = current(run(&mut s, T, finish_op(2, 2, settled(2))));
+    assert_eq!(record.success_taker, None);
+    assert_eq!(
+        current(run(&mut s, T, finish_by(2, 2, settled(2), Some(3)))).success_taker,
+        Some([3; 16])
+    );
+    assert_eq!(
+        current(run_unchanged(&mut s, take_op(2, 4))).success_taker,
+        Some([3; 16])
+    );
+    run(&mut s, T, begin_op(key(3), 1, &[A]));
+    run(&mut s, T, sign_op(3, A, 7, 3));
+    run(&mut s, T, finish_op(3, 3, settled(3)));
+    assert_eq!(
+        current(run(&mut s, T, take_op(3, 5))).success_taker,
+        Some([5; 16])
+    );
+
+    // A failed settlement has no success to give.
+    run(&mut s, T, begin_op(key(4), 1, &[A]));
+    run(&mut s, T, sign_op(4, A, 8, 4));
+    let record = current(run(&mut s, T, finish_by(4, 4, failed(Some(4)), Some(6))));
+    assert_eq!(record.success_taker, None);
+    assert_eq!(
+        current(run_unchanged(&mut s, take_op(4, 6))).success_taker,
+        None
+    );
+}
+
+#[test]
+fn a_settlement_whose_nonce_was_used_elsewhere_is_signed_again_above_the_chain_count() {
+    let mut s = synced();
+    run(&mut s, T, begin_op(key(1), 1, &[A]));
+    run(&mut s, T, begin_op(key(2), 1, &[A]));
+    run(&mut s, T, sign_op(1, A, 5, 1));
+    // Not replaceable while allocated, nor before the chain shows the nonce used.
+    assert!(matches!(
+        settlement(run_unchanged(&mut s, replace_op(2, 1, 9))),
+        SettlementAnswer::Current(_)
+    ));
+    rejected_with(
+        run_unchanged(&mut s, replace_op(1, 1, 5)),
+        Rejection::NonceNotConsumed {
+            nonce: 5,
+            chain_nonce: 5,
+        },
+    );
+    // Another sender used nonces 5..=8: the settlement gets 9, the counter moves past it.
+    assert_eq!(
+        settlement(run(&mut s, T + 3, replace_op(1, 1, 9))),
+        SettlementAnswer::Allocated {
+            signer: A,
+            nonce: 9
+        }
+    );
+    let record = s.settlements().get(&id(1)).unwrap().clone();
+    assert_eq!(record.replaced, vec![[1; 32]]);
+    assert_eq!(record.updated_at_ms, T + 3);
+    assert_eq!(
+        signer(&s, A),
+        SignerState {
+            next_nonce: 10,
+            in_flight: 2
+        }
+    );
+    // A retry of the same replacement changes nothing.
+    assert_eq!(current(run_unchanged(&mut s, replace_op(1, 1, 9))), record);
+    // Below the counter, the counter's next nonce is used (no nonce handed out twice).
+    run(&mut s, T, sign_op(1, A, 9, 2));
+    assert_eq!(
+        settlement(run(&mut s, T, replace_op(1, 2, 7))),
+        SettlementAnswer::Rejected(Rejection::NonceNotConsumed {
+            nonce: 9,
+            chain_nonce: 7
+        })
+    );
+    assert_eq!(
+        settlement(run(&mut s, T, replace_op(1, 2, 10))),
+        SettlementAnswer::Allocated {
+            signer: A,
+            nonce: 10
+        }
+    );
+    // The verdict may name a replaced transaction (mined late after all), not another one.
+    run(&mut s, T, sign_op(1, A, 10, 3));
+    rejected_with(
+        run_unchanged(&mut s, finish_op(1, 3, settled(4))),
+        Rejection::OutcomeOfOtherTransaction,
+    );
+    let done = current(run(&mut s, T, finish_by(1, 3, settled(1), Some(1))));
+    assert_eq!(done.settled_tx(), Some([1; 32]));
+    assert_eq!(done.success_taker, Some([1; 16]));
+    assert_eq!(signer(&s, A).in_flight, 1);
+
+    // Bounded: after MAX_REPLACEMENTS the settlement is left as it is.
+    run(&mut s, T, sign_op(2, A, 6, 10));
+    let mut tx = 10;
+    for _ in 0..MAX_REPLACEMENTS {
+        let next = signer(&s, A).next_nonce;
+        run(&mut s, T, replace_op(2, tx, next));
+        tx += 1;
+        run(&mut s, T, sign_op(2, A, next, tx));
+    }
+    rejected_with(
+        run_unchanged(&mut s, replace_op(2, tx, 100)),
+        Rejection::TooManyReplacements,
+    );
+}
+
+#[test]
 fn unfinished_lists_only_allocated_and_signed_records() {
     let mut s = synced();
     for n in 1..=3 {
@@ -658,6 +817,15 @@ fn key_of(i: usize) -> NonceKey {
     key_on(CHAINS[i % CHAINS.len()], i as u8)
 }
 
+/// The chain of the generated key whose digest is `id`.
+fn chain_of(id: &ClaimId) -> u64 {
+    (0..KEYS)
+        .map(key_of)
+        .find(|k| k.digest() == *id)
+        .map(|k| k.chain_id)
+        .expect("a generated key")
+}
+
 /// An operation as generated; some are resolved against the state when they run, so that they
 /// hit the allocated signer and nonce, or the signed hash, often enough to matter.
 #[derive(Clone, Debug)]
@@ -690,6 +858,19 @@ enum Step {
         exact: bool,
         tx: u8,
         kind: u8,
+        taker: Option<u8>,
+    },
+    Take {
+        key: usize,
+        taker: u8,
+    },
+    Replace {
+        key: usize,
+        /// Name the signed hash if the record is signed.
+        exact: bool,
+        tx: u8,
+        /// The chain count given is the record's nonce + above − 1 (0 and 1: not consumed).
+        above: u64,
     },
     Claim {
         key: usize,
@@ -735,22 +916,45 @@ fn arb_step() -> impl Strategy<Value = Step> {
             tx,
             len,
         });
-    let finish =
-        (0..KEYS, prop::bool::weighted(0.8), 0u8..3, 0u8..5).prop_map(|(key, exact, tx, kind)| {
-            Step::Finish {
-                key,
-                exact,
-                tx,
-                kind,
-            }
+    let finish = (
+        0..KEYS,
+        prop::bool::weighted(0.8),
+        0u8..3,
+        0u8..5,
+        prop::option::of(0u8..3),
+    )
+        .prop_map(|(key, exact, tx, kind, taker)| Step::Finish {
+            key,
+            exact,
+            tx,
+            kind,
+            taker,
         });
+    let take = (0..KEYS, 0u8..3).prop_map(|(key, taker)| Step::Take { key, taker });
+    let replace = (0..KEYS, prop::bool::weighted(0.8), 0u8..3, 0u64..8).prop_map(
+        |(key, exact, tx, above)| Step::Replace {
+            key,
+            exact,
+            tx,
+            above,
+        },
+    );
     let claim = (0..KEYS, 0u8..2, 1u64..2_000).prop_map(|(key, fp, valid_before)| Step::Claim {
         key,
         fp,
         valid_before,
     });
     let expire = (0u32..6).prop_map(|limit| Step::Expire { limit });
-    prop_oneof![2 => sync, 5 => begin, 4 => sign, 4 => finish, 1 => claim, 1 => expire]
+    prop_oneof![
+        2 => sync,
+        5 => begin,
+        4 => sign,
+        4 => finish,
+        2 => take,
+        2 => replace,
+        1 => claim,
+        1 => expire
+    ]
 }
 
 /// Commands: a time step (sometimes backwards: a lagging leader) and one to a few steps.
@@ -821,6 +1025,7 @@ fn resolve(step: &Step, s: &ClusterState) -> Op {
             exact,
             tx,
             kind,
+            taker,
         } => {
             let id = key_of(key).digest();
             let tx_hash = match s.settlements().get(&id).map(|r| &r.phase) {
@@ -845,6 +1050,30 @@ fn resolve(step: &Step, s: &ClusterState) -> Op {
                 id,
                 tx_hash,
                 outcome,
+                taker: taker.map(|t| [t; 16]),
+            })
+        }
+        Step::Take { key, taker } => Op::TakeSuccess {
+            id: key_of(key).digest(),
+            taker: [taker; 16],
+        },
+        Step::Replace {
+            key,
+            exact,
+            tx,
+            above,
+        } => {
+            let id = key_of(key).digest();
+            let record = s.settlements().get(&id);
+            let (tx_hash, nonce) = match record.map(|r| &r.phase) {
+                Some(SettlementPhase::Signed { tx_hash, nonce, .. }) if exact => (*tx_hash, *nonce),
+                _ => ([tx; 32], 0),
+            };
+            Op::ReplaceSettlement(SettlementReplace {
+                id,
+                tx_hash,
+                chain_nonce: nonce.saturating_add(above).saturating_sub(1),
+                call: vec![tx; 4],
             })
         }
         Step::Claim {
@@ -865,6 +1094,8 @@ struct Observed {
     expected_next: BTreeMap<(u64, [u8; 20]), u64>,
     /// Per signer, the settlements it holds a nonce for that have not been seen finishing.
     open: BTreeMap<(u64, [u8; 20]), BTreeSet<ClaimId>>,
+    /// Per settlement, the request that was answered as holding its success.
+    success: BTreeMap<ClaimId, SuccessTaker>,
 }
 
 impl Observed {
@@ -909,6 +1140,23 @@ impl Observed {
                     .insert(start.claim.key.digest());
             }
             (
+                Op::ReplaceSettlement(replace),
+                Response::Settlement(SettlementAnswer::Allocated { signer, nonce }),
+            ) => {
+                let chain_id = chain_of(&replace.id);
+                let k = (chain_id, *signer);
+                prop_assert!(
+                    self.allocated.insert((chain_id, *signer, *nonce)),
+                    "nonce {} of a signer allocated twice",
+                    nonce
+                );
+                // The next one, or the chain's count when other senders used more: never a
+                // nonce below the chain's count, never a gap above it.
+                let expected = self.expected_next.get(&k).copied().unwrap_or(0);
+                prop_assert_eq!(*nonce, expected.max(replace.chain_nonce));
+                self.expected_next.insert(k, nonce + 1);
+            }
+            (
                 Op::FinishSettlement(finish),
                 Response::Settlement(SettlementAnswer::Current(record)),
             ) => {
@@ -922,6 +1170,21 @@ impl Observed {
                 }
             }
             _ => {}
+        }
+        // One success per settlement: once a request holds it, it never moves.
+        if let Response::Settlement(SettlementAnswer::Current(record)) = answer {
+            let id = record.key.digest();
+            match (self.success.get(&id), record.success_taker) {
+                (Some(held), now) => prop_assert_eq!(Some(*held), now, "the success moved"),
+                (None, Some(taker)) => {
+                    prop_assert!(
+                        record.settled_tx().is_some(),
+                        "a failed settlement's success"
+                    );
+                    self.success.insert(id, taker);
+                }
+                (None, None) => {}
+            }
         }
         Ok(())
     }
@@ -948,6 +1211,8 @@ proptest! {
             for (op, answer) in cmd.ops.iter().zip(&answers) {
                 observed.see(op, answer)?;
             }
+            // A record that expired may be begun again (the generator reuses keys).
+            observed.success.retain(|id, _| state.settlements().get(id).is_some());
             prop_assert_eq!(state.check_invariants(), Ok(()));
             for ((chain_id, signer), st) in state.signers().iter() {
                 prop_assert_eq!(st.in_flight, model.in_flight(chain_id, signer));

@@ -16,6 +16,15 @@
 //! - `RecordSigned` commits the signed bytes *before* anyone broadcasts them. From then on these
 //!   bytes are the only transaction ever sent for the authorization, whoever sends it.
 //! - `FinishSettlement` commits the receipt's verdict. The first one wins; later ones get it.
+//! - One payment buys one resource: a settled authorization gives `success: true` to exactly one
+//!   request, the one whose random taker token the record holds (`success_taker`). The request
+//!   that commits the verdict takes it in the same entry; a request that finds the record done
+//!   takes it with `TakeSuccess`, once. Every other request learns the transaction hash and is
+//!   refused.
+//! - `ReplaceSettlement` recovers a settlement whose signer nonce another transaction used (the
+//!   key was used outside the cluster): the signed transaction can never be mined, so the same
+//!   call is allocated a fresh nonce, above the chain's count, and signed again. The replaced
+//!   hash is kept, so an outcome of either transaction is recognised.
 //!
 //! An allocated nonce can never be given back: the chain executes a signer's transactions in
 //! nonce order, so a nonce left unused would block every later one. That is why an `Allocated`
@@ -48,6 +57,15 @@ pub const MAX_MESSAGE_BYTES: usize = 512;
 /// Most signers the cluster keeps counters for, over all chains. Signers are never forgotten
 /// (their counters protect I3), so the map must not grow without bound.
 pub const MAX_SIGNERS: usize = 4096;
+
+/// Most times one settlement's transaction may be replaced. Each replacement needs the chain to
+/// show the signer nonce consumed by another transaction; more than a few means something other
+/// than a stray transaction is using the key, and the settlement is left for an operator.
+pub const MAX_REPLACEMENTS: usize = 4;
+
+/// A random token a `/settle` request draws; the record keeps the one that received the
+/// settlement's success.
+pub type SuccessTaker = [u8; 16];
 
 /// Most bytes one signer takes in a snapshot: varint chain id, address, varint counters.
 const MAX_ENCODED_SIGNER_BYTES: usize = 9 + 20 + 9 + 5;
@@ -85,6 +103,23 @@ pub struct SettlementFinish {
     /// The transaction the verdict is about: must be the signed one.
     pub tx_hash: [u8; 32],
     pub outcome: SettlementOutcome,
+    /// The request committing the verdict: if it is a success nobody took yet, this request
+    /// takes it (no extra round for the common case).
+    pub taker: Option<SuccessTaker>,
+}
+
+/// A signed settlement whose signer nonce the chain shows used by another transaction: it can
+/// never be mined, so `call` is signed again at a fresh nonce.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettlementReplace {
+    pub id: ClaimId,
+    /// The signed transaction being replaced (the record's current one).
+    pub tx_hash: [u8; 32],
+    /// The signer's count of mined transactions, read from the chain: above the record's nonce.
+    pub chain_nonce: u64,
+    /// The token call to sign again (the replaced transaction's input); at most
+    /// [`MAX_CALL_BYTES`].
+    pub call: Vec<u8>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +157,30 @@ pub struct SettlementRecord {
     /// The command time of the last transition (the reconciler ages records by it).
     pub updated_at_ms: u64,
     pub phase: SettlementPhase,
+    /// The request that received the settlement's one `success: true` (I2); `None` until a
+    /// request takes it, and always `None` for a failed settlement.
+    pub success_taker: Option<SuccessTaker>,
+    /// Transactions signed for this settlement earlier whose nonces other transactions used,
+    /// oldest first; at most [`MAX_REPLACEMENTS`].
+    pub replaced: Vec<[u8; 32]>,
+}
+
+impl SettlementRecord {
+    /// The settled transaction, if the settlement is done and succeeded.
+    pub fn settled_tx(&self) -> Option<[u8; 32]> {
+        match &self.phase {
+            SettlementPhase::Done {
+                outcome: SettlementOutcome::Settled { tx_hash },
+                ..
+            } => Some(*tx_hash),
+            _ => None,
+        }
+    }
+
+    /// Whether `taker` is the request that received the success.
+    pub fn success_is(&self, taker: &SuccessTaker) -> bool {
+        self.success_taker.as_ref() == Some(taker)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,12 +261,12 @@ pub enum SettlementAnswer {
     NoSigner,
     /// The op does not fit: unknown id, wrong signer/nonce for the allocation, Finish of an
     /// Allocated record, Finish with a tx hash other than the signed one, limits exceeded.
-    /// Nothing changed. The text is a [`Rejection`].
-    Rejected(String),
+    /// Nothing changed.
+    Rejected(Rejection),
 }
 
-/// Why an operation was answered [`SettlementAnswer::Rejected`] (its text is the answer).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+/// Why an operation was answered [`SettlementAnswer::Rejected`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum Rejection {
     #[error("{count} signers offered, at most {MAX_SIGNERS_PER_START}")]
     TooManySignersOffered { count: usize },
@@ -233,6 +292,12 @@ pub enum Rejection {
     OtherTransaction { signed: [u8; 32] },
     #[error("the outcome names a transaction other than the signed one")]
     OutcomeOfOtherTransaction,
+    #[error("signer nonce {nonce} is not used on chain yet (the chain counts {chain_nonce})")]
+    NonceNotConsumed { nonce: u64, chain_nonce: u64 },
+    #[error("the settlement was replaced {MAX_REPLACEMENTS} times already")]
+    TooManyReplacements,
+    #[error("the signer's nonces are exhausted")]
+    SignerExhausted,
 }
 
 /// A broken invariant of the settlement state, found by [`Ledger::check_invariants`].
@@ -515,7 +580,7 @@ impl Ledger {
     ) -> SettlementAnswer {
         let answer = self.try_begin(nonces, start, now_ms);
         self.debug_check();
-        answer.unwrap_or_else(|r| SettlementAnswer::Rejected(r.to_string()))
+        answer.unwrap_or_else(SettlementAnswer::Rejected)
     }
 
     fn try_begin(
@@ -587,6 +652,8 @@ impl Ledger {
                     nonce,
                     call: start.call.clone(),
                 },
+                success_taker: None,
+                replaced: Vec::new(),
             },
         );
         Ok(SettlementAnswer::Allocated { signer, nonce })
@@ -600,7 +667,7 @@ impl Ledger {
     ) -> SettlementAnswer {
         let answer = self.try_record_signed(signed, now_ms);
         self.debug_check();
-        answer.unwrap_or_else(|r| SettlementAnswer::Rejected(r.to_string()))
+        answer.unwrap_or_else(SettlementAnswer::Rejected)
     }
 
     fn try_record_signed(
@@ -653,7 +720,7 @@ impl Ledger {
     pub(crate) fn finish(&mut self, finish: &SettlementFinish, now_ms: u64) -> SettlementAnswer {
         let answer = self.try_finish(finish, now_ms);
         self.debug_check();
-        answer.unwrap_or_else(|r| SettlementAnswer::Rejected(r.to_string()))
+        answer.unwrap_or_else(SettlementAnswer::Rejected)
     }
 
     fn try_finish(
@@ -677,9 +744,10 @@ impl Ledger {
             .get(&finish.id)
             .ok_or(Rejection::UnknownSettlement)?;
         let (signer, nonce) = match &record.phase {
-            // The first verdict committed is the verdict.
+            // The first verdict committed is the verdict; a success nobody took yet goes to
+            // this request.
             SettlementPhase::Done { .. } => {
-                return Ok(SettlementAnswer::Current(Box::new(record.clone())))
+                return Ok(self.take_success(&finish.id, finish.taker, now_ms));
             }
             SettlementPhase::Allocated { .. } => return Err(Rejection::NotSigned),
             SettlementPhase::Signed { tx_hash, .. } if *tx_hash != finish.tx_hash => {
@@ -687,10 +755,12 @@ impl Ledger {
             }
             SettlementPhase::Signed { signer, nonce, .. } => (*signer, *nonce),
         };
+        // The verdict may name a transaction this one replaced: the chain can show, late, that
+        // the replaced one was mined after all.
         if finish
             .outcome
             .tx_hash()
-            .is_some_and(|h| h != finish.tx_hash)
+            .is_some_and(|h| h != finish.tx_hash && !record.replaced.contains(&h))
         {
             return Err(Rejection::OutcomeOfOtherTransaction);
         }
@@ -703,6 +773,9 @@ impl Ledger {
                     nonce,
                     outcome: finish.outcome.clone(),
                 };
+                if matches!(finish.outcome, SettlementOutcome::Settled { .. }) {
+                    r.success_taker = finish.taker;
+                }
                 r.updated_at_ms = now_ms;
             })
             .cloned()
@@ -715,6 +788,115 @@ impl Ledger {
             None => debug_assert!(false, "a settlement of an unknown signer"),
         }
         Ok(SettlementAnswer::Current(Box::new(record)))
+    }
+
+    /// `TakeSuccess`: gives a settled authorization's success to `taker` if nobody took it
+    /// yet. Answers the record as it now stands (the caller compares its taker); a record that
+    /// is unfinished or failed is left as it is.
+    pub(crate) fn take(
+        &mut self,
+        id: &ClaimId,
+        taker: SuccessTaker,
+        now_ms: u64,
+    ) -> SettlementAnswer {
+        if self.settlements.get(id).is_none() {
+            return SettlementAnswer::Rejected(Rejection::UnknownSettlement);
+        }
+        self.take_success(id, Some(taker), now_ms)
+    }
+
+    /// The record `id` (which exists), with its success given to `taker` if it is settled and
+    /// nobody took it.
+    fn take_success(
+        &mut self,
+        id: &ClaimId,
+        taker: Option<SuccessTaker>,
+        now_ms: u64,
+    ) -> SettlementAnswer {
+        let free = self
+            .settlements
+            .get(id)
+            .is_some_and(|r| r.settled_tx().is_some() && r.success_taker.is_none());
+        let record = match taker {
+            Some(taker) if free => self.settlements.update(id, |r| {
+                r.success_taker = Some(taker);
+                r.updated_at_ms = now_ms;
+            }),
+            _ => self.settlements.get(id),
+        };
+        match record {
+            Some(r) => SettlementAnswer::Current(Box::new(r.clone())),
+            None => SettlementAnswer::Rejected(Rejection::UnknownSettlement),
+        }
+    }
+
+    /// `ReplaceSettlement`: gives a signed settlement whose nonce another transaction used a
+    /// fresh nonce of the same signer, at least the chain's count (those below it are all used
+    /// on chain, so no gap is left), and records the replaced hash.
+    pub(crate) fn replace(&mut self, replace: &SettlementReplace, now_ms: u64) -> SettlementAnswer {
+        let answer = self.try_replace(replace, now_ms);
+        self.debug_check();
+        answer.unwrap_or_else(SettlementAnswer::Rejected)
+    }
+
+    fn try_replace(
+        &mut self,
+        replace: &SettlementReplace,
+        now_ms: u64,
+    ) -> Result<SettlementAnswer, Rejection> {
+        if replace.call.len() > MAX_CALL_BYTES {
+            return Err(Rejection::CallTooLong {
+                len: replace.call.len(),
+            });
+        }
+        let record = self
+            .settlements
+            .get(&replace.id)
+            .ok_or(Rejection::UnknownSettlement)?;
+        let (signer, nonce) = match &record.phase {
+            SettlementPhase::Signed {
+                signer,
+                nonce,
+                tx_hash,
+                ..
+            } if *tx_hash == replace.tx_hash => (*signer, *nonce),
+            // Replaced already (a retry of this op), or finished: the record as it stands.
+            _ => return Ok(SettlementAnswer::Current(Box::new(record.clone()))),
+        };
+        if replace.chain_nonce <= nonce {
+            return Err(Rejection::NonceNotConsumed {
+                nonce,
+                chain_nonce: replace.chain_nonce,
+            });
+        }
+        if record.replaced.len() >= MAX_REPLACEMENTS {
+            return Err(Rejection::TooManyReplacements);
+        }
+        let chain_id = record.key.chain_id;
+        let state = self
+            .signers
+            .signers
+            .get_mut(&(chain_id, signer))
+            .ok_or(Rejection::UnknownSettlement)?;
+        let fresh = state.next_nonce.max(replace.chain_nonce);
+        if fresh == u64::MAX {
+            return Err(Rejection::SignerExhausted);
+        }
+        // The record stays unfinished: `in_flight` already counts it.
+        state.next_nonce = fresh + 1;
+        self.settlements.update(&replace.id, |r| {
+            r.phase = SettlementPhase::Allocated {
+                signer,
+                nonce: fresh,
+                call: replace.call.clone(),
+            };
+            r.replaced.push(replace.tx_hash);
+            r.updated_at_ms = now_ms;
+        });
+        Ok(SettlementAnswer::Allocated {
+            signer,
+            nonce: fresh,
+        })
     }
 
     pub(crate) fn image(&self) -> LedgerImageRef<'_> {
