@@ -111,6 +111,20 @@ impl AdminClient {
         body: Vec<u8>,
         deadline: Duration,
     ) -> Result<T, CallError> {
+        self.call_with(method, authority, path, &[], body, deadline)
+            .await
+    }
+
+    /// [`AdminClient::call`] with extra request headers.
+    pub async fn call_with<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        authority: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+        deadline: Duration,
+    ) -> Result<T, CallError> {
         let started = tokio::time::Instant::now();
         let deadline = started + deadline;
         let connect_deadline = deadline.min(started + CONNECT_TIMEOUT);
@@ -126,6 +140,9 @@ impl AdminClient {
             .header(header::CONTENT_TYPE, "application/json");
         if !self.token.is_empty() {
             request = request.header(header::AUTHORIZATION, format!("Bearer {}", self.token));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, value);
         }
         let request = request
             .body(Full::new(Bytes::from(body)))

@@ -648,6 +648,7 @@ async fn run_node(config: Config, disk: Disk) -> turmoil::Result {
     let id = config.node_id;
     let metrics = Metrics::new(id).map_err(|e| e.to_string())?;
     let state_machine = StateMachineStore::open(disk.vault).map_err(|e| e.to_string())?;
+    crate::signing::register(id, state_machine.view());
     // Listening before Raft starts: peers that find nobody listening back off.
     let listener = TurmoilListener::bind(&config.listen).await?;
     let max_connections = config.limits.max_connections;

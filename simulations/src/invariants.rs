@@ -25,13 +25,16 @@ use crate::payments::{
 pub const LINEARIZABILITY_BUDGET: u64 = 2_000_000;
 
 /// One authorization as the cluster promises to behave: claimed by the first requirements that
-/// verify or settle it; refused to any other; settled once, with one transaction every settle
-/// answers.
+/// verify or settle it; refused to any other; settled once, with one transaction every
+/// successful settle names; and answered `success: true` once (I2: one payment buys one
+/// resource), except to a keyed settle replaying the answer of the keyed settle that got it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub struct PaymentObject {
     owner: Option<Requirements>,
     settling: bool,
     tx: Option<String>,
+    /// Who got the success: `Some(keyed)` of the settle that took it.
+    success: Option<bool>,
 }
 
 /// What a verify or settle answered, as far as the object is concerned.
@@ -46,6 +49,24 @@ pub enum PayOutput {
 impl PaymentObject {
     fn may_claim(&self, r: Requirements) -> bool {
         self.owner.is_none_or(|o| o == r)
+    }
+
+    /// Whether a settle (keyed or not) may be answered with the success now.
+    fn may_succeed(&self, keyed: bool) -> bool {
+        match self.success {
+            None => true,
+            // Only a replay of the keyed answer that holds it.
+            Some(holder_keyed) => holder_keyed && keyed,
+        }
+    }
+
+    fn settled(&self, keyed: bool, tx: Option<String>) -> Self {
+        PaymentObject {
+            owner: Some(Requirements::Main),
+            settling: true,
+            tx,
+            success: Some(self.success.unwrap_or(keyed)),
+        }
     }
 }
 
@@ -66,18 +87,18 @@ impl Model for PaymentObject {
             {
                 Some(self.clone())
             }
-            (Step::Settle, PayOutput::Settled(tx))
+            (Step::Settle { keyed }, PayOutput::Settled(tx))
                 if self.may_claim(Requirements::Main)
-                    && self.tx.as_ref().is_none_or(|t| t == tx) =>
+                    && self.tx.as_ref().is_none_or(|t| t == tx)
+                    && self.may_succeed(*keyed) =>
             {
-                Some(PaymentObject {
-                    owner: Some(Requirements::Main),
-                    settling: true,
-                    tx: Some(tx.clone()),
-                })
+                Some(self.settled(*keyed, Some(tx.clone())))
             }
-            (Step::Settle, PayOutput::Refused)
-                if self.owner.is_some_and(|o| o != Requirements::Main) =>
+            // Refused: claimed for other requirements, or its success was given to another
+            // request.
+            (Step::Settle { .. }, PayOutput::Refused)
+                if self.owner.is_some_and(|o| o != Requirements::Main)
+                    || self.success.is_some() =>
             {
                 Some(self.clone())
             }
@@ -92,16 +113,50 @@ impl Model for PaymentObject {
                 owner: Some(*r),
                 ..self.clone()
             }),
-            Step::Settle if self.may_claim(Requirements::Main) => states.push(PaymentObject {
-                owner: Some(Requirements::Main),
-                settling: true,
-                tx: self.tx.clone(),
-            }),
+            Step::Settle { keyed } if self.may_claim(Requirements::Main) => {
+                // Began settling, or also took the success.
+                states.push(PaymentObject {
+                    owner: Some(Requirements::Main),
+                    settling: true,
+                    ..self.clone()
+                });
+                if self.success.is_none() {
+                    states.push(self.settled(*keyed, self.tx.clone()));
+                }
+            }
             _ => {}
         }
         states.dedup();
         states
     }
+}
+
+/// At most one `success: true` per authorization, outside replays of one keyed answer: one
+/// unkeyed success and nothing else, or successes of keyed settles only (the first and its
+/// replays), all naming one transaction.
+pub fn one_success_per_payment(log: &PayLog) -> Vec<String> {
+    let mut successes: BTreeMap<u64, Vec<&PayAttempt>> = BTreeMap::new();
+    for a in &log.attempts {
+        if matches!(a.answer, PayAnswer::Settled(_)) {
+            successes.entry(a.key).or_default().push(a);
+        }
+    }
+    let mut violations = Vec::new();
+    for (key, got) in successes {
+        let unkeyed = got
+            .iter()
+            .filter(|a| a.step == Step::Settle { keyed: false })
+            .count();
+        if unkeyed > 1 || (unkeyed == 1 && got.len() > 1) {
+            let lines: Vec<String> = got.iter().map(|a| a.line()).collect();
+            violations.push(format!(
+                "payment {key} was answered success {} times (one payment, one resource):\n    {}",
+                got.len(),
+                lines.join("\n    ")
+            ));
+        }
+    }
+    violations
 }
 
 /// How an answer enters the history: `None` if the request certainly had no effect, else the
@@ -115,12 +170,16 @@ fn classify(step: Step, answer: &PayAnswer) -> Result<Option<Option<PayOutput>>,
         // The chain could not be read: refused before any claim.
         (Step::Verify(_), PayAnswer::Invalid(r)) if r == CHAIN_UNREADABLE => None,
         // Settle runs verify's checks first; the chain could not be read, nothing was begun.
-        (Step::Settle, PayAnswer::NotSettled { reason, .. }) if reason == CHAIN_UNREADABLE => None,
-        (Step::Settle, PayAnswer::Settled(tx)) => Some(Some(PayOutput::Settled(tx.clone()))),
-        (Step::Settle, PayAnswer::NotSettled { reason, .. }) if reason == NONCE_USED => {
+        (Step::Settle { .. }, PayAnswer::NotSettled { reason, .. })
+            if reason == CHAIN_UNREADABLE =>
+        {
+            None
+        }
+        (Step::Settle { .. }, PayAnswer::Settled(tx)) => Some(Some(PayOutput::Settled(tx.clone()))),
+        (Step::Settle { .. }, PayAnswer::NotSettled { reason, .. }) if reason == NONCE_USED => {
             Some(Some(PayOutput::Refused))
         }
-        (Step::Settle, PayAnswer::NotSettled { reason, .. })
+        (Step::Settle { .. }, PayAnswer::NotSettled { reason, .. })
             if reason == SETTLE_PENDING || reason == SETTLE_UNEXPECTED =>
         {
             Some(None)
@@ -138,7 +197,7 @@ fn classify(step: Step, answer: &PayAnswer) -> Result<Option<Option<PayOutput>>,
             None
         }
         (_, PayAnswer::Status { .. } | PayAnswer::Lost) => Some(None),
-        (Step::Verify(_), PayAnswer::Settled(_)) | (Step::Settle, PayAnswer::Valid) => {
+        (Step::Verify(_), PayAnswer::Settled(_)) | (Step::Settle { .. }, PayAnswer::Valid) => {
             return Err(format!("an answer of the wrong endpoint: {answer:?}"))
         }
     })
@@ -191,8 +250,16 @@ pub fn chain_settled_once(
     let mut violations = Vec::new();
     let mut acked: BTreeMap<u64, BTreeSet<String>> = BTreeMap::new();
     for a in &log.attempts {
-        if let PayAnswer::Settled(tx) = &a.answer {
-            acked.entry(a.key).or_default().insert(tx.clone());
+        match &a.answer {
+            PayAnswer::Settled(tx) => {
+                acked.entry(a.key).or_default().insert(tx.clone());
+            }
+            // A refusal because another request got the success names the settlement: that
+            // is an acknowledgement of the transfer too.
+            PayAnswer::NotSettled { reason, tx } if reason == NONCE_USED && !tx.is_empty() => {
+                acked.entry(a.key).or_default().insert(tx.clone());
+            }
+            _ => {}
         }
     }
     let transfers = chain.transfers();
@@ -374,37 +441,52 @@ mod tests {
 
     const MAIN: Step = Step::Verify(Requirements::Main);
     const OTHER: Step = Step::Verify(Requirements::Other);
+    const SETTLE: Step = Step::Settle { keyed: false };
+    const KEYED: Step = Step::Settle { keyed: true };
+
+    fn settled(tx: &str) -> Option<PayOutput> {
+        Some(PayOutput::Settled(tx.into()))
+    }
 
     #[test]
     fn the_payment_object_accepts_what_the_cluster_promises() {
         let history = vec![
             op(1, 0, Some(10), MAIN, Some(PayOutput::Valid)),
             op(2, 20, Some(30), OTHER, Some(PayOutput::Refused)),
-            op(
-                3,
-                40,
-                Some(50),
-                Step::Settle,
-                Some(PayOutput::Settled("0xa".into())),
-            ),
-            op(4, 45, None, Step::Settle, None),
-            op(
-                5,
-                60,
-                Some(70),
-                Step::Settle,
-                Some(PayOutput::Settled("0xa".into())),
-            ),
+            op(3, 40, Some(50), SETTLE, settled("0xa")),
+            op(4, 45, None, SETTLE, None),
+            // Settled once: every other settle is refused (with the hash).
+            op(5, 60, Some(70), SETTLE, Some(PayOutput::Refused)),
             op(6, 80, Some(90), MAIN, Some(PayOutput::Refused)),
         ];
         assert_eq!(
             check(PaymentObject::default(), &history, 10_000),
             Verdict::Linearizable
         );
+        // A keyed settle's success is replayed to the same key; others are refused.
+        let keyed = vec![
+            op(1, 0, None, SETTLE, None),
+            op(2, 10, Some(20), KEYED, settled("0xa")),
+            op(3, 30, Some(40), KEYED, settled("0xa")),
+            op(4, 50, Some(60), SETTLE, Some(PayOutput::Refused)),
+        ];
+        assert_eq!(
+            check(PaymentObject::default(), &keyed, 10_000),
+            Verdict::Linearizable
+        );
+        // A lost settle took the success: the retry (without a key) is refused.
+        let lost = vec![
+            op(1, 0, None, SETTLE, None),
+            op(2, 100, Some(110), SETTLE, Some(PayOutput::Refused)),
+        ];
+        assert_eq!(
+            check(PaymentObject::default(), &lost, 10_000),
+            Verdict::Linearizable
+        );
     }
 
     #[test]
-    fn the_payment_object_refuses_double_claims_and_two_transactions() {
+    fn the_payment_object_refuses_double_claims_two_transactions_and_two_successes() {
         let both_valid = vec![
             op(1, 0, Some(10), MAIN, Some(PayOutput::Valid)),
             op(2, 20, Some(30), OTHER, Some(PayOutput::Valid)),
@@ -414,23 +496,29 @@ mod tests {
             Verdict::Linearizable
         );
         let two_txs = vec![
-            op(
-                1,
-                0,
-                Some(10),
-                Step::Settle,
-                Some(PayOutput::Settled("0xa".into())),
-            ),
-            op(
-                2,
-                5,
-                Some(30),
-                Step::Settle,
-                Some(PayOutput::Settled("0xb".into())),
-            ),
+            op(1, 0, Some(10), KEYED, settled("0xa")),
+            op(2, 5, Some(30), KEYED, settled("0xb")),
         ];
         assert_ne!(
             check(PaymentObject::default(), &two_txs, 10_000),
+            Verdict::Linearizable
+        );
+        // One payment, two resources: two successes of one transaction.
+        for (first, second) in [(SETTLE, SETTLE), (SETTLE, KEYED), (KEYED, SETTLE)] {
+            let twice = vec![
+                op(1, 0, Some(10), first, settled("0xa")),
+                op(2, 5, Some(30), second, settled("0xa")),
+            ];
+            assert_ne!(
+                check(PaymentObject::default(), &twice, 10_000),
+                Verdict::Linearizable,
+                "{first:?} then {second:?}"
+            );
+        }
+        // Refused before anyone could have settled it.
+        let early = vec![op(1, 0, Some(10), SETTLE, Some(PayOutput::Refused))];
+        assert_ne!(
+            check(PaymentObject::default(), &early, 10_000),
             Verdict::Linearizable
         );
         // A follower answering from stale state: refused before anyone claimed it.
@@ -442,6 +530,30 @@ mod tests {
             check(PaymentObject::default(), &stale, 10_000),
             Verdict::Linearizable
         );
+    }
+
+    #[test]
+    fn two_successes_outside_one_keyed_answer_are_reported() {
+        let attempt = |step, node| PayAttempt {
+            key: 7,
+            step,
+            node,
+            call_ms: node * 10,
+            return_ms: node * 10 + 5,
+            answer: PayAnswer::Settled("0xa".into()),
+        };
+        let log = |steps: &[Step]| PayLog {
+            attempts: steps
+                .iter()
+                .enumerate()
+                .map(|(i, s)| attempt(*s, i as u64 + 1))
+                .collect(),
+            ..PayLog::default()
+        };
+        assert!(one_success_per_payment(&log(&[SETTLE])).is_empty());
+        assert!(one_success_per_payment(&log(&[KEYED, KEYED, KEYED])).is_empty());
+        assert_eq!(one_success_per_payment(&log(&[SETTLE, SETTLE])).len(), 1);
+        assert_eq!(one_success_per_payment(&log(&[KEYED, SETTLE])).len(), 1);
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! - [`vopr`]: one randomized run of a seed: [`world`] (the chain, token and keys), [`chain`]
 //!   (each node's link to it), [`payments`] (x402 clients), [`faults`] (the schedule drawn from
 //!   the seed), [`invariants`] and [`linearizability`] (the checkers), [`rng`];
-//! - [`seeds`]: the run sets (CI shards, regression seeds, coverage, the numbers reported).
+//! - [`seeds`]: the run sets (CI shards, regression seeds, coverage, the numbers reported);
+//! - [`signing`]: watches every settlement signature as it happens, against every replica's
+//!   state at that instant.
 //!
 //! Tests are plain `#[test]`s (turmoil cannot run inside a tokio runtime), seeded from
 //! `SIM_SEED`; see [`seed_from_env`] and [`ReplayHint`].
@@ -29,6 +31,7 @@ pub mod payments;
 pub mod rng;
 pub mod scenarios;
 pub mod seeds;
+pub mod signing;
 pub mod vopr;
 pub mod workload;
 pub mod world;

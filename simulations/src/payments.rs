@@ -48,7 +48,16 @@ pub const SETTLE_UNEXPECTED: &str = "unexpected_settle_error";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Step {
     Verify(Requirements),
-    Settle,
+    /// `keyed`: sent with the payment's one `Idempotency-Key` (every keyed settle of a payment
+    /// carries the same key), so it may get an answer stored by an earlier keyed settle.
+    Settle {
+        keyed: bool,
+    },
+}
+
+/// The `Idempotency-Key` of payment `key`'s keyed settles.
+pub fn idempotency_key_of(key: u64) -> String {
+    format!("settle-{key}")
 }
 
 /// What one request came back with.
@@ -242,6 +251,7 @@ pub fn nonce_of(key: u64) -> [u8; 32] {
 pub async fn send(
     client: &AdminClient,
     signer: &Signer,
+    key: u64,
     payment: &Payment,
     step: Step,
     node: u64,
@@ -249,12 +259,16 @@ pub async fn send(
 ) -> PayAnswer {
     let (path, requirements) = match step {
         Step::Verify(r) => ("/verify", r),
-        Step::Settle => ("/settle", Requirements::Main),
+        Step::Settle { .. } => ("/settle", Requirements::Main),
+    };
+    let headers = match step {
+        Step::Settle { keyed: true } => vec![("idempotency-key", idempotency_key_of(key))],
+        _ => Vec::new(),
     };
     let body = signer.body(payment, requirements);
     let authority = node_authority(node);
     let answer: Result<serde_json::Value, CallError> = client
-        .call(Method::POST, &authority, path, body, deadline)
+        .call_with(Method::POST, &authority, path, &headers, body, deadline)
         .await;
     let value = match answer {
         Ok(v) => v,
@@ -271,7 +285,7 @@ pub async fn send(
             ),
             Err(_) => PayAnswer::Lost,
         },
-        Step::Settle => match serde_json::from_value::<SettleResponse>(value) {
+        Step::Settle { .. } => match serde_json::from_value::<SettleResponse>(value) {
             Ok(s) if s.success => PayAnswer::Settled(s.transaction),
             Ok(s) => PayAnswer::NotSettled {
                 reason: s
@@ -295,7 +309,7 @@ pub async fn attempt(
     deadline: Duration,
 ) -> PayAttempt {
     let call_ms = sim_elapsed_ms();
-    let answer = send(client, signer, payment, step, node, deadline).await;
+    let answer = send(client, signer, key, payment, step, node, deadline).await;
     PayAttempt {
         key,
         step,
@@ -502,12 +516,18 @@ async fn run_payer(ctx: Ctx) {
             )
             .await;
         }
+        // Some resource servers retry with an Idempotency-Key (the same for every retry of
+        // the payment), the others without: a retry of a lost success is then refused.
+        let settle = Step::Settle {
+            keyed: ctx.rng.borrow_mut().chance(40),
+        };
         let settled = ctx
-            .until(key, &payment, Step::Settle, ctx.random_node(), settle_final)
+            .until(key, &payment, settle, ctx.random_node(), settle_final)
             .await;
         if matches!(settled, Some(PayAnswer::Settled(_))) && ctx.rng.borrow_mut().chance(30) {
+            // A replay: with the key, the stored success again; without, a refusal.
             let node = ctx.random_node();
-            ctx.attempt(key, &payment, Step::Settle, node).await;
+            ctx.attempt(key, &payment, settle, node).await;
         }
         tokio::time::sleep(ctx.options.pause).await;
     }

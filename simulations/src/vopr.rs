@@ -22,6 +22,7 @@ use crate::faults::{Episode, Fault, FaultMode, FaultPlan, PlanLimits};
 use crate::invariants::{self, Sample};
 use crate::payments::{self, PayAnswer, PaymentOptions, Requirements, Signer, Step, NONCE_USED};
 use crate::rng::SimRng;
+use crate::signing;
 use crate::workload::WorkloadOptions;
 use crate::world;
 
@@ -141,6 +142,7 @@ impl VoprReport {
 /// Runs seed `options.seed` to the end and reports; panics only on harness failures and on the
 /// claims workload's own checks.
 pub fn run(options: VoprOptions) -> VoprReport {
+    let watch = signing::watch();
     let plan = FaultPlan::draw(options.seed, options.nodes, options.plan_limits());
     let described = plan.describe();
     println!("seed {}: {described}", options.seed);
@@ -203,6 +205,7 @@ pub fn run(options: VoprOptions) -> VoprReport {
     let samples = poller.samples();
     let spread = plan.clock_spread_ms();
     violations.extend(invariants::linearizable_payments(&log));
+    violations.extend(invariants::one_success_per_payment(&log));
     violations.extend(invariants::chain_settled_once(
         &log,
         &chain,
@@ -219,6 +222,9 @@ pub fn run(options: VoprOptions) -> VoprReport {
         |a| a.call_ms < clients_stopped_ms,
     ));
     violations.extend(invariants::breaker_epochs(&samples, &cluster.restarts));
+    let signatures = signing::report();
+    drop(watch);
+    violations.extend(signatures.violations);
     violations.extend(invariants::hashes_by_applied_index(&samples));
     let end = match cluster.wait_converged(Duration::from_secs(20)) {
         Ok(end) => end,
@@ -243,13 +249,14 @@ pub fn run(options: VoprOptions) -> VoprReport {
         .collect::<BTreeSet<_>>()
         .len();
     let summary = format!(
-        "seed {} ({} nodes): {} payments, {} settled, {} requests, {} chain transfers; claims: {}; {} samples; faults: {:?}; simulated {} ms",
+        "seed {} ({} nodes): {} payments, {} settled, {} requests, {} chain transfers, {} signatures; claims: {}; {} samples; faults: {:?}; simulated {} ms",
         options.seed,
         options.nodes,
         log.payments.len(),
         settled,
         log.attempts.len(),
         chain.transfers().len(),
+        signatures.signatures,
         claims.history.summary(),
         samples.len(),
         faults.exercised,
@@ -720,7 +727,7 @@ fn final_payments(
                         &signer,
                         key,
                         &payment,
-                        Step::Settle,
+                        Step::Settle { keyed: false },
                         node,
                         FINAL_DEADLINE,
                     )
