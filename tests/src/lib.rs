@@ -6,12 +6,17 @@
 //!   records every acknowledged claim.
 //! - [`devchain`]: anvil with our EIP-3009 TestUSDC, the dev accounts, and the `[facilitator]`
 //!   TOML that points nodes at it (also behind the `x402-devchain` binary).
+//! - [`http`]: plain requests to a node, answered with status, headers and JSON.
+//! - [`resource_server`]: the official SDK's resource servers and paying scripts
+//!   (`deploy/local/demo`) as processes.
 //!
 //! The tests themselves live in `tests/cluster_*.rs` (and the sled crash test in
 //! `tests/crash_*.rs`); nextest runs them one at a time (`.config/nextest.toml`).
 
 pub mod cluster;
 pub mod devchain;
+pub mod http;
+pub mod resource_server;
 pub mod rpc_proxy;
 pub mod single_node;
 pub mod workload;

@@ -22,19 +22,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use alloy::primitives::B256;
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::header::{HeaderName, HeaderValue};
-use hyper::{HeaderMap, Method, Request, StatusCode};
-use serde_json::Value;
+use hyper::Method;
 use sha2::{Digest, Sha256};
 use x402_client::wire::NodeStatus;
 use x402_client::x402::payment::encode;
-use x402_client::{ClientError, HttpClient, HttpConfig};
+use x402_client::{HttpClient, HttpConfig};
 use x402_tests::devchain::{
     facilitator_toml_with, signer_keys_csv, AnvilOptions, DevChain, Mining, SIGNERS,
     SIGNER_KEYS_ENV,
 };
+use x402_tests::http::{get, post, send};
 use x402_tests::rpc_proxy::{ProxyMode, RpcProxy};
 use x402_tests::{ClusterOptions, LocalCluster};
 
@@ -73,91 +70,6 @@ async fn cluster_on(
             .env(SIGNER_KEYS_ENV, signer_keys_csv()),
     )
     .await
-}
-
-/// An answer: status, headers, body (as bytes and as JSON, `Null` when not JSON).
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    bytes: Bytes,
-    json: Value,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// The error body's `code`.
-    fn code(&self) -> &str {
-        self.json["code"].as_str().unwrap_or("")
-    }
-}
-
-/// Sends one request to `base` (a node's URL) with its own client (usable in spawned tasks).
-async fn send(
-    http: &HttpClient,
-    base: &str,
-    method: Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Vec<u8>,
-) -> Result<Reply, ClientError> {
-    let mut request = Request::builder()
-        .method(method)
-        .uri(format!("{base}{path}"));
-    for (name, value) in headers {
-        request = request.header(
-            HeaderName::from_bytes(name.as_bytes()).expect("header name"),
-            HeaderValue::from_bytes(value.as_bytes()).expect("header value"),
-        );
-    }
-    let request = request.body(Full::new(Bytes::from(body))).expect("request");
-    let response = http.send(request).await?;
-    let (parts, bytes) = response.into_parts();
-    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    Ok(Reply {
-        status: parts.status,
-        headers: parts.headers,
-        bytes,
-        json,
-    })
-}
-
-/// POSTs JSON `body` to node `id`; panics when there is no answer.
-async fn post(
-    cluster: &LocalCluster,
-    id: u64,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Reply {
-    let mut all = vec![("content-type", "application/json")];
-    all.extend_from_slice(headers);
-    send(
-        cluster.http(),
-        cluster.url(id),
-        Method::POST,
-        path,
-        &all,
-        body.to_vec(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("POST {path} on node {id}: {e}"))
-}
-
-async fn get(cluster: &LocalCluster, id: u64, path: &str, headers: &[(&str, &str)]) -> Reply {
-    send(
-        cluster.http(),
-        cluster.url(id),
-        Method::GET,
-        path,
-        headers,
-        Vec::new(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("GET {path} on node {id}: {e}"))
 }
 
 /// A client for many concurrent requests, with a deadline longer than a failover.

@@ -1,0 +1,139 @@
+//! Resource servers and paying clients of the official x402 SDKs (`deploy/local/demo`), as
+//! processes: `server.mjs` (`@x402/express` 2.27) or `server-v1.mjs` (`x402-express` 1.2) with
+//! one node as facilitator, and node scripts run to completion. Their `node_modules` come from
+//! `npm ci` in that folder (`scripts/test.sh` runs it); a missing install fails the test and
+//! says so.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use crate::devchain::workspace_root;
+
+/// How long a resource server may take to print its ready line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The demo folder, with its `node_modules` installed.
+pub fn demo_dir() -> PathBuf {
+    let dir = workspace_root().join("deploy/local/demo");
+    assert!(
+        dir.join("node_modules/@x402/express").is_dir()
+            && dir.join("node_modules/x402-express").is_dir(),
+        "{} has no node_modules: run `npm ci` there (scripts/test.sh does)",
+        dir.display()
+    );
+    dir
+}
+
+/// A free loopback port (a race with other processes is possible, and harmless here: a
+/// server that cannot bind fails to start and says so).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// One resource server process; killed when dropped.
+pub struct ResourceServer {
+    child: Child,
+    /// `http://127.0.0.1:<port>/paid`.
+    pub url: String,
+    log: mpsc::Receiver<String>,
+}
+
+impl ResourceServer {
+    /// Starts `script` (in the demo folder) with `env` and a free port, and waits for its ready
+    /// line.
+    pub fn start(script: &str, env: &BTreeMap<&str, String>) -> ResourceServer {
+        let port = free_port();
+        let mut child = Command::new("node")
+            .arg(script)
+            .current_dir(demo_dir())
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("PORT", port.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start node {script}: {e} (is node installed?)"));
+        let (lines, log) = mpsc::channel();
+        for pipe in [
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let lines = lines.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    if lines.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match log.recv_timeout(left) {
+                Ok(line) if line.starts_with("server: ready") => break,
+                Ok(line) => seen.push(line),
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "{script} did not get ready in {READY_TIMEOUT:?}:\n{}",
+                        seen.join("\n")
+                    );
+                }
+            }
+        }
+        ResourceServer {
+            child,
+            url: format!("http://127.0.0.1:{port}/paid"),
+            log,
+        }
+    }
+
+    /// What the server printed since it got ready.
+    pub fn output(&self) -> String {
+        self.log.try_iter().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for ResourceServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `script` (in the demo folder) with `env` to its end; its stdout. Panics, with its
+/// output, if it fails.
+pub fn run_script(script: &str, env: &BTreeMap<&str, String>) -> String {
+    let output = Command::new("node")
+        .arg(script)
+        .current_dir(demo_dir())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap_or_else(|e| panic!("run node {script}: {e} (is node installed?)"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{script} failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
