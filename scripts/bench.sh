@@ -28,6 +28,7 @@ cargo build --release --quiet -p x402-node -p x402-client --bins
 export X402_BIN_DIR="$PWD/target/release"
 [ -f "$dir/pids" ] && deploy/local/down.sh "$dir" >/dev/null || true
 rm -rf "$dir"
+mkdir -p "$(dirname "$dir")"
 trap 'deploy/local/down.sh "$dir" >/dev/null 2>&1 || true' EXIT
 no_chain_toml='[facilitator]
 onchain_checks = false
@@ -145,8 +146,10 @@ PY
     done < "$dir/pids"
     # A fresh fourth node, added as a learner: it can only catch up by installing the snapshot.
     port=$(( ${X402_BASE_PORT:-7101} + 3 ))
+    peer_port=$(( ${X402_BASE_PORT:-7101} + 103 ))
     mkdir -p "$dir/node4"
     sed -e 's/^node_id = 1$/node_id = 4/' -e "s/:$(( ${X402_BASE_PORT:-7101} ))\"/:$port\"/g" \
+        -e "s/:$(( ${X402_BASE_PORT:-7101} + 100 ))\"/:$peer_port\"/g" \
         -e "s#$dir/node1#$dir/node4#; s#node1/data#node4/data#" "$dir/node1/config.toml" \
       | sed '/^\[bootstrap\]/,$d' > "$dir/node4/config.toml"
     "$X402_BIN_DIR/x402-node" --config "$dir/node4/config.toml" >> "$dir/node4/node.log" 2>&1 &
@@ -154,7 +157,7 @@ PY
     sleep 1
     leader_applied=$(x402ctl status --json | python3 -c 'import json,sys; print(max(n["applied"] or 0 for n in json.load(sys.stdin)["nodes"]))')
     start=$(date +%s.%N)
-    x402ctl members add 4 "http://127.0.0.1:$port" >&2
+    x402ctl members add 4 "http://127.0.0.1:$peer_port" >&2
     until [ "$(X402_NODES=http://127.0.0.1:$port x402ctl status --json | python3 -c 'import json,sys; s=json.load(sys.stdin)["nodes"]; print(s[0]["applied"] or 0 if s else 0)')" -ge "$leader_applied" ]; do
       sleep 0.1
     done

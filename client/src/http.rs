@@ -29,6 +29,10 @@ pub struct HttpConfig {
     pub max_idle_per_host: usize,
     /// Largest answer body accepted, in bytes.
     pub max_body: usize,
+    /// How long an idle kept-alive connection is kept for reuse. Below the server's own
+    /// keep-alive (a node closes an idle HTTP/1 connection after `header_read_timeout_ms`, 30 s
+    /// by default), so a request is never sent on a connection the server is closing.
+    pub pool_idle_timeout: Duration,
 }
 
 impl Default for HttpConfig {
@@ -38,6 +42,7 @@ impl Default for HttpConfig {
             connect_timeout: Duration::from_secs(2),
             max_idle_per_host: 32,
             max_body: 8 * 1024 * 1024,
+            pool_idle_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -67,6 +72,7 @@ impl HttpClient {
         connector.set_connect_timeout(Some(config.connect_timeout));
         let inner = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(config.max_idle_per_host)
+            .pool_idle_timeout(config.pool_idle_timeout)
             .build(connector);
         Self {
             inner,

@@ -1,6 +1,6 @@
 //! x402-client: what talks to an x402-cluster from outside.
 //!
-//! - [`wire`]: the JSON bodies of the admin/operator API, shared with `x402-node`.
+//! - [`wire`], [`x402`]: re-exported from `x402-protocol` (the types shared with the node).
 //! - [`http`]: a pooled HTTP/1.1 transport (hyper) with a per-request deadline.
 //! - [`admin`]: [`AdminClient`], typed calls to one node's admin API.
 //! - [`facilitator`]: [`FacilitatorClient`], one node's x402 endpoints (`/verify`, `/settle`,
@@ -9,7 +9,6 @@
 //! - [`bench`](mod@bench): the load generator's engine (workers, failover, statistics), `bench claims`
 //!   and `bench verify` / `bench settle` (pre-signed payments).
 //! - [`ctl`]: the `x402ctl` operator commands; the binary only parses and runs them.
-//! - [`x402`]: the x402 protocol's v1/v2 wire types (verify, settle, supported) and decoder.
 
 pub mod admin;
 pub mod bench;
@@ -17,8 +16,8 @@ pub mod ctl;
 pub mod error;
 pub mod facilitator;
 pub mod http;
-pub mod wire;
-pub mod x402;
+
+pub use x402_protocol::{wire, x402};
 
 pub use admin::AdminClient;
 pub use error::ClientError;

@@ -5,10 +5,12 @@
 #   deploy/local/up.sh N DIR
 #
 # Writes DIR/urls (one node URL a line), DIR/pids (`node-id pid url` a line) and DIR/env (exports
-# for x402ctl: X402_NODES, X402_ADMIN_TOKEN, PATH). Stop with deploy/local/down.sh DIR.
+# for x402ctl: X402_NODES, X402_ADMIN_TOKEN, PATH), all readable by their owner only (they hold
+# the admin token and, with a dev chain, keys). Stop with deploy/local/down.sh DIR.
 #
 # Environment:
-#   X402_BASE_PORT   first port (default 7101); node i listens on BASE_PORT + i - 1
+#   X402_BASE_PORT   first port (default 7101); node i listens on BASE_PORT + i - 1 for the API
+#                    and on BASE_PORT + 100 + i - 1 for its peers
 #   X402_BIN_DIR     where x402-node and x402ctl are (default: build them, release profile)
 #   X402_NODE_ENV    extra KEY=VALUE settings for every node, space separated, e.g.
 #                    "X402_RAFT__HEARTBEAT_MS=100 X402_LIMITS__PROPOSE_TIMEOUT_MS=5000"
@@ -63,10 +65,10 @@ mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 
 random_secret() { od -An -N24 -tx1 /dev/urandom | tr -d ' \n'; }
+# Everything written from here on is for this user only.
 umask 077
 [ -f "$dir/cluster-secret" ] || random_secret > "$dir/cluster-secret"
 [ -f "$dir/admin-token" ] || random_secret > "$dir/admin-token"
-umask 022
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -74,11 +76,15 @@ bootstrap=""
 : > "$dir/urls"
 for i in $(seq 1 "$n"); do
   port=$((base_port + i - 1))
-  if port_in_use "$port"; then
-    echo "port $port is in use; set X402_BASE_PORT" >&2
-    exit 1
-  fi
-  bootstrap="$bootstrap$i = \"http://127.0.0.1:$port\"\n"
+  peer_port=$((base_port + 100 + i - 1))
+  for p in "$port" "$peer_port"; do
+    if port_in_use "$p"; then
+      echo "port $p is in use; set X402_BASE_PORT" >&2
+      exit 1
+    fi
+  done
+  # Members know each other by their peer URLs.
+  bootstrap="$bootstrap$i = \"http://127.0.0.1:$peer_port\"\n"
   echo "http://127.0.0.1:$port" >> "$dir/urls"
 done
 
@@ -101,12 +107,14 @@ fi
 : > "$dir/pids"
 for i in $(seq 1 "$n"); do
   port=$((base_port + i - 1))
+  peer_port=$((base_port + 100 + i - 1))
   node_dir="$dir/node$i"
   mkdir -p "$node_dir"
   cat > "$node_dir/config.toml" <<TOML
 node_id = $i
 listen = "127.0.0.1:$port"
 advertise_url = "http://127.0.0.1:$port"
+peer_listen = "127.0.0.1:$peer_port"
 data_dir = "$node_dir/data"
 cluster_secret_file = "$dir/cluster-secret"
 admin_token_file = "$dir/admin-token"

@@ -6,5 +6,6 @@ pub mod breakers;
 pub mod expiry;
 pub mod network;
 pub mod peer_client;
+pub mod peer_guard;
 pub mod proposer;
 pub mod read_barrier;

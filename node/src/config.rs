@@ -34,6 +34,15 @@ pub struct Config {
     pub listen: String,
     /// URL other nodes and clients use to reach this node, e.g. `http://10.0.0.1:7001`.
     pub advertise_url: String,
+    /// Socket address of the peer API (Raft RPCs, forwarded writes, reads of the leader) when it
+    /// has a port of its own, e.g. `0.0.0.0:7002`: peers then never compete with clients for
+    /// connections, and the port can be firewalled apart from the public API. Unset: peers use
+    /// `listen`.
+    pub peer_listen: Option<String>,
+    /// URL other nodes reach the peer API at; the membership records this one. Default: the
+    /// host of `advertise_url` with the port of `peer_listen` (or `advertise_url` itself when
+    /// there is no `peer_listen`). `[bootstrap]` lists these URLs.
+    pub advertise_peer_url: Option<String>,
     /// Directory of the sled store and snapshots.
     pub data_dir: PathBuf,
     pub cluster_secret_file: Option<PathBuf>,
@@ -82,8 +91,19 @@ pub struct Limits {
     /// How long a write may take end to end (including forwarding) before the caller is told the
     /// outcome is unknown.
     pub propose_timeout_ms: u64,
-    /// Open connections served at once; more wait in the kernel's accept queue.
+    /// Open client connections served at once; more wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Open connections from one client address at once; more are closed at once.
+    pub max_connections_per_ip: usize,
+    /// Open connections on the peer listener (`peer_listen`) at once.
+    pub max_peer_connections: usize,
+    /// An HTTP/1 request's headers must arrive within this; it also closes a keep-alive
+    /// connection that sends no next request.
+    pub header_read_timeout_ms: u64,
+    /// A request's whole body must arrive within this.
+    pub body_read_timeout_ms: u64,
+    /// A connection with no request in flight and no traffic for this long is closed.
+    pub idle_timeout_ms: u64,
     /// How often the leader checks for claims to expire.
     pub expiry_interval_ms: u64,
     /// Client writes waiting to be batched; beyond this a write is refused as overloaded.
@@ -107,6 +127,8 @@ impl Default for Config {
             node_id: 1,
             listen: "127.0.0.1:7001".into(),
             advertise_url: String::new(),
+            peer_listen: None,
+            advertise_peer_url: None,
             data_dir: PathBuf::from("./data"),
             cluster_secret_file: None,
             admin_token_file: None,
@@ -149,6 +171,15 @@ impl Default for Limits {
             snapshot_chunk_bytes: 4 << 20,
             propose_timeout_ms: 3_000,
             max_connections: 4_096,
+            // Loopback load generators and a resource server's pool stay well below this; a
+            // host holding more is refused rather than allowed to take every slot.
+            max_connections_per_ip: 512,
+            max_peer_connections: 256,
+            // hyper's own default; also how long an idle HTTP/1 keep-alive connection stays open,
+            // so longer than the idle pool of common clients' keep-alive (undici 4 s, ours 20 s).
+            header_read_timeout_ms: 30_000,
+            body_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
             expiry_interval_ms: 1_000,
             max_queued_writes: 65_536,
             max_writes_per_entry: 1_024,
@@ -230,6 +261,12 @@ impl Config {
                 self.advertise_url
             )));
         }
+        if !self.member_url().starts_with("http://") {
+            return Err(ConfigError::Invalid(format!(
+                "advertise_peer_url {:?} must start with http://",
+                self.member_url()
+            )));
+        }
         let l = &self.limits;
         if l.max_writes_per_entry == 0
             || l.max_writes_per_entry > x402_raft_store::state::MAX_OPS_PER_COMMAND
@@ -257,6 +294,23 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// The URL other members reach this node at (the peer API): `advertise_peer_url`, or the
+    /// host of `advertise_url` with the port of `peer_listen`, or `advertise_url`.
+    pub fn member_url(&self) -> String {
+        if let Some(url) = &self.advertise_peer_url {
+            return url.clone();
+        }
+        let Some(peer_listen) = &self.peer_listen else {
+            return self.advertise_url.clone();
+        };
+        let port = peer_listen.rsplit(':').next().unwrap_or_default();
+        let base = self.advertise_url.trim_end_matches('/');
+        match base.rsplit_once(':') {
+            Some((host, p)) if p.chars().all(|c| c.is_ascii_digit()) => format!("{host}:{port}"),
+            _ => format!("{base}:{port}"),
+        }
     }
 
     /// Loads the cluster secret and the admin token from the environment or their files.

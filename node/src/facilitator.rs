@@ -24,8 +24,8 @@ use tokio::time::Instant;
 
 use alloy::primitives::Address;
 use alloy::signers::local::PrivateKeySigner;
-use x402_client::x402::network::NetworkRegistry;
-use x402_client::x402::{SupportedKind, SupportedResponse};
+use x402_protocol::x402::network::NetworkRegistry;
+use x402_protocol::x402::{SupportedKind, SupportedResponse};
 
 use crate::chain::breaker::EndpointGate;
 use crate::chain::{AlloyChain, ChainError, ChainLimits, Fees, SharedChain};

@@ -11,16 +11,44 @@ pub mod health;
 pub mod peer;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::Router;
+use axum::{middleware, Router};
 
 use crate::node::App;
+use crate::serve;
 
-pub fn router(app: Arc<App>) -> Router {
+/// What clients and operators reach on `listen`: the facilitator API, health and metrics,
+/// admin. Every body is read in full (size and time bounded) before a handler runs.
+pub fn api_router(app: Arc<App>) -> Router {
+    let (max, deadline) = (app.limits.max_body_bytes, body_deadline(&app));
     Router::new()
         .merge(health::routes())
         .merge(facilitator::routes(&app))
         .merge(admin::routes(&app))
-        .merge(peer::routes(&app))
+        .layer(middleware::from_fn(move |request, next| {
+            serve::read_body(max, deadline, request, next)
+        }))
         .with_state(app)
+}
+
+/// What members reach on `peer_listen` (or on `listen` too, without one): the peer API, and
+/// with `with_admin` the admin API (a member's URL is its peer URL, and operators' commands
+/// forwarded to the leader use it).
+pub fn peer_router(app: Arc<App>, with_admin: bool) -> Router {
+    let (max, deadline) = (app.limits.max_peer_body_bytes, body_deadline(&app));
+    let mut router = peer::routes(&app).layer(middleware::from_fn(move |request, next| {
+        serve::read_body(max, deadline, request, next)
+    }));
+    if with_admin {
+        let admin_max = app.limits.max_body_bytes;
+        router = router.merge(admin::routes(&app).layer(middleware::from_fn(
+            move |request, next| serve::read_body(admin_max, deadline, request, next),
+        )));
+    }
+    router.with_state(app)
+}
+
+fn body_deadline(app: &App) -> Duration {
+    Duration::from_millis(app.limits.body_read_timeout_ms)
 }

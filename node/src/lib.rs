@@ -19,5 +19,6 @@ pub mod node;
 pub mod rebuild;
 pub mod seams;
 pub mod secret;
+pub mod serve;
 pub mod sync;
 pub mod x402;

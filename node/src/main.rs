@@ -1,4 +1,5 @@
-//! `x402-node`: run one replica of an x402-cluster, or rebuild its store from a peer.
+//! `x402-node`: run one replica of an x402-cluster, rebuild its store from a peer, or reset an
+//! impossible vote.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ use x402_node::facilitator::Facilitator;
 use x402_node::metrics::Metrics;
 use x402_node::node::{self, NodeSetup};
 use x402_node::seams::{SystemClock, TokioConnector};
+use x402_node::serve;
 use x402_raft_store::storage::{open_sled_stores, FlushObserver, SledOptions};
 
 #[global_allocator]
@@ -37,6 +39,14 @@ enum Command {
         /// URL of a healthy member, e.g. http://10.0.0.2:7001
         #[arg(long)]
         from: String,
+    },
+    /// Replace an impossible vote (a term above 2^48, which only a forged peer message can
+    /// bring) that makes the node panic at every election. Stop the node first. The new vote is
+    /// for this node, not committed, in `--term` (default: the highest term of its log plus
+    /// 2^20, above any term it could have voted in). A sane vote is never lowered.
+    ResetVote {
+        #[arg(long)]
+        term: Option<u64>,
     },
 }
 
@@ -92,6 +102,22 @@ fn main() -> ExitCode {
                 );
                 Ok(())
             }
+            Command::ResetVote { term } => {
+                let reset =
+                    x402_raft_store::storage::reset_vote(&config.data_dir, config.node_id, term)
+                        .map_err(|e| e.to_string())?;
+                println!(
+                    "vote of node {} reset from {} to {} (highest term in its log: {}); start it",
+                    config.node_id,
+                    reset
+                        .old
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "none".into()),
+                    reset.new,
+                    reset.max_log_term
+                );
+                Ok(())
+            }
         }
     });
     match result {
@@ -108,7 +134,9 @@ async fn run(config: Config) -> Result<(), String> {
     tracing::info!(
         node_id = config.node_id,
         listen = %config.listen,
+        peer_listen = config.peer_listen.as_deref().unwrap_or("(listen)"),
         advertise_url = %config.advertise_url,
+        member_url = %config.member_url(),
         data_dir = %config.data_dir.display(),
         "starting x402-node"
     );
@@ -135,10 +163,18 @@ async fn run(config: Config) -> Result<(), String> {
         },
     )
     .map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.listen))?;
-    let max_connections = config.limits.max_connections;
+    let bind = |address: String| async move {
+        tokio::net::TcpListener::bind(&address)
+            .await
+            .map_err(|e| format!("cannot listen on {address}: {e}"))
+    };
+    // Listening before Raft starts: peers that find nobody listening back off.
+    let listener = bind(config.listen.clone()).await?;
+    let peer_listener = match &config.peer_listen {
+        Some(address) => Some(bind(address.clone()).await?),
+        None => None,
+    };
+    let (api_limits, peer_limits) = serve::ServeLimits::from_config(&config.limits);
     let running = node::start(NodeSetup {
         config,
         secrets,
@@ -153,7 +189,26 @@ async fn run(config: Config) -> Result<(), String> {
     .await
     .map_err(|e| e.to_string())?;
     let watchdog = tokio::spawn(exit_when_raft_stops(running.app.raft.clone()));
-    node::serve(listener, running.router, max_connections, shutdown_signal()).await;
+    match peer_listener {
+        Some(peer_listener) => {
+            let (stop_peers, peers_stopped) = tokio::sync::oneshot::channel::<()>();
+            let peers = tokio::spawn(serve::serve(
+                peer_listener,
+                running.peer.clone(),
+                peer_limits,
+                async move {
+                    let _ = peers_stopped.await;
+                },
+            ));
+            serve::serve(listener, running.api.clone(), api_limits, shutdown_signal()).await;
+            let _ = stop_peers.send(());
+            let _ = peers.await;
+        }
+        None => {
+            let router = running.single_router();
+            serve::serve(listener, router, api_limits, shutdown_signal()).await;
+        }
+    }
     tracing::info!("shutting down");
     // A requested shutdown stops the core too; that is not a failure.
     watchdog.abort();

@@ -44,6 +44,8 @@ pub struct Metrics {
     pub breaker_state: IntGaugeVec,
     /// Epoch of each endpoint's circuit breaker (grows with every transition).
     pub breaker_epoch: IntGaugeVec,
+    /// Raft messages from peers refused before openraft saw them, by reason.
+    pub peer_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -97,6 +99,14 @@ impl Metrics {
             "Quota slices leased by this node for requests without a write of their own",
         )?;
         registry.register(Box::new(leases_taken.clone()))?;
+        let peer_refused = IntCounterVec::new(
+            Opts::new(
+                "peer_refused_total",
+                "Raft messages from peers refused before Raft saw them, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(peer_refused.clone()))?;
         let by_endpoint = |name: &str, help: &str| -> Result<IntGaugeVec, prometheus::Error> {
             let g = IntGaugeVec::new(Opts::new(name, help), &["endpoint"])?;
             registry.register(Box::new(g.clone()))?;
@@ -138,6 +148,7 @@ impl Metrics {
             settle_seconds: histogram("settle_seconds", "Time to answer POST /settle")?,
             rate_limited,
             leases_taken,
+            peer_refused,
             breaker_state,
             breaker_epoch,
             registry,

@@ -1,25 +1,19 @@
 //! Assembling one replica: Raft, the peer client, the proposer, background duties and the HTTP
 //! router, from storage and seams chosen by the caller (the binary or a simulation).
 
-use std::any::Any;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::{Extension, Router};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
+use axum::Router;
 use openraft::storage::RaftLogStorage;
 use openraft::BasicNode;
-use tokio::sync::Semaphore;
 use x402_raft_store::storage::{SnapshotVault, StateMachineStore, StateView};
 use x402_raft_store::types::{LogId, NodeId, Raft, TypeConfig};
 
-use crate::access::{leases, Access, ClientAddr};
+use crate::access::{leases, Access};
 use crate::cluster::batcher::{BatchLimits, Batcher};
 use crate::cluster::breakers::ClusterBreakers;
 use crate::cluster::expiry;
@@ -56,6 +50,7 @@ pub struct NodeSetup<LS, V: SnapshotVault> {
 /// What every request handler can reach.
 pub struct App {
     pub id: NodeId,
+    /// The URL members reach this node at (its peer API).
     pub url: String,
     pub raft: Raft,
     pub proposer: Proposer,
@@ -74,6 +69,8 @@ pub struct App {
     /// API keys, rate limits, leases, idempotency settings.
     pub access: Access,
     pub breakers: Arc<ClusterBreakers>,
+    /// `/readyz`'s last verdict, reused for a moment.
+    pub readiness: http::health::ReadinessCache,
 }
 
 impl App {
@@ -103,10 +100,26 @@ pub enum StartError {
     Raft(#[from] openraft::error::Fatal<NodeId>),
 }
 
-/// A started replica: serve its [`RunningNode::router`] on a listener to make it reachable.
+/// A started replica: serve its routers to make it reachable ([`crate::serve::serve`]):
+/// `api` on `listen` and `peer` on `peer_listen`, or [`RunningNode::single_router`] on `listen`
+/// when there is no separate peer port.
 pub struct RunningNode {
     pub app: Arc<App>,
-    pub router: Router,
+    /// The x402 API, health, metrics and admin.
+    pub api: Router,
+    /// The peer API (and admin, for members that reach each other only here).
+    pub peer: Router,
+}
+
+impl RunningNode {
+    /// Both routers on one listener.
+    pub fn single_router(&self) -> Router {
+        self.api.clone().merge(self.peer_only())
+    }
+
+    fn peer_only(&self) -> Router {
+        http::peer_router(self.app.clone(), false)
+    }
 }
 
 /// Builds and starts a replica. Bind the listener *before* calling this: Raft starts sending
@@ -166,7 +179,7 @@ where
     let access = Access::from_config(&config, &metrics);
     let app = Arc::new(App {
         id,
-        url: config.advertise_url.clone(),
+        url: config.member_url(),
         raft: raft.clone(),
         proposer,
         batcher,
@@ -182,6 +195,7 @@ where
         facilitator,
         access,
         breakers,
+        readiness: Default::default(),
     });
     app.breakers.attach(
         app.state.clone(),
@@ -203,8 +217,9 @@ where
     ));
     tokio::spawn(reconcile::run(app.clone()));
     bootstrap_if_first(&app).await;
-    let router = http::router(app.clone());
-    Ok(RunningNode { app, router })
+    let api = http::api_router(app.clone());
+    let peer = http::peer_router(app.clone(), true);
+    Ok(RunningNode { app, api, peer })
 }
 
 /// Keeps the breaker gauges in step with the applied state.
@@ -256,53 +271,5 @@ async fn watch_raft_metrics(app: Arc<App>) {
         if rx.changed().await.is_err() {
             return;
         }
-    }
-}
-
-/// Serves `router` on `listener` until `shutdown` completes, with at most `max_connections`
-/// connections open at once (the rest wait in the accept queue). HTTP/1.1 and HTTP/2 (prior
-/// knowledge, used between nodes) share the port.
-pub async fn serve<L>(
-    mut listener: L,
-    router: Router,
-    max_connections: usize,
-    shutdown: impl Future<Output = ()>,
-) where
-    L: axum::serve::Listener,
-    L::Addr: 'static,
-{
-    let permits = Arc::new(Semaphore::new(max_connections.max(1)));
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            _ = &mut shutdown => return,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let (io, addr) = tokio::select! {
-            _ = &mut shutdown => return,
-            accepted = listener.accept() => accepted,
-        };
-        // The client's IP, for per-IP rate limits.
-        let client = ClientAddr(
-            (&addr as &dyn Any)
-                .downcast_ref::<SocketAddr>()
-                .map(|a| a.ip()),
-        );
-        let service = TowerToHyperService::new(router.clone().layer(Extension(client)));
-        tokio::spawn(async move {
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http2()
-                .initial_stream_window_size(8 << 20)
-                .initial_connection_window_size(32 << 20)
-                .max_concurrent_streams(1024);
-            if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-            drop(permit);
-        });
     }
 }

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use hyper::Method;
-use x402_client::wire::{AddLearnerRequest, MemberIdRequest, NodeStatus};
+use x402_protocol::wire::{AddLearnerRequest, MemberIdRequest, NodeStatus};
 use x402_raft_store::storage::rebuild_from_snapshot;
 use x402_raft_store::types::Vote;
 
@@ -91,7 +91,7 @@ pub async fn rebuild(config: &Config, peer_url: &str) -> Result<PathBuf, Rebuild
     let moved = rebuild_from_snapshot(&config.data_dir, &snapshot, Vote::default())?;
     let body = serde_json::to_vec(&AddLearnerRequest {
         id: config.node_id,
-        url: config.advertise_url.clone(),
+        url: config.member_url(),
     })
     .unwrap_or_default();
     post("/admin/members/add", body, MEMBERSHIP_DEADLINE)

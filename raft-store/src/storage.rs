@@ -23,8 +23,8 @@ pub use log_mem::MemLogStore;
 pub use log_sled::SledLogStore;
 pub use mark::{read_store_mark, StoreId, StoreMark, MARK_FILE, MARK_INTERVAL};
 pub use open::{
-    open_sled_stores, rebuild_from_snapshot, OpenError, SledOptions, DEFAULT_CACHE_BYTES, SLED_DIR,
-    SNAPSHOT_DIR,
+    open_sled_stores, rebuild_from_snapshot, reset_vote, OpenError, SledOptions, VoteReset,
+    DEFAULT_CACHE_BYTES, RESET_VOTE_MARGIN, SLED_DIR, SNAPSHOT_DIR,
 };
 pub use snapshot_vault::{
     decode_snapshot_file, encode_snapshot_file, FileSnapshotVault, MemSnapshotVault, SnapshotVault,

@@ -28,3 +28,9 @@ pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Node>;
 pub type Snapshot = openraft::Snapshot<TypeConfig>;
 pub type StorageError = openraft::StorageError<NodeId>;
 pub type RaftMetrics = openraft::RaftMetrics<NodeId, Node>;
+
+/// Highest Raft term this cluster ever uses or accepts. openraft computes `term + 1` at every
+/// election; a vote near `u64::MAX` (only a forged message can bring one) would wrap it and
+/// panic on every restart. 2^48 back-to-back elections take over a million years, so no
+/// legitimate term comes near it (see `x402_node::cluster::peer_guard`).
+pub const MAX_TERM: u64 = 1 << 48;

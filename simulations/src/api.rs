@@ -15,8 +15,8 @@ use hyper::client::conn::http2::SendRequest;
 use hyper::{header, Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::de::DeserializeOwned;
-use x402_client::wire::{ClaimRequest, ClaimResponse, ErrorBody, NodeStatus};
 use x402_node::seams::Connector;
+use x402_protocol::wire::{ClaimRequest, ClaimResponse, ErrorBody, NodeStatus};
 
 use crate::net::TurmoilConnector;
 

@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use x402_client::wire::{ClaimOutcome, NodeStatus};
+use x402_protocol::wire::{ClaimOutcome, NodeStatus};
 
 use crate::cluster::SimCluster;
 use crate::history::{Fate, History};

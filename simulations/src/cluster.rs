@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use x402_client::wire::{ClaimRequest, ClaimResponse, NodeStatus, Role};
 use x402_node::chain::{MemoryChain, SharedChain};
 use x402_node::cluster::breakers::ClusterBreakers;
 use x402_node::config::{
@@ -25,6 +24,7 @@ use x402_node::facilitator::Facilitator;
 use x402_node::metrics::Metrics;
 use x402_node::node::{self, NodeSetup};
 use x402_node::secret::Secret;
+use x402_protocol::wire::{ClaimRequest, ClaimResponse, NodeStatus, Role};
 use x402_raft_store::storage::{MemLogStore, MemSnapshotVault, StateMachineStore};
 
 use crate::api::{AdminClient, CallError};
@@ -651,7 +651,7 @@ async fn run_node(config: Config, disk: Disk) -> turmoil::Result {
     crate::signing::register(id, state_machine.view());
     // Listening before Raft starts: peers that find nobody listening back off.
     let listener = TurmoilListener::bind(&config.listen).await?;
-    let max_connections = config.limits.max_connections;
+    let (limits, _) = x402_node::serve::ServeLimits::from_config(&config.limits);
     let breakers = Arc::new(ClusterBreakers::new(config.breaker.clone()));
     let link = ChainLink::new(
         disk.chain.clone(),
@@ -674,10 +674,10 @@ async fn run_node(config: Config, disk: Disk) -> turmoil::Result {
     })
     .await
     .map_err(|e| e.to_string())?;
-    node::serve(
+    x402_node::serve::serve(
         listener,
-        running.router,
-        max_connections,
+        running.single_router(),
+        limits,
         std::future::pending::<()>(),
     )
     .await;

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use sha2::{Digest, Sha256};
-use x402_client::wire::ClaimOutcome;
+use x402_protocol::wire::ClaimOutcome;
 
 use crate::api::CallError;
 

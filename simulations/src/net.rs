@@ -1,4 +1,4 @@
-//! The network seam on turmoil: a listener `x402_node::node::serve` accepts connections from, and
+//! The network seam on turmoil: a listener `x402_node::serve::serve` accepts connections from, and
 //! a connector the node's peer client (and the simulated clients) open streams with. Both speak
 //! turmoil's simulated TCP, so partitions, latency and crashes apply to every byte.
 

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use alloy::signers::local::PrivateKeySigner;
 use hyper::Method;
-use x402_client::x402::eip3009::TransferWithAuthorization;
-use x402_client::x402::payment::{encode, PaymentBuilder, PaymentTerms};
-use x402_client::x402::{self, ChainId, FacilitatorRequest, SettleResponse, VerifyResponse};
+use x402_protocol::x402::eip3009::TransferWithAuthorization;
+use x402_protocol::x402::payment::{encode, PaymentBuilder, PaymentTerms};
+use x402_protocol::x402::{self, ChainId, FacilitatorRequest, SettleResponse, VerifyResponse};
 
 use crate::api::{AdminClient, CallError};
 use crate::clock::{sim_elapsed_ms, SIM_EPOCH_MS};

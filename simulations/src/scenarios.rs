@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use x402_client::wire::{ClaimResponse, NodeStatus};
+use x402_protocol::wire::{ClaimResponse, NodeStatus};
 
 use crate::api::CallError;
 use crate::checks::{finish_and_check, FinalReport};

@@ -11,8 +11,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use x402_client::wire::{AddLearnerRequest, MemberIdRequest};
 use x402_node::config::{BreakerSettings, LimitScope, RateRule};
+use x402_protocol::wire::{AddLearnerRequest, MemberIdRequest};
 
 use crate::api::CallError;
 use crate::checks::finish_and_check;

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use x402_client::wire::{self, ClaimRequest};
+use x402_protocol::wire::{self, ClaimRequest};
 
 use crate::api::AdminClient;
 use crate::clock::{sim_elapsed_ms, SIM_EPOCH_MS};

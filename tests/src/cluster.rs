@@ -38,8 +38,8 @@ use http_body_util::Full;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, Response};
 use tempfile::TempDir;
-use x402_client::wire::{NodeStatus, Role};
 use x402_client::{AdminClient, ClientError, HttpClient, HttpConfig};
+use x402_protocol::wire::{NodeStatus, Role};
 
 /// How long a cluster may take to elect a leader every node agrees on.
 pub const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -79,6 +79,8 @@ impl ClusterOptions {
 /// One node process and its files.
 struct NodeProc {
     url: String,
+    /// Where its peers reach it (its own port for the peer API).
+    peer_url: String,
     config: PathBuf,
     data_dir: PathBuf,
     log: PathBuf,
@@ -138,16 +140,21 @@ impl LocalCluster {
             http: HttpClient::new(&HttpConfig {
                 timeout: Duration::from_secs(10),
                 connect_timeout: Duration::from_secs(2),
+                // Below the shortest keep-alive a test gives its nodes.
+                pool_idle_timeout: Duration::from_secs(1),
                 ..HttpConfig::default()
             }),
         };
-        let ports = free_ports(n as usize);
+        // Each node listens for clients and for peers on ports of their own, as in production;
+        // members know each other by their peer URLs.
+        let ports = free_ports(2 * n as usize);
+        let pairs: Vec<(u16, u16)> = ports.chunks(2).map(|p| (p[0], p[1])).collect();
         let bootstrap: BTreeMap<u64, String> = (1..=n)
-            .zip(&ports)
-            .map(|(id, port)| (id, format!("http://127.0.0.1:{port}")))
+            .zip(&pairs)
+            .map(|(id, (_, peer))| (id, format!("http://127.0.0.1:{peer}")))
             .collect();
-        for (id, port) in (1..=n).zip(ports) {
-            cluster.add_node(id, port, &bootstrap);
+        for (id, ports) in (1..=n).zip(pairs) {
+            cluster.add_node(id, ports, &bootstrap);
         }
         for id in 1..=n {
             cluster.spawn(id);
@@ -160,8 +167,8 @@ impl LocalCluster {
     /// waits until it serves HTTP. Returns its URL.
     pub async fn start_extra_node(&mut self, id: u64) -> String {
         assert!(!self.nodes.contains_key(&id), "node {id} already exists");
-        let port = free_ports(1)[0];
-        self.add_node(id, port, &BTreeMap::new());
+        let ports = free_ports(2);
+        self.add_node(id, (ports[0], ports[1]), &BTreeMap::new());
         self.spawn(id);
         self.wait_live(id).await;
         self.url(id).to_owned()
@@ -186,6 +193,11 @@ impl LocalCluster {
 
     pub fn url(&self, id: u64) -> &str {
         &self.node(id).url
+    }
+
+    /// Node `id`'s peer API URL (what its membership entry records).
+    pub fn peer_url(&self, id: u64) -> &str {
+        &self.node(id).peer_url
     }
 
     /// Every node's URL, comma separated (the format of `X402_NODES`).
@@ -242,7 +254,8 @@ impl LocalCluster {
         &self.http
     }
 
-    /// Sends a raw request to node `id`: any method, path, headers and body.
+    /// Sends a raw request to node `id`: any method, path, headers and body; `/raft/*` goes to
+    /// the node's peer port (where the peer API lives), everything else to its API port.
     pub async fn raw(
         &self,
         id: u64,
@@ -251,9 +264,14 @@ impl LocalCluster {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Result<Response<Bytes>, ClientError> {
+        let base = if path.starts_with("/raft/") {
+            self.peer_url(id)
+        } else {
+            self.url(id)
+        };
         let mut request = Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.url(id)));
+            .uri(format!("{base}{path}"));
         for (name, value) in headers {
             request = request.header(
                 HeaderName::from_bytes(name.as_bytes()).expect("header name"),
@@ -543,7 +561,12 @@ impl LocalCluster {
     }
 
     /// Writes node `id`'s directory and config.
-    fn add_node(&mut self, id: u64, port: u16, bootstrap: &BTreeMap<u64, String>) {
+    fn add_node(
+        &mut self,
+        id: u64,
+        (port, peer_port): (u16, u16),
+        bootstrap: &BTreeMap<u64, String>,
+    ) {
         let dir = self.root.join(format!("node{id}"));
         fs::create_dir_all(&dir).expect("create node directory");
         let url = format!("http://127.0.0.1:{port}");
@@ -551,6 +574,7 @@ impl LocalCluster {
         let config = dir.join("config.toml");
         let mut toml = format!(
             "node_id = {id}\nlisten = \"127.0.0.1:{port}\"\nadvertise_url = {}\n\
+             peer_listen = \"127.0.0.1:{peer_port}\"\n\
              data_dir = {}\ncluster_secret_file = {}\nadmin_token_file = {}\n\n",
             toml_str(&url),
             toml_str(&data_dir.to_string_lossy()),
@@ -573,6 +597,7 @@ impl LocalCluster {
             id,
             NodeProc {
                 url,
+                peer_url: format!("http://127.0.0.1:{peer_port}"),
                 config,
                 data_dir,
                 log: dir.join("node.log"),

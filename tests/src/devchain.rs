@@ -45,14 +45,14 @@ use alloy::signers::local::PrivateKeySigner;
 use alloy::sol;
 use alloy::sol_types::{Eip712Domain, SolCall, SolValue};
 use tempfile::TempDir;
-use x402_client::x402::network::{ChainId, NetworkRegistry};
-use x402_client::x402::payment::{PaymentBuilder, PaymentTerms};
-use x402_client::x402::{self, FacilitatorRequest};
 use x402_node::chain::tx::{sign_eip1559, Eip1559Request};
 use x402_node::chain::{
     AlloyChain, CallRequest, Chain, ChainError, ChainLimits, NonceTag, Receipt,
 };
 use x402_node::x402::eip3009::{self, TransferWithAuthorization};
+use x402_protocol::x402::network::{ChainId, NetworkRegistry};
+use x402_protocol::x402::payment::{PaymentBuilder, PaymentTerms};
+use x402_protocol::x402::{self, FacilitatorRequest};
 
 use crate::cluster::{die_with_parent, toml_str, ClusterOptions};
 

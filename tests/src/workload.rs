@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::task::JoinSet;
-use x402_client::wire::{to_hex, ClaimOutcome, ClaimRequest, ClaimResponse};
 use x402_client::{AdminClient, ClientError};
+use x402_protocol::wire::{to_hex, ClaimOutcome, ClaimRequest, ClaimResponse};
 
 /// Chain id of every test claim.
 pub const CHAIN_ID: u64 = 31337;

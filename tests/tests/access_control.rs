@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 use alloy::primitives::B256;
 use hyper::Method;
 use sha2::{Digest, Sha256};
-use x402_client::wire::NodeStatus;
-use x402_client::x402::payment::encode;
 use x402_client::{HttpClient, HttpConfig};
+use x402_protocol::wire::NodeStatus;
+use x402_protocol::x402::payment::encode;
 use x402_tests::devchain::{
     facilitator_toml_with, signer_keys_csv, AnvilOptions, DevChain, Mining, SIGNERS,
     SIGNER_KEYS_ENV,

@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
-use x402_client::wire::{to_hex, ClaimOutcome, ErrorBody};
+use x402_protocol::wire::{to_hex, ClaimOutcome, ErrorBody};
 use x402_tests::workload::{self, ASSET};
 use x402_tests::LocalCluster;
 

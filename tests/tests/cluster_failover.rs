@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use x402_client::wire::ClaimRequest;
+use x402_protocol::wire::ClaimRequest;
 use x402_tests::workload::{self, Writer};
 use x402_tests::LocalCluster;
 

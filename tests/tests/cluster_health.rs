@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
-use x402_client::wire::Readiness;
+use x402_protocol::wire::Readiness;
 use x402_tests::workload;
 use x402_tests::LocalCluster;
 

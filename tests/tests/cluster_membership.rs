@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use x402_client::wire::{ClaimRequest, ClusterStatus, MembershipResponse, Role};
+use x402_protocol::wire::{ClaimRequest, ClusterStatus, MembershipResponse, Role};
 use x402_tests::cluster::CONVERGE_TIMEOUT;
 use x402_tests::workload::{self, Writer};
 use x402_tests::LocalCluster;

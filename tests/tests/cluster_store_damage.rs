@@ -48,7 +48,7 @@ enum Verdict {
     /// It exited; this is its `error:` line.
     Refused(String),
     /// It started and answers status.
-    Started(Box<x402_client::wire::NodeStatus>),
+    Started(Box<x402_protocol::wire::NodeStatus>),
 }
 
 async fn verdict(cluster: &mut LocalCluster, id: u64, log_offset: usize) -> Verdict {

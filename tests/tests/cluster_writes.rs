@@ -3,7 +3,7 @@
 //! different fingerprint is a replay, an expired authorization is refused; afterwards every node
 //! holds byte-equal state at the same log position (I6).
 
-use x402_client::wire::{ClaimOutcome, ClaimRequest};
+use x402_protocol::wire::{ClaimOutcome, ClaimRequest};
 use x402_tests::workload::{self, claim, unix_now, with_fingerprint};
 use x402_tests::LocalCluster;
 

@@ -13,7 +13,7 @@ use alloy::primitives::{address, Address, B256, U256};
 use alloy::signers::local::PrivateKeySigner;
 use hyper::{Method, StatusCode};
 use serde_json::{json, Map, Value};
-use x402_client::x402::eip3009::{self, TransferWithAuthorization};
+use x402_protocol::x402::eip3009::{self, TransferWithAuthorization};
 use x402_tests::workload::unix_now;
 use x402_tests::{ClusterOptions, LocalCluster};
 

@@ -14,8 +14,8 @@ use alloy::primitives::{B256, U256};
 use alloy::signers::local::PrivateKeySigner;
 use hyper::Method;
 use serde_json::Value;
-use x402_client::x402::payment::{encode, PaymentBuilder, PaymentTerms};
-use x402_client::x402::FacilitatorRequest;
+use x402_protocol::x402::payment::{encode, PaymentBuilder, PaymentTerms};
+use x402_protocol::x402::FacilitatorRequest;
 use x402_tests::devchain::{
     facilitator_toml_with, signer_keys_csv, wire_address, AnvilOptions, DevChain, Mining, MERCHANT,
     PAYMENT_AMOUNT, SIGNERS, SIGNER_KEYS_ENV,

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use alloy::primitives::B256;
 use serde_json::{json, Value};
-use x402_client::x402::payment::encode;
-use x402_client::x402::FacilitatorRequest;
+use x402_protocol::x402::payment::encode;
+use x402_protocol::x402::FacilitatorRequest;
 use x402_tests::devchain::{
     facilitator_toml_with, key_signer, AnvilOptions, DevChain, Mining, SIGNER1, SIGNER1_KEY,
     SIGNER_KEYS_ENV,

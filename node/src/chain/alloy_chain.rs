@@ -78,7 +78,59 @@ struct Endpoint {
     id: EndpointId,
     /// The URL without any credentials in it, for error messages.
     label: String,
+    /// The parts of the URL that may carry a key, as texts an error might quote: every error
+    /// text of this endpoint has them replaced by `label` before it leaves (the transport's own
+    /// messages quote the whole URL).
+    secrets: Vec<String>,
     provider: RootProvider<Ethereum>,
+}
+
+impl Endpoint {
+    /// `text` with every quoted secret part of the URL replaced by the label.
+    fn scrub(&self, mut text: String) -> String {
+        for secret in &self.secrets {
+            if text.contains(secret.as_str()) {
+                text = text.replace(secret.as_str(), &self.label);
+            }
+        }
+        text
+    }
+
+    /// `e` with its texts scrubbed.
+    fn scrub_error(&self, e: ChainError) -> ChainError {
+        match e {
+            ChainError::Unavailable(t) => ChainError::Unavailable(self.scrub(t)),
+            ChainError::Rejected { code, message } => ChainError::Rejected {
+                code,
+                message: self.scrub(message),
+            },
+            ChainError::BadResponse(t) => ChainError::BadResponse(self.scrub(t)),
+            reverted @ ChainError::Reverted { .. } => reverted,
+        }
+    }
+}
+
+/// The texts of `raw` (and of its parsed form) an error message could quote and that may hold
+/// a key: the whole URL, and its path, query and user info when they are more than a slash.
+/// Longest first, so a whole URL is replaced before a part of it.
+fn secret_parts(raw: &str, parsed: &alloy::transports::http::reqwest::Url) -> Vec<String> {
+    let mut parts = vec![raw.to_owned(), parsed.as_str().to_owned()];
+    let path = parsed.path();
+    if path.len() > 1 {
+        parts.push(path.to_owned());
+    }
+    if let Some(q) = parsed.query().filter(|q| !q.is_empty()) {
+        parts.push(q.to_owned());
+    }
+    if !parsed.username().is_empty() {
+        parts.push(parsed.username().to_owned());
+    }
+    if let Some(p) = parsed.password() {
+        parts.push(p.to_owned());
+    }
+    parts.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    parts.dedup();
+    parts
 }
 
 impl AlloyChain {
@@ -107,6 +159,7 @@ impl AlloyChain {
             endpoints.push(Endpoint {
                 id: endpoint_id(raw),
                 label: redact(raw),
+                secrets: secret_parts(raw, &parsed),
                 provider: RootProvider::new_http(parsed),
             });
         }
@@ -149,7 +202,7 @@ impl AlloyChain {
             )
             .await
             {
-                Ok(outcome) => outcome,
+                Ok(outcome) => outcome.map_err(|e| endpoint.scrub_error(e)),
                 Err(_) => Err(ChainError::Unavailable(format!(
                     "timed out after {:?}",
                     self.limits.call_timeout

@@ -15,12 +15,40 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use openraft::Vote;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use x402_raft_store::codec;
 use x402_raft_store::types::{Node, NodeId, TypeConfig};
 
 use super::peer_client::{PeerClient, PeerError};
+use super::peer_guard;
+
+/// The vote a Raft answer carries, if any, and whether it refused ours as higher.
+pub trait AnsweredVote {
+    fn answered_vote(&self) -> Option<(&Vote<NodeId>, bool)>;
+}
+
+impl AnsweredVote for AppendEntriesResponse<NodeId> {
+    fn answered_vote(&self) -> Option<(&Vote<NodeId>, bool)> {
+        match self {
+            AppendEntriesResponse::HigherVote(vote) => Some((vote, true)),
+            _ => None,
+        }
+    }
+}
+
+impl AnsweredVote for VoteResponse<NodeId> {
+    fn answered_vote(&self) -> Option<(&Vote<NodeId>, bool)> {
+        Some((&self.vote, false))
+    }
+}
+
+impl AnsweredVote for InstallSnapshotResponse<NodeId> {
+    fn answered_vote(&self) -> Option<(&Vote<NodeId>, bool)> {
+        Some((&self.vote, false))
+    }
+}
 
 /// Paths of the peer API.
 pub mod paths {
@@ -79,7 +107,7 @@ impl PeerConnection {
     ) -> Result<Resp, RPCError<NodeId, Node, RaftError<NodeId, E>>>
     where
         Req: Serialize,
-        Resp: DeserializeOwned,
+        Resp: DeserializeOwned + AnsweredVote,
         E: std::error::Error + DeserializeOwned,
     {
         let body = codec::encode(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
@@ -102,6 +130,16 @@ impl PeerConnection {
             })?;
         let result: Result<Resp, RaftError<NodeId, E>> =
             codec::decode(&bytes).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        // A vote in the answer reaches openraft's vote handling as much as a request's does.
+        let answered = match &result {
+            Ok(resp) => resp.answered_vote(),
+            Err(RaftError::APIError(_)) => None,
+            Err(RaftError::Fatal(_)) => None,
+        };
+        if let Some((vote, higher)) = answered {
+            peer_guard::check_answer_vote(vote, self.self_id, higher)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        }
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

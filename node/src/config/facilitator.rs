@@ -30,7 +30,7 @@ use std::path::PathBuf;
 
 use alloy::signers::local::PrivateKeySigner;
 use serde::{Deserialize, Serialize};
-use x402_client::x402::network::{split_caip2, ChainId, NetworkRegistry, EIP155};
+use x402_protocol::x402::network::{split_caip2, ChainId, NetworkRegistry, EIP155};
 
 use super::ConfigError;
 use crate::secret::Secret;

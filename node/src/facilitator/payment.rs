@@ -10,9 +10,9 @@
 use alloy::primitives::{Address, B256, U256};
 use alloy::sol_types::Eip712Domain;
 use sha2::{Digest, Sha256};
-use x402_client::x402::eip3009::{self, TransferWithAuthorization};
-use x402_client::x402::evm::{eip712_domain, SCHEME_EXACT};
-use x402_client::x402::{FacilitatorRequest, ReasonCode};
+use x402_protocol::x402::eip3009::{self, TransferWithAuthorization};
+use x402_protocol::x402::evm::{eip712_domain, SCHEME_EXACT};
+use x402_protocol::x402::{FacilitatorRequest, ReasonCode};
 use x402_raft_store::state::{NonceClaim, NonceKey};
 
 use super::{Facilitator, Network};

@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use alloy::primitives::{Address, B256, U256};
 use tokio::time::Instant;
-use x402_client::x402::eip3009;
-use x402_client::x402::{ReasonCode, SettleResponse};
+use x402_protocol::x402::eip3009;
+use x402_protocol::x402::{ReasonCode, SettleResponse};
 use x402_raft_store::state::{
     ClaimId, GuardedOp, Op, SettlementAnswer, SettlementFinish, SettlementOutcome, SettlementPhase,
     SettlementRecord, SettlementReplace, SettlementStart, SignedSettlement, SuccessTaker,

@@ -10,8 +10,8 @@
 //! benchmark setting. The claim comes last so that a payment that fails a check leaves no state.
 
 use alloy::primitives::U256;
-use x402_client::x402::eip3009::{self, TransferWithAuthorization};
-use x402_client::x402::{FacilitatorRequest, ReasonCode, VerifyResponse};
+use x402_protocol::x402::eip3009::{self, TransferWithAuthorization};
+use x402_protocol::x402::{FacilitatorRequest, ReasonCode, VerifyResponse};
 use x402_raft_store::state::{ClaimOutcome, GuardedOp};
 use x402_raft_store::Response;
 

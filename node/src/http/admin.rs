@@ -21,7 +21,7 @@ use axum::{Json, Router};
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::raft::ClientWriteResponse;
 use openraft::{BasicNode, ChangeMembers, Membership, ServerState};
-use x402_client::wire::{
+use x402_protocol::wire::{
     self, AddLearnerRequest, BreakerStatus, ClaimRequest, ClaimResponse, InitRequest, Member,
     MemberIdRequest, MembershipResponse, NodeStatus, Role, SignerStatus, SnapshotResponse,
 };
@@ -203,13 +203,52 @@ async fn add_learner(
     if let Some(answer) = pass_to_leader(&app, "/admin/members/add", &request).await? {
         return Ok(answer);
     }
+    let url = member_url_of(&app, request.id, &request.url).await?;
     // Not blocking: a learner may need a long snapshot transfer; promotion waits for it.
     let written = app
         .raft
-        .add_learner(request.id, BasicNode::new(&request.url), false)
+        .add_learner(request.id, BasicNode::new(&url), false)
         .await
         .map_err(membership_error)?;
     Ok(membership_answer(written))
+}
+
+/// The URL the node at `url` says members reach it at (its peer API, when it listens for
+/// peers apart), after checking it is node `id`: an operator may name either of its URLs, and
+/// the membership must record the one Raft uses. A node that cannot be asked (not started
+/// yet) is recorded under the URL given.
+async fn member_url_of(app: &App, id: NodeId, url: &str) -> Result<String, ApiError> {
+    let asked = app
+        .peers
+        .call(
+            axum::http::Method::GET,
+            url,
+            "/admin/status",
+            "application/json",
+            Vec::new(),
+            Duration::from_secs(5),
+        )
+        .await;
+    let status: NodeStatus = match asked.map(|bytes| serde_json::from_slice(&bytes)) {
+        Ok(Ok(status)) => status,
+        Ok(Err(e)) => {
+            return Err(ApiError::bad_request(format!(
+                "{url} answered its status in a form this node does not read: {e}"
+            )))
+        }
+        Err(e) => {
+            tracing::warn!(%url, error = %e, "cannot ask the new member its URL; recording the one given");
+            return Ok(url.to_owned());
+        }
+    };
+    if status.id != id {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "wrong_node",
+            format!("{url} is node {}, not node {id}", status.id),
+        ));
+    }
+    Ok(status.url)
 }
 
 async fn promote(

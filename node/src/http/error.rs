@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
-use x402_client::wire::ErrorBody;
+use x402_protocol::wire::ErrorBody;
 
 use crate::cluster::proposer::ProposeError;
 

@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use tokio::time::Instant;
-use x402_client::x402::{
+use x402_protocol::x402::{
     decode_request, DecodeError, FacilitatorRequest, ReasonCode, SettleResponse, VerifyResponse,
 };
 use x402_raft_store::runtime::ThreadRng;

@@ -2,7 +2,10 @@
 //!
 //! `/livez` says the process serves HTTP. `/readyz` says this node can answer correctly now: a
 //! leader is known and a linearizable read through it succeeds (which proves a quorum is
-//! reachable and this node has applied everything committed before the check).
+//! reachable and this node has applied everything committed before the check). The read costs
+//! the leader a quorum round, and `/readyz` needs no authentication, so its verdict is reused
+//! for [`READINESS_MAX_AGE`]: however often anyone asks, a node checks at most a few times a
+//! second, and concurrent askers share one check.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,13 +15,23 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use x402_client::wire::Readiness;
+use tokio::time::Instant;
+use x402_protocol::wire::Readiness;
 
 use crate::cluster::read_barrier::wait_linearizable;
 use crate::node::App;
 
 /// How long a readiness check may wait for the leader and for apply to catch up.
 const READINESS_DEADLINE: Duration = Duration::from_secs(1);
+/// How long a readiness verdict is reused.
+pub const READINESS_MAX_AGE: Duration = Duration::from_millis(500);
+
+/// The last readiness verdict and when it was reached. Holding the lock while checking makes
+/// concurrent askers wait for one check instead of each making one.
+#[derive(Default)]
+pub struct ReadinessCache {
+    last: tokio::sync::Mutex<Option<(Instant, Vec<String>)>>,
+}
 
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -28,6 +41,28 @@ pub fn routes() -> Router<Arc<App>> {
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {
+    let reasons = {
+        let mut last = app.readiness.last.lock().await;
+        match &*last {
+            Some((at, reasons)) if at.elapsed() < READINESS_MAX_AGE => reasons.clone(),
+            _ => {
+                let reasons = readiness(&app).await;
+                *last = Some((Instant::now(), reasons.clone()));
+                reasons
+            }
+        }
+    };
+    let ready = reasons.is_empty();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(Readiness { ready, reasons })).into_response()
+}
+
+/// Why this node is not ready now (none: it is).
+async fn readiness(app: &App) -> Vec<String> {
     let mut reasons = Vec::new();
     let (fatal, leader) = {
         let metrics = app.raft.metrics();
@@ -38,16 +73,10 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
         reasons.push(format!("raft stopped: {fatal}"));
     } else if leader.is_none() {
         reasons.push("no leader known".to_string());
-    } else if let Err(e) = wait_linearizable(&app, READINESS_DEADLINE).await {
+    } else if let Err(e) = wait_linearizable(app, READINESS_DEADLINE).await {
         reasons.push(format!("linearizable read failed: {e}"));
     }
-    let ready = reasons.is_empty();
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(Readiness { ready, reasons })).into_response()
+    reasons
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {

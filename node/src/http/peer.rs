@@ -1,5 +1,6 @@
 //! The peer API (`/raft/*`): what other nodes call. Bodies are bincode, decoded with a size limit;
-//! callers authenticate with the shared cluster secret.
+//! callers authenticate with the shared cluster secret, and every Raft message passes
+//! [`crate::cluster::peer_guard`] before openraft sees it.
 //!
 //! Raft RPC handlers answer the whole `Result` of the local `Raft` call, so the caller can tell a
 //! Raft-level refusal (a higher term, a conflict) from a transport failure.
@@ -23,6 +24,7 @@ use x402_raft_store::types::{NodeId, TypeConfig};
 
 use super::error::ApiError;
 use crate::cluster::network::paths;
+use crate::cluster::peer_guard::{self, PeerView};
 use crate::cluster::proposer::ProposeRequest;
 use crate::node::App;
 use crate::secret::bearer_matches;
@@ -71,18 +73,48 @@ fn reply<T: Serialize>(value: &T) -> Response {
     }
 }
 
+/// What this node knows when it checks a peer's message.
+fn peer_view(app: &App) -> PeerView {
+    let receiver = app.raft.metrics();
+    let metrics = receiver.borrow();
+    let membership = metrics.membership_config.membership();
+    PeerView {
+        self_id: app.id,
+        current_term: metrics.current_term,
+        members: membership.nodes().map(|(id, _)| *id).collect(),
+        voters: membership.voter_ids().collect(),
+        max_entries: app.raft.config().max_payload_entries,
+        max_snapshot_bytes: codec::MAX_STATE_BYTES as u64,
+    }
+}
+
+/// A refused peer message: counted, logged, answered 400 (the sender sees a network error).
+fn refuse(app: &App, what: &str, why: peer_guard::Refused) -> ApiError {
+    app.metrics
+        .peer_refused
+        .with_label_values(&[why.label()])
+        .inc();
+    tracing::warn!(%why, what, "refused a peer message");
+    ApiError::bad_request(format!("{what} refused: {why}"))
+}
+
 async fn append(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
     let request: AppendEntriesRequest<TypeConfig> = decode(&body)?;
+    peer_guard::check_append(&request, &peer_view(&app))
+        .map_err(|why| refuse(&app, "append", why))?;
     Ok(reply(&app.raft.append_entries(request).await))
 }
 
 async fn vote(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
     let request: VoteRequest<NodeId> = decode(&body)?;
+    peer_guard::check_vote(&request, &peer_view(&app)).map_err(|why| refuse(&app, "vote", why))?;
     Ok(reply(&app.raft.vote(request).await))
 }
 
 async fn snapshot(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
     let request: InstallSnapshotRequest<TypeConfig> = decode(&body)?;
+    peer_guard::check_snapshot(&request, &peer_view(&app))
+        .map_err(|why| refuse(&app, "snapshot", why))?;
     Ok(reply(&app.raft.install_snapshot(request).await))
 }
 

@@ -1138,6 +1138,8 @@ impl Observed {
                     .entry(k)
                     .or_default()
                     .insert(start.claim.key.digest());
+                // A new record (the old one expired, in this very command perhaps).
+                self.success.remove(&start.claim.key.digest());
             }
             (
                 Op::ReplaceSettlement(replace),

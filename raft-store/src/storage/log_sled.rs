@@ -176,6 +176,11 @@ impl SledLogStore {
                     reason: e.to_string(),
                 })
             }
+            Ok(Err(sled::Error::Io(e))) if e.kind() == io::ErrorKind::StorageFull => {
+                return Err(OpenError::DiskFull {
+                    path: path.to_path_buf(),
+                })
+            }
             Ok(Err(e)) => return Err(will_not_open(e.to_string())),
             Err(panic) => {
                 return Err(will_not_open(format!(
@@ -260,7 +265,7 @@ impl SledLogStore {
     }
 
     /// The last log id held, or the last purged one when no entry is left.
-    fn last_log_id(&self) -> io::Result<Option<LogId>> {
+    pub(crate) fn last_log_id(&self) -> io::Result<Option<LogId>> {
         let last_purged = self.read_meta::<LogId>(KEY_LAST_PURGED)?;
         let last_entry = match self.inner.log.last().map_err(sled_io_error)? {
             Some((key, value)) => Some(decode_entry(&key, &value)?.log_id),
@@ -409,6 +414,11 @@ impl SledLogStore {
     /// The last purged log id, as stored.
     pub(crate) fn last_purged(&self) -> io::Result<Option<LogId>> {
         self.read_meta(KEY_LAST_PURGED)
+    }
+
+    /// The committed log id, as stored.
+    pub(crate) fn committed(&self) -> io::Result<Option<LogId>> {
+        self.read_meta(KEY_COMMITTED)
     }
 }
 

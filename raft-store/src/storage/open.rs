@@ -21,7 +21,7 @@ use super::state_machine::StateMachineStore;
 use super::FlushObserver;
 use crate::codec::CodecError;
 use crate::state::ClusterState;
-use crate::types::Vote;
+use crate::types::{Vote, MAX_TERM};
 
 /// sled's directory inside a data directory.
 pub const SLED_DIR: &str = "raft.sled";
@@ -97,12 +97,28 @@ pub enum OpenError {
     Snapshot { path: PathBuf, reason: String },
     #[error("the snapshot file given to rebuild is not valid: {0}")]
     InvalidSnapshotFile(CodecError),
+    #[error(
+        "the disk holding {path} is full: free space there and start the node again (the store \
+         itself is not damaged; do not rebuild it)"
+    )]
+    DiskFull { path: PathBuf },
+    #[error("the vote of the store at {path} was not reset: {reason}")]
+    VoteNotReset { path: PathBuf, reason: String },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> OpenError + '_ {
-    move |source| OpenError::Io {
-        path: path.to_path_buf(),
-        source,
+    move |source| {
+        let plain = |source| OpenError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if source.kind() == io::ErrorKind::StorageFull {
+            OpenError::DiskFull {
+                path: path.to_path_buf(),
+            }
+        } else {
+            plain(source)
+        }
     }
 }
 
@@ -373,4 +389,96 @@ fn exchange(a: &Path, b: &Path) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// What [`reset_vote`] changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VoteReset {
+    pub old: Option<Vote>,
+    pub new: Vote,
+    /// The highest term in the log, purge point, commit point or snapshot.
+    pub max_log_term: u64,
+}
+
+/// How far above the highest term of its log a reset vote goes by default: more elections than
+/// a node can hold since its last entry in days of campaigning (about 6.7 a second at the
+/// default timeouts: 2^20 is some 43 hours), so the node never votes again in a term it may
+/// have voted in.
+pub const RESET_VOTE_MARGIN: u64 = 1 << 20;
+
+/// Replaces an impossible vote (a term above [`MAX_TERM`], which only a forged peer message
+/// can have brought) of the stopped node `node_id` whose store is in `data_dir` with a vote for
+/// itself, not committed, in `term` (default: the highest term of its log plus
+/// [`RESET_VOTE_MARGIN`]). Refuses when the vote is sane (a sane vote is never lowered) or
+/// when the log itself holds a term above the bound (forged entries were accepted: rebuild the
+/// store from a peer instead). The vote is written into sled, flushed, and the store mark
+/// follows it; the store is opened again to prove it.
+pub fn reset_vote(
+    data_dir: &Path,
+    node_id: crate::types::NodeId,
+    term: Option<u64>,
+) -> Result<VoteReset, OpenError> {
+    let refused = |reason: String| OpenError::VoteNotReset {
+        path: data_dir.to_path_buf(),
+        reason,
+    };
+    let (log, state_machine) = open_sled_stores(data_dir, SledOptions::default())?;
+    let corrupt = |e: io::Error| OpenError::Corrupt {
+        path: data_dir.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let old = log.vote().map_err(corrupt)?;
+    let Some(current) = old.filter(|v| v.leader_id.term > MAX_TERM) else {
+        return Err(refused(format!(
+            "its vote ({old:?}) is within the bound {MAX_TERM}: a sane vote is never lowered"
+        )));
+    };
+    let terms = [
+        log.last_log_id().map_err(corrupt)?,
+        log.committed().map_err(corrupt)?,
+        log.last_purged().map_err(corrupt)?,
+        state_machine.view().last_applied(),
+    ];
+    let max_log_term = terms
+        .iter()
+        .flatten()
+        .map(|id| id.leader_id.term)
+        .max()
+        .unwrap_or(0);
+    if max_log_term > MAX_TERM {
+        return Err(refused(format!(
+            "its log holds term {max_log_term}, above the bound {MAX_TERM}: forged entries were \
+             accepted; rebuild the store from a healthy peer with `x402-node rebuild --from <URL>`"
+        )));
+    }
+    let term = term.unwrap_or_else(|| max_log_term.saturating_add(RESET_VOTE_MARGIN));
+    if term <= max_log_term || term > MAX_TERM {
+        return Err(refused(format!(
+            "term {term} must be above the log's highest term {max_log_term} and at most {MAX_TERM}"
+        )));
+    }
+    let new = Vote::new(term, node_id);
+    tracing::warn!(old = %current, new = %new, "resetting an impossible vote");
+    let sled_dir = data_dir.join(SLED_DIR);
+    log.seed_blocking(None, &new).map_err(io_error(&sled_dir))?;
+    drop(log);
+    drop(state_machine);
+    let (log, _) = open_sled_stores(data_dir, SledOptions::default())?;
+    match log.vote().map_err(corrupt)? {
+        Some(v) if v == new => {}
+        other => {
+            return Err(refused(format!(
+                "the store reads vote {other:?} after the reset"
+            )))
+        }
+    }
+    match read_store_mark(data_dir)? {
+        Some(mark) if mark.vote == Some(new) => {}
+        other => return Err(refused(format!("the mark reads {other:?} after the reset"))),
+    }
+    Ok(VoteReset {
+        old,
+        new,
+        max_log_term,
+    })
 }

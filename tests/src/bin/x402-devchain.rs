@@ -263,9 +263,22 @@ fn alive(pid: libc::pid_t) -> bool {
     }
 }
 
+/// Writes `text` to `path`, readable by its owner only (the files hold dev keys; a real key
+/// put in their place must not be world-readable either).
 fn write(path: &Path, text: &str) -> Result<(), DevChainError> {
-    fs::write(path, text)
-        .map_err(|e| DevChainError(format!("cannot write {}: {e}", path.display())))
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |e: std::io::Error| DevChainError(format!("cannot write {}: {e}", path.display()));
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(fail)?;
+    // An existing file keeps its mode on open: tighten it.
+    fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).map_err(fail)?;
+    file.write_all(text.as_bytes()).map_err(fail)
 }
 
 /// `value` in single quotes for sh.

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use serde_json::Value;
-use x402_client::x402::{
+use x402_protocol::x402::{
     decode_request, Address, ChainId, FacilitatorRequest, NetworkRegistry, SettleResponse,
     SupportedResponse, VerifyResponse, U256,
 };
@@ -85,7 +85,7 @@ fn v1_requests_decode_as_v1() {
             Ok(ChainId(84532))
         );
         assert_eq!(request.required_amount(), U256::from_u64(10000));
-        let domain = x402_client::x402::evm::eip712_domain(request.extra()).unwrap();
+        let domain = x402_protocol::x402::evm::eip712_domain(request.extra()).unwrap();
         assert_eq!((domain.name, domain.version), ("USD Coin", "2"));
     }
 }

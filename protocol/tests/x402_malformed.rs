@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use x402_client::x402::{
+use x402_protocol::x402::{
     decode_request, DecodeError, FacilitatorRequest, NetworkError, NetworkRegistry, ReasonCode,
 };
 
@@ -351,11 +351,11 @@ fn networks() {
         Err(NetworkError::UnknownName { .. })
     ));
     networks
-        .add("anvil", x402_client::x402::ChainId(31337))
+        .add("anvil", x402_protocol::x402::ChainId(31337))
         .unwrap();
     assert_eq!(
         request.chain_id(&networks),
-        Ok(x402_client::x402::ChainId(31337))
+        Ok(x402_protocol::x402::ChainId(31337))
     );
     // A client's accepted.network that differs is the verifier's business, not a decode error.
     let request = decode_request(&with(

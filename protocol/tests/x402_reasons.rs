@@ -3,7 +3,7 @@
 //! the exact wire string; the Python and x402-rs vocabularies decode as `Other` and re-encode
 //! unchanged.
 
-use x402_client::x402::ReasonCode;
+use x402_protocol::x402::ReasonCode;
 
 /// The specification's §9 list (v1 and v2).
 const SPEC: &[&str] = &[
