@@ -3,20 +3,36 @@
 //! - no acknowledged write is lost (I7): re-claiming every acknowledged nonce with other
 //!   requirements answers `replay` (it is stored), and with its own answers `accepted`;
 //! - writes that certainly failed, and writes that must not have committed (sent to a leader cut
-//!   off from the majority), are not stored: claiming them with other requirements is accepted.
+//!   off from the majority), are not stored: claiming them with other requirements is accepted;
+//! - the healed cluster is live: every re-claim is decided within [`LIVENESS_DEADLINE`].
+//!
+//! A re-claim is idempotent (the same nonce and requirements answer the same), so one that gets
+//! an undecided answer (`504 outcome_unknown`, `503`, a lost answer) is sent again, to the next
+//! member, until it is decided. A definite answer that is wrong is a safety violation and panics
+//! at once; a re-claim still undecided at the deadline is a liveness violation, reported in
+//! [`FinalReport::liveness`]. One timed-out request is neither (seeds 1509 and 1530 once failed
+//! on a single 5 s attempt that answered 504 while a five-node cluster settled after the heal).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use x402_protocol::wire::{ClaimOutcome, NodeStatus};
+use x402_protocol::wire::{ClaimOutcome, ClaimResponse, NodeStatus};
 
+use crate::api::CallError;
 use crate::cluster::SimCluster;
 use crate::history::{Fate, History};
 use crate::workload::{claim_request, Fingerprint, Workload};
 
 /// Re-claims in flight at once during the checks.
 const CHECK_CONCURRENCY: usize = 32;
+/// How long one re-claim may take.
 const CHECK_DEADLINE: Duration = Duration::from_secs(5);
+/// How long, from the first round, the re-claims of one check may stay undecided before the
+/// cluster is called not live. Six single deadlines: elections after a heal take under 2 s in
+/// every seed of the CI budget.
+pub const LIVENESS_DEADLINE: Duration = Duration::from_secs(30);
+/// Pause between rounds of re-claims, so a cluster electing a leader is not flooded.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -31,6 +47,8 @@ pub struct FinalReport {
     pub acked: usize,
     pub failed: usize,
     pub unknown: usize,
+    /// Re-claims the healed cluster did not decide within [`LIVENESS_DEADLINE`], one line each.
+    pub liveness: Vec<String>,
 }
 
 impl FinalReport {
@@ -44,6 +62,15 @@ impl FinalReport {
             .state_hash
     }
 
+    /// Panics if some re-claim was not decided in time (for scenarios, whose runs must be live).
+    pub fn assert_live(&self) {
+        assert!(
+            self.liveness.is_empty(),
+            "the healed cluster was not live:\n{}",
+            self.liveness.join("\n")
+        );
+    }
+
     /// The (identical) applied index of every node at the end.
     pub fn applied(&self) -> Option<u64> {
         self.end.values().next().and_then(|s| s.applied)
@@ -52,7 +79,8 @@ impl FinalReport {
 
 /// Stops `workload`, waits for the cluster to converge and checks the invariants above. `absent`
 /// names writes (outside the workload) that must not be stored; `other_claims` says whether
-/// other clients (payments) claimed nonces too. Panics on any violation.
+/// other clients (payments) claimed nonces too. Panics on any safety violation; liveness
+/// violations are in the report.
 pub fn finish_and_check(
     cluster: &mut SimCluster,
     workload: &Workload,
@@ -96,21 +124,21 @@ pub fn finish_and_check(
     ));
 
     // Acknowledged writes are stored: another fingerprint is a replay, their own is accepted.
-    let members = cluster.members();
-    let target = |op: u64| members[(op % members.len() as u64) as usize];
+    let mut liveness = Vec::new();
     for (fingerprint, expected) in [
         (Fingerprint::Other, ClaimOutcome::Replay),
         (Fingerprint::Main, ClaimOutcome::Accepted),
     ] {
-        let requests = acked
-            .iter()
-            .map(|&op| (target(op), claim_request(op, fingerprint)))
-            .collect();
-        let answers = cluster.claim_many(requests, CHECK_CONCURRENCY, CHECK_DEADLINE);
-        for (op, answer) in acked.iter().zip(answers) {
+        let ops: Vec<u64> = acked.iter().copied().collect();
+        let answers = claim_until_decided(cluster, &ops, fingerprint);
+        for (op, answer) in ops.iter().zip(answers) {
             match answer {
                 Ok(r) if r.outcome == expected => {}
-                other => panic!(
+                Err(Undecided(last)) => liveness.push(format!(
+                    "acknowledged write {op} re-claimed with {fingerprint:?} was not decided within {} s after the heal; last answer: {last}",
+                    LIVENESS_DEADLINE.as_secs()
+                )),
+                Ok(other) => panic!(
                     "acknowledged write {op} re-claimed with {fingerprint:?}: expected {expected:?}, got {other:?}; its attempts: {:#?}",
                     attempts_of(&history, *op)
                 ),
@@ -123,16 +151,16 @@ pub fn finish_and_check(
     ));
 
     // Writes that certainly failed, or could not commit, are not stored.
-    let must_be_absent: BTreeSet<u64> = failed.union(absent).copied().collect();
-    let requests = must_be_absent
-        .iter()
-        .map(|&op| (target(op), claim_request(op, Fingerprint::Other)))
-        .collect();
-    let answers = cluster.claim_many(requests, CHECK_CONCURRENCY, CHECK_DEADLINE);
+    let must_be_absent: Vec<u64> = failed.union(absent).copied().collect();
+    let answers = claim_until_decided(cluster, &must_be_absent, Fingerprint::Other);
     for (op, answer) in must_be_absent.iter().zip(answers) {
         match answer {
             Ok(r) if r.outcome == ClaimOutcome::Accepted => {}
-            other => panic!(
+            Err(Undecided(last)) => liveness.push(format!(
+                "write {op} (failed, or could not commit) claimed with other requirements was not decided within {} s after the heal; last answer: {last}",
+                LIVENESS_DEADLINE.as_secs()
+            )),
+            Ok(other) => panic!(
                 "write {op} should not be stored (it failed, or could not commit), but claiming it with other requirements answered {other:?}; its attempts: {:#?}",
                 attempts_of(&history, *op)
             ),
@@ -146,15 +174,19 @@ pub fn finish_and_check(
     let end = cluster
         .wait_converged(CONVERGE_TIMEOUT)
         .unwrap_or_else(|why| panic!("the cluster did not converge after the checks: {why}"));
-    for s in end.values() {
-        let before = converged[&s.id].claims;
-        assert_eq!(
-            s.claims,
-            before + must_be_absent.len() as u64,
-            "node-{}: the checks should have added exactly the {} absent claims to {before}",
-            s.id,
-            must_be_absent.len()
-        );
+    // An undecided re-claim may or may not have added its claim, so the count is exact only
+    // when every re-claim was decided.
+    if liveness.is_empty() {
+        for s in end.values() {
+            let before = converged[&s.id].claims;
+            assert_eq!(
+                s.claims,
+                before + must_be_absent.len() as u64,
+                "node-{}: the checks should have added exactly the {} absent claims to {before}",
+                s.id,
+                must_be_absent.len()
+            );
+        }
     }
     FinalReport {
         history,
@@ -163,7 +195,74 @@ pub fn finish_and_check(
         acked: acked.len(),
         failed: failed.len(),
         unknown: unknown.len(),
+        liveness,
     }
+}
+
+/// The last undecided answer of a re-claim that ran out of time.
+struct Undecided(String);
+
+/// Whether an answer settles what the cluster holds: a claim outcome, or a `4xx` refusal (which
+/// a re-claim never deserves, so the caller reports it as wrong). `503`, `504` and lost or
+/// undelivered requests say nothing and are sent again.
+fn decided(answer: &Result<ClaimResponse, CallError>) -> bool {
+    match answer {
+        Ok(_) => true,
+        Err(CallError::Status { status, .. }) => (400..500).contains(status),
+        Err(CallError::NotDelivered(_) | CallError::Lost(_)) => false,
+    }
+}
+
+/// Claims every op of `ops` with `fingerprint`, in rounds: the undecided ones go again, each to
+/// the next member, until all are decided or [`LIVENESS_DEADLINE`] has passed. Answers in the
+/// order of `ops`; a decided error panics (a re-claim is never refused).
+fn claim_until_decided(
+    cluster: &mut SimCluster,
+    ops: &[u64],
+    fingerprint: Fingerprint,
+) -> Vec<Result<ClaimResponse, Undecided>> {
+    let members = cluster.members();
+    let started = cluster.now_ms();
+    let mut answers: Vec<Option<Result<ClaimResponse, CallError>>> = vec![None; ops.len()];
+    for round in 0u64.. {
+        let pending: Vec<usize> = (0..ops.len())
+            .filter(|&i| !answers[i].as_ref().is_some_and(decided))
+            .collect();
+        let out_of_time = cluster.now_ms() - started >= LIVENESS_DEADLINE.as_millis() as u64;
+        if pending.is_empty() || out_of_time {
+            break;
+        }
+        if round > 0 {
+            cluster.note(format!(
+                "round {round} of re-claims with {fingerprint:?}: {} undecided",
+                pending.len()
+            ));
+            cluster.run_for(RETRY_PAUSE);
+        }
+        let requests = pending
+            .iter()
+            .map(|&i| {
+                let op = ops[i];
+                let node = members[((op + round) % members.len() as u64) as usize];
+                (node, claim_request(op, fingerprint))
+            })
+            .collect();
+        let round_answers = cluster.claim_many(requests, CHECK_CONCURRENCY, CHECK_DEADLINE);
+        for (i, answer) in pending.into_iter().zip(round_answers) {
+            answers[i] = Some(answer);
+        }
+    }
+    ops.iter()
+        .zip(answers)
+        .map(|(op, answer)| match answer {
+            Some(Ok(r)) => Ok(r),
+            Some(Err(e @ CallError::Status { status, .. })) if (400..500).contains(&status) => {
+                panic!("re-claiming write {op} with {fingerprint:?} was refused: {e}")
+            }
+            Some(Err(e)) => Err(Undecided(e.to_string())),
+            None => Err(Undecided("never sent".into())),
+        })
+        .collect()
 }
 
 fn attempts_of(history: &History, op: u64) -> Vec<&crate::history::Attempt> {

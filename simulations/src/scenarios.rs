@@ -234,6 +234,7 @@ pub fn partition_leader(seed: u64, timing: PartitionTiming) -> ScenarioReport {
     cluster.run_for(Duration::from_millis(timing.after_heal_ms));
     let absent: BTreeSet<u64> = (PROBE_BASE..PROBE_BASE + PROBES).collect();
     let final_report = finish_and_check(&mut cluster, &workload, &absent, false);
+    final_report.assert_live();
     ScenarioReport::new(&cluster, old, new, failover, final_report)
 }
 
@@ -324,6 +325,7 @@ pub fn crash_leader(seed: u64) -> ScenarioReport {
 
     cluster.run_for(Duration::from_secs(1));
     let final_report = finish_and_check(&mut cluster, &workload, &BTreeSet::new(), false);
+    final_report.assert_live();
     ScenarioReport::new(&cluster, old, new, failover, final_report)
 }
 

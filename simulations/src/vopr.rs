@@ -192,8 +192,10 @@ pub fn run(options: VoprOptions) -> VoprReport {
     }
     poller.stop();
     let clients_stopped_ms = cluster.now_ms();
-    // The claims workload's checks: convergence, no acknowledged claim lost (panics otherwise).
+    // The claims workload's checks: convergence, no acknowledged claim lost (panics otherwise),
+    // every re-claim decided in time (liveness, reported).
     let claims = finish_and_check(&mut cluster, &workload, &BTreeSet::new(), true);
+    violations.extend(claims.liveness.iter().map(|l| format!("liveness: {l}")));
     final_payments(&mut cluster, &payers, &mut violations);
     cluster.run_for(Duration::from_millis(500));
 
