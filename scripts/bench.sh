@@ -93,6 +93,11 @@ terms=(--network "${X402_NETWORK:-eip155:31337}"
   --pay-to "${X402_PAY_TO:-0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65}" --amount 10000
   --token-name "${X402_TOKEN_NAME:-USD Coin}" --token-version "${X402_TOKEN_VERSION:-2}")
 
+# The highest Raft term any node reports: its growth over a run counts the elections in it.
+term() {
+  x402ctl status --json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(max(n["term"] for n in s["nodes"] if n.get("term") is not None))'
+}
+
 # Raft entries committed so far (the leader's committed index).
 committed() {
   x402ctl status --json | python3 -c 'import json,sys; s=json.load(sys.stdin); print(max(n["committed"] or 0 for n in s["nodes"]))'
@@ -117,13 +122,19 @@ PY
     x402ctl bench settle "${terms[@]}" --nodes "$nodes" --concurrency "${SETTLE_CONCURRENCY:-64}" --duration "$secs" --json
     ;;
   claims)
+    # Elections under full load are stalls no client asked for: there must be none.
+    before=$(term)
     x402ctl bench claims --nodes "$nodes" --concurrency "$concurrency" --duration "$secs" --json
+    echo "elections during the run: $(( $(term) - before ))" >&2
     ;;
   failover)
     pid=$(leader_pid)
+    before=$(term)
     ( sleep "$(python3 -c "print($secs/3)")"; kill -9 "$pid"; echo "killed leader pid $pid" >&2 ) &
     x402ctl bench claims --nodes "$nodes" --concurrency "$concurrency" --duration "$secs" --json
     wait
+    # One election replaces the killed leader; more are spurious (a heartbeat lost under load).
+    echo "elections during the run: $(( $(term) - before ))" >&2
     ;;
   million)
     target=1000000
