@@ -21,4 +21,3 @@ pub mod seams;
 pub mod secret;
 pub mod serve;
 pub mod sync;
-pub mod x402;

@@ -22,7 +22,7 @@ use x402_node::chain::tx::{sign_eip1559, Eip1559Request};
 use x402_node::chain::{
     AlloyChain, CallRequest, Chain, ChainError, ChainLimits, NonceTag, Receipt,
 };
-use x402_node::x402::eip3009::{self, TransferWithAuthorization};
+use x402_protocol::x402::eip3009::{self, TransferWithAuthorization};
 
 sol! {
     function mint(address to, uint256 amount) external;

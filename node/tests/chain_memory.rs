@@ -14,7 +14,7 @@ use x402_node::chain::{
     CallRequest, Chain, ChainError, MemoryChain, NonceTag, Receipt, SharedChain, TransferRecord,
 };
 use x402_node::seams::{Clock, SharedClock};
-use x402_node::x402::eip3009::{self, TransferWithAuthorization};
+use x402_protocol::x402::eip3009::{self, TransferWithAuthorization};
 
 sol! {
     function mint(address to, uint256 amount) external;
@@ -954,7 +954,7 @@ mod differential {
         AlloyChain, CallRequest, Chain, ChainError, ChainLimits, MemoryChain, NonceTag, Receipt,
     };
     use x402_node::seams::{SharedClock, SystemClock};
-    use x402_node::x402::eip3009::{self, TransferWithAuthorization};
+    use x402_protocol::x402::eip3009::{self, TransferWithAuthorization};
 
     use super::{key, FACILITATOR_KEY, OWNER_KEY, PAYER_KEY};
 

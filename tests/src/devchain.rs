@@ -49,7 +49,7 @@ use x402_node::chain::tx::{sign_eip1559, Eip1559Request};
 use x402_node::chain::{
     AlloyChain, CallRequest, Chain, ChainError, ChainLimits, NonceTag, Receipt,
 };
-use x402_node::x402::eip3009::{self, TransferWithAuthorization};
+use x402_protocol::x402::eip3009::{self, TransferWithAuthorization};
 use x402_protocol::x402::network::{ChainId, NetworkRegistry};
 use x402_protocol::x402::payment::{PaymentBuilder, PaymentTerms};
 use x402_protocol::x402::{self, FacilitatorRequest};

@@ -14,7 +14,7 @@ use std::time::Duration;
 use alloy::primitives::{Address, B256, U256};
 use x402_node::chain::NonceTag;
 use x402_node::config::Config;
-use x402_node::x402::eip3009;
+use x402_protocol::x402::eip3009;
 use x402_tests::devchain::{
     facilitator_toml, facilitator_toml_with, key_signer, now_secs, signer_keys_csv, AnvilOptions,
     DevRpc, DevToken, Mining, DEPLOYER, DEPLOYER_KEY, MERCHANT, MERCHANT_KEY, ONE_TOKEN, PAYER,

@@ -72,7 +72,7 @@ use super::{
     Address, CallRequest, Chain, ChainError, ChainFuture, Fees, Log, NonceTag, Receipt, B256, U256,
 };
 use crate::seams::SharedClock;
-use crate::x402::eip3009::{self, TransferWithAuthorization};
+use x402_protocol::x402::eip3009::{self, TransferWithAuthorization};
 
 /// Gas used by a transaction to an address without code (and what `eth_estimateGas` answers for
 /// a call to one).
