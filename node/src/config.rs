@@ -26,7 +26,7 @@ pub use facilitator::{AssetSettings, FacilitatorSettings, NetworkSettings};
 pub const MIN_SECRET_LEN: usize = 16;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// This node's Raft id; unique in the cluster, never reused after removal.
     pub node_id: u64,
@@ -64,7 +64,7 @@ pub struct Config {
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct RaftSettings {
     pub heartbeat_ms: u64,
     pub election_min_ms: u64,
@@ -80,7 +80,7 @@ pub struct RaftSettings {
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Limits {
     /// Largest body accepted on the public and admin API.
     pub max_body_bytes: usize,
@@ -115,7 +115,7 @@ pub struct Limits {
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct StorageSettings {
     /// sled page cache size.
     pub cache_mb: u64,
@@ -232,10 +232,15 @@ impl Config {
         if let Some(path) = path {
             figment = figment.merge(Toml::file_exact(path));
         }
-        let mut config: Config = figment
-            .merge(Env::prefixed("X402_").split("__"))
-            .extract()
-            .map_err(Box::new)?;
+        // Unknown keys are errors in every section, so a typo never silently keeps a default.
+        // The `X402_` prefix is shared with variables that are not config keys (the secrets,
+        // `X402_CONFIG`, the local scripts' own), so only variables naming a config key are read.
+        let keys = top_level_keys();
+        let env = Env::prefixed("X402_").split("__").filter(move |name| {
+            let top = name.as_str().split('.').next().unwrap_or_default();
+            keys.iter().any(|key| key.eq_ignore_ascii_case(top))
+        });
+        let mut config: Config = figment.merge(env).extract().map_err(Box::new)?;
         if config.advertise_url.is_empty() {
             config.advertise_url = format!("http://{}", config.listen);
         }
@@ -351,6 +356,14 @@ impl Config {
     }
 }
 
+/// The config's top-level keys (`node_id`, `raft`, ...), as the TOML and the environment name them.
+fn top_level_keys() -> Vec<String> {
+    match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(map)) => map.into_iter().map(|(key, _)| key).collect(),
+        _ => unreachable!("Config serializes to a map"),
+    }
+}
+
 /// Maps keyed by node id: TOML and environment keys are always strings, so they are parsed here.
 mod id_keys {
     use std::collections::BTreeMap;
@@ -404,4 +417,119 @@ fn load_secret(
         return Err(ConfigError::SecretTooShort { what });
     }
     Ok(Secret::new(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/example-node.toml");
+
+    fn parse(toml: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, toml).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Config::load(Some(&path))
+    }
+
+    /// The defaults as a loaded config holds them (the advertised URL derived from `listen`).
+    fn loaded_defaults() -> serde_json::Value {
+        let mut defaults = Config::default();
+        defaults.advertise_url = format!("http://{}", defaults.listen);
+        serde_json::to_value(defaults).expect("the defaults serialize")
+    }
+
+    /// Every `(path, value)` leaf of a JSON object; arrays are leaves.
+    fn leaves(value: &serde_json::Value, path: &str, out: &mut Vec<(String, serde_json::Value)>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    let child = if path.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{path}.{key}")
+                    };
+                    leaves(v, &child, out);
+                }
+            }
+            other => out.push((path.to_string(), other.clone())),
+        }
+    }
+
+    #[test]
+    fn the_example_config_shows_the_defaults() {
+        let text = std::fs::read_to_string(EXAMPLE).expect("deploy/example-node.toml");
+        // Every value the example sets is the default, as its first lines promise.
+        let shown: serde_json::Value = Figment::from(Toml::string(&text))
+            .extract()
+            .expect("the example is valid TOML");
+        let defaults = loaded_defaults();
+        let mut set = Vec::new();
+        leaves(&shown, "", &mut set);
+        assert!(set.len() > 30, "the example sets only {} keys", set.len());
+        for (path, value) in &set {
+            let default = path
+                .split('.')
+                .try_fold(&defaults, |v, key| v.get(key))
+                .unwrap_or_else(|| panic!("the example sets {path}, which is not a config key"));
+            assert_eq!(
+                value, default,
+                "the example shows {path} = {value}, the default is {default}"
+            );
+        }
+        // Every key is shown, commented out where it has no default (a path, a list entry).
+        let mut all = Vec::new();
+        leaves(&defaults, "", &mut all);
+        let network = serde_json::to_value(NetworkSettings::default()).expect("serializes");
+        leaves(&network, "facilitator.networks", &mut all);
+        for (path, default) in &all {
+            let key = path.rsplit('.').next().unwrap_or_default();
+            let mentioned = if default.is_array() {
+                // A list is shown by a commented example entry (`# [[rate_limits]]`).
+                text.contains(&format!("[[{path}]]")) || text.contains(&format!("{key} = ["))
+            } else {
+                text.lines().any(|line| {
+                    let line = line.trim_start().trim_start_matches('#').trim_start();
+                    line.strip_prefix(key)
+                        .is_some_and(|rest| rest.trim_start().starts_with('='))
+                })
+            };
+            assert!(mentioned, "deploy/example-node.toml does not show {path}");
+        }
+        // And the whole file loads.
+        let config = parse(&text).expect("the example config is valid");
+        assert_eq!(
+            serde_json::to_value(config).expect("serializes"),
+            defaults,
+            "the example config loads to the defaults"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_in_every_section() {
+        for (section, typo) in [
+            ("", "listn = \"127.0.0.1:7001\""),
+            ("[raft]", "heartbeat = 50"),
+            ("[limits]", "max_conections = 10"),
+            ("[storage]", "cache = 1"),
+            ("[facilitator]", "onchain_check = false"),
+            ("[auth]", "require = true"),
+            ("[rate_limit]", "lease = 1"),
+            ("[idempotency]", "ttl = 1"),
+            ("[breaker]", "open = 1"),
+        ] {
+            let toml = format!("{section}\n{typo}\n");
+            let err = parse(&toml).expect_err(&toml);
+            let key = typo.split(' ').next().unwrap_or_default();
+            assert!(
+                err.to_string().contains(key),
+                "the error for {toml:?} should name {key}: {err}"
+            );
+        }
+        // One letter apart, a table where a list is meant: refused too.
+        let err = parse("[rate_limits]\nname = \"r\"\n").expect_err("a table for a list");
+        assert!(err.to_string().contains("rate_limits"), "{err}");
+        let network = "[[facilitator.networks]]\nnetwork = \"eip155:1\"\nrpc_url = \"http://x\"\n";
+        assert!(parse(network).is_err(), "a typo in a network is refused");
+    }
 }

@@ -249,15 +249,6 @@ mod tests {
     }
 
     #[test]
-    fn the_example_config_parses() {
-        let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/example-node.toml");
-        let text = std::fs::read_to_string(example).expect("example config");
-        let config = parse(&text).expect("valid");
-        assert_eq!(config.idempotency.ttl_ms, 24 * 3600 * 1000);
-        assert_eq!(config.breaker.failures_to_open, 5);
-    }
-
-    #[test]
     fn rules_and_keys_are_validated() {
         let rule = |extra: &str| {
             format!("[[rate_limits]]\nname = \"r\"\nper = \"route\"\nlimit = 10\nwindow_ms = 60000\n{extra}")

@@ -39,11 +39,14 @@ use crate::secret::Secret;
 pub const MAX_NETWORKS: usize = 32;
 /// Most signer keys per network: the state machine's settlement start carries them all.
 pub const MAX_SIGNERS_PER_NETWORK: usize = 16;
+// Every signer of a network rides in its settlement starts: the state machine must take them all.
+const _: () =
+    assert!(MAX_SIGNERS_PER_NETWORK <= x402_raft_store::state::settlements::MAX_SIGNERS_PER_START);
 /// Most accepted assets per network.
 pub const MAX_ASSETS_PER_NETWORK: usize = 64;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct FacilitatorSettings {
     /// Read the chain in `/verify`: payer code (ERC-1271), asset code, the simulation of the
     /// transfer and the diagnosis of a failed one. Switch off only to measure the cluster itself:
@@ -67,7 +70,7 @@ pub struct FacilitatorSettings {
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct NetworkSettings {
     /// CAIP-2 id, `eip155:<chain id>`: the v2 kind.
     pub network: String,
@@ -96,6 +99,7 @@ pub struct NetworkSettings {
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct AssetSettings {
     /// The token contract, `0x` hex.
     pub address: String,
