@@ -157,7 +157,7 @@ impl NonceRegistry {
             self.by_expiry.pop_first();
             match self.claims.remove(&id) {
                 Some(record) => self.content_digest.sub(member(&id, &record)),
-                None => debug_assert!(false, "expiry index names a missing claim"),
+                None => unreachable!("the expiry index names a missing claim"),
             }
             removed += 1;
         }

@@ -39,12 +39,9 @@ impl Member {
         hasher.update(id);
         let encoded = match codec::encode_into(value, &mut HashWriter(&mut hasher)) {
             Ok(n) => n,
-            // Plain data into a hasher cannot fail. Were it ever to, every replica fails the same
-            // way on the same value, so the digest stays deterministic; only debug builds stop.
-            Err(e) => {
-                debug_assert!(false, "cannot encode a set member: {e}");
-                0
-            }
+            // Plain data into a hasher cannot fail; were it ever to, the state hash would mean
+            // nothing, and a node that cannot vouch for its state stops (crash-only).
+            Err(e) => panic!("cannot encode a set member: {e}"),
         };
         (Self::from_hasher(hasher), id.len() + encoded)
     }

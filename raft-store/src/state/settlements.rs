@@ -464,12 +464,8 @@ impl SettlementRegistry {
         }
         match self.records.remove(&id) {
             Some(record) => self.derived.remove(&id, &record),
-            None => {
-                // Cannot happen (the index is kept with the records); dropping the stale
-                // entry still makes progress instead of looping on it.
-                debug_assert!(false, "expiry index names a missing settlement");
-                self.derived.by_expiry.pop_first();
-            }
+            // The index is kept with the records, in the same apply.
+            None => unreachable!("the expiry index names a missing settlement"),
         }
         true
     }
@@ -634,10 +630,8 @@ impl Ledger {
                 state.in_flight += 1;
                 nonce
             }
-            None => {
-                debug_assert!(false, "the chosen signer vanished");
-                return Ok(SettlementAnswer::NoSigner);
-            }
+            // `choose` picked it from this map a moment ago, in the same apply.
+            None => unreachable!("the chosen signer vanished"),
         };
         self.settlements.insert(
             id,
@@ -782,10 +776,10 @@ impl Ledger {
             .ok_or(Rejection::UnknownSettlement)?;
         match self.signers.signers.get_mut(&(chain_id, signer)) {
             Some(state) => {
-                debug_assert!(state.in_flight > 0, "a signed settlement was not in flight");
-                state.in_flight = state.in_flight.saturating_sub(1);
+                assert!(state.in_flight > 0, "a signed settlement was not in flight");
+                state.in_flight -= 1;
             }
-            None => debug_assert!(false, "a settlement of an unknown signer"),
+            None => unreachable!("a settlement of an unknown signer"),
         }
         Ok(SettlementAnswer::Current(Box::new(record)))
     }
