@@ -16,7 +16,7 @@
 #                                      prints Raft entries committed per request
 #
 # Environment: CONCURRENCY (default 128), X402_BASE_PORT (default 7101), BENCH_DIR (default
-# .local/bench, wiped first).
+# .local/bench, wiped first), X402_BIN_DIR (binaries to run instead of a fresh release build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-claims}
@@ -24,8 +24,11 @@ secs=${2:-15}
 concurrency=${CONCURRENCY:-128}
 dir=${BENCH_DIR:-.local/bench}
 
-cargo build --release --quiet -p x402-node -p x402-client --bins
-export X402_BIN_DIR="$PWD/target/release"
+# X402_BIN_DIR set: run those binaries as they are (to compare two builds side by side).
+if [ -z "${X402_BIN_DIR:-}" ]; then
+  cargo build --release --quiet -p x402-node -p x402-client --bins
+  export X402_BIN_DIR="$PWD/target/release"
+fi
 [ -f "$dir/pids" ] && deploy/local/down.sh "$dir" >/dev/null || true
 rm -rf "$dir"
 mkdir -p "$(dirname "$dir")"
