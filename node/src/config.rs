@@ -420,12 +420,13 @@ fn load_secret(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/example-node.toml");
 
-    fn parse(toml: &str) -> Result<Config, ConfigError> {
+    /// Loads `toml` as a node would load its config file.
+    pub(crate) fn parse(toml: &str) -> Result<Config, ConfigError> {
         let dir = tempfile::tempdir().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let path = dir.path().join("node.toml");
         std::fs::write(&path, toml).map_err(|e| ConfigError::Invalid(e.to_string()))?;

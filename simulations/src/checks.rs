@@ -125,11 +125,11 @@ pub fn finish_and_check(
 
     // Acknowledged writes are stored: another fingerprint is a replay, their own is accepted.
     let mut liveness = Vec::new();
+    let ops: Vec<u64> = acked.iter().copied().collect();
     for (fingerprint, expected) in [
         (Fingerprint::Other, ClaimOutcome::Replay),
         (Fingerprint::Main, ClaimOutcome::Accepted),
     ] {
-        let ops: Vec<u64> = acked.iter().copied().collect();
         let answers = claim_until_decided(cluster, &ops, fingerprint);
         for (op, answer) in ops.iter().zip(answers) {
             match answer {
@@ -202,20 +202,10 @@ pub fn finish_and_check(
 /// The last undecided answer of a re-claim that ran out of time.
 struct Undecided(String);
 
-/// Whether an answer settles what the cluster holds: a claim outcome, or a `4xx` refusal (which
-/// a re-claim never deserves, so the caller reports it as wrong). `503`, `504` and lost or
-/// undelivered requests say nothing and are sent again.
-fn decided(answer: &Result<ClaimResponse, CallError>) -> bool {
-    match answer {
-        Ok(_) => true,
-        Err(CallError::Status { status, .. }) => (400..500).contains(status),
-        Err(CallError::NotDelivered(_) | CallError::Lost(_)) => false,
-    }
-}
-
-/// Claims every op of `ops` with `fingerprint`, in rounds: the undecided ones go again, each to
-/// the next member, until all are decided or [`LIVENESS_DEADLINE`] has passed. Answers in the
-/// order of `ops`; a decided error panics (a re-claim is never refused).
+/// Claims every op of `ops` with `fingerprint`, in rounds: the undecided ones (`503`, `504`, a
+/// lost or undelivered request) go again, each to the next member, until all are decided or
+/// [`LIVENESS_DEADLINE`] has passed. Answers in the order of `ops`. A `4xx` refusal panics at
+/// once: a re-claim never deserves one, so it is a wrong answer, not an undecided one.
 fn claim_until_decided(
     cluster: &mut SimCluster,
     ops: &[u64],
@@ -223,11 +213,12 @@ fn claim_until_decided(
 ) -> Vec<Result<ClaimResponse, Undecided>> {
     let members = cluster.members();
     let started = cluster.now_ms();
-    let mut answers: Vec<Option<Result<ClaimResponse, CallError>>> = vec![None; ops.len()];
+    let mut answers: Vec<Result<ClaimResponse, Undecided>> = ops
+        .iter()
+        .map(|_| Err(Undecided("never sent".into())))
+        .collect();
     for round in 0u64.. {
-        let pending: Vec<usize> = (0..ops.len())
-            .filter(|&i| !answers[i].as_ref().is_some_and(decided))
-            .collect();
+        let pending: Vec<usize> = (0..ops.len()).filter(|&i| answers[i].is_err()).collect();
         let out_of_time = cluster.now_ms() - started >= LIVENESS_DEADLINE.as_millis() as u64;
         if pending.is_empty() || out_of_time {
             break;
@@ -249,20 +240,19 @@ fn claim_until_decided(
             .collect();
         let round_answers = cluster.claim_many(requests, CHECK_CONCURRENCY, CHECK_DEADLINE);
         for (i, answer) in pending.into_iter().zip(round_answers) {
-            answers[i] = Some(answer);
+            answers[i] = match answer {
+                Ok(r) => Ok(r),
+                Err(e @ CallError::Status { status, .. }) if (400..500).contains(&status) => {
+                    panic!(
+                        "re-claiming write {} with {fingerprint:?} was refused: {e}",
+                        ops[i]
+                    )
+                }
+                Err(e) => Err(Undecided(e.to_string())),
+            };
         }
     }
-    ops.iter()
-        .zip(answers)
-        .map(|(op, answer)| match answer {
-            Some(Ok(r)) => Ok(r),
-            Some(Err(e @ CallError::Status { status, .. })) if (400..500).contains(&status) => {
-                panic!("re-claiming write {op} with {fingerprint:?} was refused: {e}")
-            }
-            Some(Err(e)) => Err(Undecided(e.to_string())),
-            None => Err(Undecided("never sent".into())),
-        })
-        .collect()
+    answers
 }
 
 fn attempts_of(history: &History, op: u64) -> Vec<&crate::history::Attempt> {

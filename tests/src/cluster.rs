@@ -738,9 +738,7 @@ pub fn describe(statuses: &[(u64, Result<NodeStatus, ClientError>)]) -> String {
 pub fn bin_dir() -> PathBuf {
     match std::env::var_os("X402_BIN_DIR") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("workspace root")
+        _ => crate::devchain::workspace_root()
             .join("target")
             .join("debug"),
     }

@@ -2,15 +2,9 @@
 //! depend on which, and what the state machine's apply must never read.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the tests crate lives in the workspace")
-        .to_path_buf()
-}
+use x402_tests::devchain::workspace_root;
 
 /// Each workspace crate and the crates it depends on outside tests (normal dependencies).
 fn normal_dependencies() -> BTreeMap<String, BTreeSet<String>> {

@@ -238,15 +238,7 @@ pub fn validate(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::config::Config;
-
-    fn parse(toml: &str) -> Result<Config, ConfigError> {
-        let dir = tempfile::tempdir().map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let path = dir.path().join("node.toml");
-        std::fs::write(&path, toml).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        Config::load(Some(&path))
-    }
+    use crate::config::tests::parse;
 
     #[test]
     fn rules_and_keys_are_validated() {
