@@ -9,3 +9,4 @@ pub mod peer_client;
 pub mod peer_guard;
 pub mod proposer;
 pub mod read_barrier;
+pub mod writer;

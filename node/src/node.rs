@@ -20,6 +20,7 @@ use crate::cluster::expiry;
 use crate::cluster::network::Network;
 use crate::cluster::peer_client::PeerClient;
 use crate::cluster::proposer::Proposer;
+use crate::cluster::writer::Writer;
 use crate::config::{Config, Limits, Secrets};
 use crate::facilitator::{reconcile, Facilitator};
 use crate::http;
@@ -54,8 +55,11 @@ pub struct App {
     pub url: String,
     pub raft: Raft,
     pub proposer: Proposer,
-    /// Client writes go through here (group commit); background duties use `proposer`.
+    /// Group commit; takes the batches followers forward (writes of this node go through
+    /// `writer`, which sits on it).
     pub batcher: Batcher,
+    /// Typed writes, one method per operation.
+    pub writer: Writer,
     pub peers: PeerClient,
     pub secrets: Secrets,
     pub limits: Limits,
@@ -182,6 +186,7 @@ where
         url: config.member_url(),
         raft: raft.clone(),
         proposer,
+        writer: Writer::new(batcher.clone()),
         batcher,
         peers,
         secrets,
@@ -199,7 +204,7 @@ where
     });
     app.breakers.attach(
         app.state.clone(),
-        app.batcher.clone(),
+        app.writer.clone(),
         app.clock.clone(),
         app.metrics.breaker_state.clone(),
         app.metrics.breaker_epoch.clone(),
@@ -208,7 +213,7 @@ where
     tokio::spawn(watch_raft_metrics(app.clone()));
     tokio::spawn(leases::run_sweeper(
         app.access.leases.clone(),
-        app.batcher.clone(),
+        app.writer.clone(),
         Duration::from_millis((config.rate_limit.lease_ms / 2).max(100)),
     ));
     tokio::spawn(expiry::run(

@@ -35,7 +35,8 @@ pub use breakers::{
     EndpointId,
 };
 pub use idempotency::{
-    IdempotencyAnswer, IdempotencyStore, IdempotentFinish, IdempotentStart, StoredAnswer,
+    IdempotencyBegun, IdempotencyEnded, IdempotencyStore, IdempotentFinish, IdempotentStart,
+    StoredAnswer,
 };
 pub use nonces::{ClaimId, ClaimOutcome, NonceClaim, NonceKey, NonceRegistry};
 pub use rate_limits::{
@@ -158,7 +159,72 @@ pub enum Response {
         returned: u32,
     },
     Breaker(BreakerAnswer),
-    Idempotency(IdempotencyAnswer),
+    IdempotencyBegun(IdempotencyBegun),
+    IdempotencyEnded(IdempotencyEnded),
+}
+
+impl Op {
+    /// The answer contract: whether apply can answer this operation with `response`. Each
+    /// operation has its own answers (written here once, with the operations' documentation);
+    /// `apply` keeps the contract (asserted in debug builds, so every test checks it), a node
+    /// checks it on answers that cross the network (a forwarded write's), and the typed
+    /// writes of the node rely on it instead of handling answers that cannot happen.
+    pub fn answered_by(&self, response: &Response) -> bool {
+        use SettlementAnswer as S;
+        match (self, response) {
+            (Op::ClaimNonce(_), Response::Claim(_))
+            | (Op::ExpireClaims { .. }, Response::Expired { .. })
+            | (Op::SyncSigner { .. }, Response::SignerSynced { .. })
+            | (Op::SyncSigner { .. }, Response::Settlement(S::Rejected(_)))
+            | (Op::BeginSettlement(_), Response::Settlement(_))
+            | (Op::RecordSigned(_), Response::Settlement(S::Current(_) | S::Rejected(_)))
+            | (Op::TakeSuccess { .. }, Response::Settlement(S::Current(_) | S::Rejected(_)))
+            | (
+                Op::ReplaceSettlement(_),
+                Response::Settlement(S::Allocated { .. } | S::Current(_) | S::Rejected(_)),
+            )
+            | (Op::TakeLease(_), Response::Lease(_))
+            | (Op::ReturnLease { .. }, Response::LeaseReturned { .. })
+            | (Op::MoveBreaker(_), Response::Breaker(_))
+            | (Op::BeginIdempotent(_), Response::IdempotencyBegun(_)) => true,
+            (Op::FinishSettlement(_), Response::Settlement(S::Current(record))) => {
+                !record.phase.is_unfinished()
+            }
+            (Op::FinishSettlement(_), Response::Settlement(S::Rejected(_))) => true,
+            (Op::FinishIdempotent(_), Response::IdempotencyEnded(ended)) => matches!(
+                ended,
+                IdempotencyEnded::Finished
+                    | IdempotencyEnded::NotOwner
+                    | IdempotencyEnded::TooLarge
+            ),
+            (Op::ReleaseIdempotent { .. }, Response::IdempotencyEnded(ended)) => matches!(
+                ended,
+                IdempotencyEnded::Released | IdempotencyEnded::NotOwner
+            ),
+            (Op::Guarded { op, .. }, Response::Guarded { verdict, response }) => {
+                match (verdict, response) {
+                    (AdmissionVerdict::Admitted { .. }, Some(inner)) => matches!(
+                        (op, &**inner),
+                        (GuardedOp::ClaimNonce(_), Response::Claim(_))
+                            | (GuardedOp::BeginSettlement(_), Response::Settlement(_))
+                    ),
+                    (AdmissionVerdict::Limited { .. }, None) => true,
+                    _ => false,
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
+impl GuardedOp {
+    /// The operation on its own, without an admission.
+    pub fn into_op(self) -> Op {
+        match self {
+            GuardedOp::ClaimNonce(claim) => Op::ClaimNonce(claim),
+            GuardedOp::BeginSettlement(start) => Op::BeginSettlement(start),
+        }
+    }
 }
 
 /// Everything the cluster replicates, in one value.
@@ -202,7 +268,14 @@ impl ClusterState {
         debug_assert!(cmd.ops.len() <= MAX_OPS_PER_COMMAND);
         self.now_ms = self.now_ms.max(cmd.at_ms);
         let now_ms = self.now_ms;
-        cmd.ops.iter().map(|op| self.apply_op(op, now_ms)).collect()
+        cmd.ops
+            .iter()
+            .map(|op| {
+                let response = self.apply_op(op, now_ms);
+                debug_assert!(op.answered_by(&response), "{op:?} answered {response:?}");
+                response
+            })
+            .collect()
     }
 
     fn apply_op(&mut self, op: &Op, now_ms: u64) -> Response {
@@ -252,13 +325,13 @@ impl ClusterState {
             },
             Op::MoveBreaker(m) => Response::Breaker(self.breakers.apply(m, now_ms)),
             Op::BeginIdempotent(start) => {
-                Response::Idempotency(self.idempotency.begin(start, now_ms))
+                Response::IdempotencyBegun(self.idempotency.begin(start, now_ms))
             }
             Op::FinishIdempotent(finish) => {
-                Response::Idempotency(self.idempotency.finish(finish, now_ms))
+                Response::IdempotencyEnded(self.idempotency.finish(finish, now_ms))
             }
             Op::ReleaseIdempotent { key, attempt } => {
-                Response::Idempotency(self.idempotency.release(key, attempt))
+                Response::IdempotencyEnded(self.idempotency.release(key, attempt))
             }
             Op::TakeSuccess { id, taker } => {
                 Response::Settlement(self.ledger.take(id, *taker, now_ms))

@@ -24,14 +24,14 @@ use std::net::IpAddr;
 use sha2::{Digest, Sha256};
 use x402_raft_store::runtime::ThreadRng;
 use x402_raft_store::state::idempotency::{
-    IdempotencyAnswer, IdempotentFinish, IdempotentStart, StoredAnswer, MAX_STORED_ANSWER_BYTES,
+    IdempotencyBegun, IdempotencyEnded, IdempotentFinish, IdempotentStart, StoredAnswer,
+    MAX_STORED_ANSWER_BYTES,
 };
-use x402_raft_store::{Op, Response as OpResponse};
 
 use super::api_keys::KeyId;
 use super::Route;
-use crate::cluster::batcher::Batcher;
 use crate::cluster::proposer::ProposeError;
+use crate::cluster::writer::Writer;
 use crate::config::IdempotencySettings;
 
 pub const HEADER: &str = "idempotency-key";
@@ -194,20 +194,11 @@ pub enum BeginError {
     Full,
     #[error(transparent)]
     Propose(#[from] ProposeError),
-    #[error("unexpected answer to an idempotency key: {0}")]
-    Unexpected(String),
-}
-
-async fn propose(batcher: &Batcher, op: Op) -> Result<IdempotencyAnswer, BeginError> {
-    match batcher.propose(op).await?.response {
-        OpResponse::Idempotency(answer) => Ok(answer),
-        other => Err(BeginError::Unexpected(format!("{other:?}"))),
-    }
 }
 
 /// Claims `key` for this request, or answers it from the store.
 pub async fn begin(
-    batcher: &Batcher,
+    writer: &Writer,
     settings: &IdempotencySettings,
     key: &RequestKey,
 ) -> Result<Begun, BeginError> {
@@ -223,13 +214,12 @@ pub async fn begin(
         ttl_ms: settings.ttl_ms,
         stale_after_ms: settings.in_flight_timeout_ms,
     };
-    match propose(batcher, Op::BeginIdempotent(start)).await? {
-        IdempotencyAnswer::Started => Ok(Begun::Run(claim)),
-        IdempotencyAnswer::Replay(stored) => Ok(Begun::Replay(stored)),
-        IdempotencyAnswer::InFlight => Err(BeginError::InFlight),
-        IdempotencyAnswer::Mismatch => Err(BeginError::Mismatch(key.kind)),
-        IdempotencyAnswer::Full => Err(BeginError::Full),
-        other => Err(BeginError::Unexpected(format!("{other:?}"))),
+    match writer.begin_idempotent(start).await? {
+        IdempotencyBegun::Started => Ok(Begun::Run(claim)),
+        IdempotencyBegun::Replay(stored) => Ok(Begun::Replay(stored)),
+        IdempotencyBegun::InFlight => Err(BeginError::InFlight),
+        IdempotencyBegun::Mismatch => Err(BeginError::Mismatch(key.kind)),
+        IdempotencyBegun::Full => Err(BeginError::Full),
     }
 }
 
@@ -237,7 +227,7 @@ pub async fn begin(
 /// enough to store), or releases the key. Failing to store is logged, not answered: the caller
 /// already has its answer, and a retry simply runs again.
 pub async fn finish(
-    batcher: &Batcher,
+    writer: &Writer,
     claim: KeyClaim,
     status: u16,
     body: &[u8],
@@ -247,23 +237,21 @@ pub async fn finish(
         && !(500..600).contains(&status)
         && status != 429
         && body.len() <= MAX_STORED_ANSWER_BYTES;
-    let op = if keep {
-        Op::FinishIdempotent(IdempotentFinish {
+    let ended = if keep {
+        let finish = IdempotentFinish {
             key: claim.key,
             attempt: claim.attempt,
             answer: StoredAnswer {
                 status,
                 body: body.to_vec(),
             },
-        })
+        };
+        writer.finish_idempotent(finish).await
     } else {
-        Op::ReleaseIdempotent {
-            key: claim.key,
-            attempt: claim.attempt,
-        }
+        writer.release_idempotent(claim.key, claim.attempt).await
     };
-    match propose(batcher, op).await {
-        Ok(IdempotencyAnswer::Finished | IdempotencyAnswer::Released) => {}
+    match ended {
+        Ok(IdempotencyEnded::Finished | IdempotencyEnded::Released) => {}
         Ok(other) => tracing::warn!(?other, "idempotency key not stored"),
         Err(e) => tracing::warn!(error = %e, "idempotency key not stored"),
     }

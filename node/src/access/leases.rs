@@ -22,11 +22,10 @@ use x402_raft_store::runtime::ThreadRng;
 use tokio::time::Instant;
 use x402_raft_store::state::rate_limits::SubjectId;
 use x402_raft_store::state::rate_limits::{LeaseGrant, LeaseId, LeaseRequest, Quota, RateKey};
-use x402_raft_store::{Op, Response};
 
 use super::rate_limit::{tighter, Limited};
-use crate::cluster::batcher::Batcher;
 use crate::cluster::proposer::ProposeError;
+use crate::cluster::writer::Writer;
 use crate::sync::lock;
 
 /// Most counters one node holds leases for; beyond, a new counter is refused (fail closed: an
@@ -44,8 +43,6 @@ pub enum LeaseError {
     Limited(Limited),
     #[error(transparent)]
     Propose(#[from] ProposeError),
-    #[error("unexpected answer to a lease command: {0}")]
-    Unexpected(String),
 }
 
 struct Lease {
@@ -104,18 +101,18 @@ impl LeaseBook {
     /// under-use, never overshoot).
     pub async fn spend(
         &self,
-        batcher: &Batcher,
+        writer: &Writer,
         keys: &[RateKey],
     ) -> Result<Option<Quota>, LeaseError> {
         let mut quota = None;
         for key in keys {
-            let q = self.spend_one(batcher, key).await?;
+            let q = self.spend_one(writer, key).await?;
             quota = Some(tighter(quota, q));
         }
         Ok(quota)
     }
 
-    async fn spend_one(&self, batcher: &Batcher, key: &RateKey) -> Result<Quota, LeaseError> {
+    async fn spend_one(&self, writer: &Writer, key: &RateKey) -> Result<Quota, LeaseError> {
         let Some(slot) = self.slot(&key.subject) else {
             return Err(LeaseError::Limited(Limited {
                 quota: Quota {
@@ -138,7 +135,7 @@ impl LeaseBook {
             }
         }
         if let Some(old) = slot.lease.take() {
-            self.give_back(batcher, old);
+            self.give_back(writer, old);
         }
         let asked = Instant::now();
         let lease_ms = self.lease_ms.min(key.window_ms / 10).max(1);
@@ -153,10 +150,7 @@ impl LeaseBook {
             lease_ms,
         };
         self.taken.inc();
-        let grant = match batcher.propose(Op::TakeLease(request)).await?.response {
-            Response::Lease(grant) => grant,
-            other => return Err(LeaseError::Unexpected(format!("{other:?}"))),
-        };
+        let grant = writer.take_lease(request).await?;
         let LeaseGrant {
             granted,
             quota,
@@ -183,24 +177,20 @@ impl LeaseBook {
     }
 
     /// Returns a lease's unspent rest in the background (under-use if it is lost).
-    fn give_back(&self, batcher: &Batcher, lease: Lease) {
+    fn give_back(&self, writer: &Writer, lease: Lease) {
         if lease.remaining == 0 {
             return;
         }
-        let batcher = batcher.clone();
+        let writer = writer.clone();
         tokio::spawn(async move {
-            let op = Op::ReturnLease {
-                id: lease.id,
-                unused: lease.remaining,
-            };
-            if let Err(e) = batcher.propose(op).await {
+            if let Err(e) = writer.return_lease(lease.id, lease.remaining).await {
                 tracing::debug!(error = %e, "could not return a lease's rest (it is under-used)");
             }
         });
     }
 
     /// Returns the rest of every ended lease and forgets idle counters: run periodically.
-    pub async fn sweep(&self, batcher: &Batcher) {
+    pub async fn sweep(&self, writer: &Writer) {
         let slots: Vec<(SubjectId, Arc<tokio::sync::Mutex<Slot>>)> = {
             let slots = lock(&self.slots);
             slots.iter().map(|(k, v)| (*k, v.clone())).collect()
@@ -215,7 +205,7 @@ impl LeaseBook {
             let ended = slot.lease.as_ref().is_none_or(|l| now >= l.ends);
             if ended {
                 if let Some(lease) = slot.lease.take() {
-                    self.give_back(batcher, lease);
+                    self.give_back(writer, lease);
                 }
                 idle.push(subject);
             }
@@ -234,11 +224,11 @@ impl LeaseBook {
 }
 
 /// Sweeps `book` every `interval` (the leases' rests go back to the cluster).
-pub async fn run_sweeper(book: Arc<LeaseBook>, batcher: Batcher, interval: Duration) {
+pub async fn run_sweeper(book: Arc<LeaseBook>, writer: Writer, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        book.sweep(&batcher).await;
+        book.sweep(&writer).await;
     }
 }

@@ -18,9 +18,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use x402_raft_store::state::rate_limits::{Admission, AdmissionVerdict, Quota, RateKey, SubjectId};
+use x402_raft_store::state::{ClaimOutcome, NonceClaim, SettlementAnswer, SettlementStart};
 
 use super::api_keys::KeyId;
 use super::Route;
+use crate::cluster::proposer::ProposeError;
+use crate::cluster::writer::{Guarded, Writer, Written};
 use crate::config::{LimitScope, RateLimitSettings, RateRule};
 use crate::http::error::ApiError;
 use crate::sync::lock;
@@ -286,52 +289,60 @@ pub fn refused(verdict: AdmissionVerdict) -> Option<Limited> {
 #[derive(Debug, thiserror::Error)]
 pub enum GuardedError {
     #[error(transparent)]
-    Propose(#[from] crate::cluster::proposer::ProposeError),
+    Propose(#[from] ProposeError),
     #[error(transparent)]
     Limited(Limited),
-    #[error("unexpected answer to a guarded write: {0}")]
-    Unexpected(String),
 }
 
-/// Proposes `op` for a payment by `payer`, carrying the gate's admission in the same log entry
-/// the first time (a request is counted once, however many writes it makes). Answers the
-/// operation's own response, or [`GuardedError::Limited`] when the admission was refused (then
-/// `op` was not applied).
-pub async fn propose_guarded(
-    batcher: &crate::cluster::batcher::Batcher,
+/// Claims a payment's authorization (by `payer`), carrying the gate's admission in the same log
+/// entry the first time (a request is counted once, however many writes it makes). Answers the
+/// claim's outcome with the index of its entry, or [`GuardedError::Limited`] when the admission
+/// was refused (then nothing was claimed).
+pub async fn guarded_claim(
+    writer: &Writer,
     gate: &Gate,
     payer: &[u8; 20],
-    op: x402_raft_store::state::GuardedOp,
-) -> Result<crate::cluster::proposer::Committed, GuardedError> {
-    let admission = if gate.decided_in_log() {
+    claim: NonceClaim,
+) -> Result<Written<ClaimOutcome>, GuardedError> {
+    let Some(admission) = admission(gate, payer) else {
+        return Ok(writer.claim(claim).await?);
+    };
+    let written = writer.guarded_claim(admission, claim).await?;
+    Ok(Written {
+        log_index: written.log_index,
+        answer: admitted(gate, written.answer)?,
+    })
+}
+
+/// Begins a payment's settlement, with the gate's admission as in [`guarded_claim`].
+pub async fn guarded_begin_settlement(
+    writer: &Writer,
+    gate: &Gate,
+    payer: &[u8; 20],
+    start: SettlementStart,
+) -> Result<SettlementAnswer, GuardedError> {
+    let Some(admission) = admission(gate, payer) else {
+        return Ok(writer.begin_settlement(start).await?);
+    };
+    let guarded = writer.guarded_begin_settlement(admission, start).await?;
+    admitted(gate, guarded)
+}
+
+/// The admission a payment's next write carries: none once a log entry counted the request.
+fn admission(gate: &Gate, payer: &[u8; 20]) -> Option<Admission> {
+    if gate.decided_in_log() {
         None
     } else {
         gate.admission_for(payer)
-    };
-    let Some(admission) = admission else {
-        let plain = match op {
-            x402_raft_store::state::GuardedOp::ClaimNonce(c) => x402_raft_store::Op::ClaimNonce(c),
-            x402_raft_store::state::GuardedOp::BeginSettlement(s) => {
-                x402_raft_store::Op::BeginSettlement(s)
-            }
-        };
-        return Ok(batcher.propose(plain).await?);
-    };
-    let guarded = x402_raft_store::Op::Guarded { admission, op };
-    let committed = batcher.propose(guarded).await?;
-    match committed.response {
-        x402_raft_store::Response::Guarded { verdict, response } => {
-            gate.decided(&verdict).map_err(GuardedError::Limited)?;
-            match response {
-                Some(inner) => Ok(crate::cluster::proposer::Committed {
-                    log_index: committed.log_index,
-                    response: *inner,
-                }),
-                None => Err(GuardedError::Unexpected(
-                    "admitted without an answer".into(),
-                )),
-            }
-        }
-        other => Err(GuardedError::Unexpected(format!("{other:?}"))),
     }
+}
+
+/// The guarded operation's own answer, once the gate has recorded the verdict.
+fn admitted<T>(gate: &Gate, guarded: Guarded<T>) -> Result<T, GuardedError> {
+    gate.decided(&guarded.verdict)
+        .map_err(GuardedError::Limited)?;
+    // The answer contract (Op::answered_by): an admitted operation is answered.
+    Ok(guarded
+        .answer
+        .unwrap_or_else(|| unreachable!("an admitted operation without its answer")))
 }

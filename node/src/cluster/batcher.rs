@@ -20,7 +20,9 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 use x402_raft_store::Op;
 
-use super::proposer::{Committed, ForwardFailure, LeaderWrite, OpAnswer, ProposeError, Proposer};
+use super::proposer::{
+    Committed, ForwardFailure, LeaderWrite, OpAnswer, ProposeError, Proposer, Refusal,
+};
 
 /// Limits of the batcher.
 #[derive(Clone, Copy, Debug)]
@@ -110,9 +112,7 @@ impl Batcher {
         };
         self.queue.try_send(queued).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => OpAnswer::Overloaded,
-            mpsc::error::TrySendError::Closed(_) => {
-                OpAnswer::Refused("the node is shutting down".into())
-            }
+            mpsc::error::TrySendError::Closed(_) => OpAnswer::Refused(Refusal::ShuttingDown),
         })?;
         Ok(answer)
     }
@@ -262,9 +262,7 @@ impl Batcher {
                     };
                     let _ = q.reply.send(answer);
                 } else if let Err(e) = batcher.queue.send(q).await {
-                    let _ =
-                        e.0.reply
-                            .send(OpAnswer::Refused("the node is shutting down".into()));
+                    let _ = e.0.reply.send(OpAnswer::Refused(Refusal::ShuttingDown));
                 }
             }
         });

@@ -20,10 +20,9 @@ use x402_raft_store::state::breakers::{
     BreakerMove, BreakerPhase, BreakerState, BreakerTransition, EndpointId,
 };
 use x402_raft_store::storage::StateView;
-use x402_raft_store::Op;
 
 use crate::chain::breaker::EndpointGate;
-use crate::cluster::batcher::Batcher;
+use crate::cluster::writer::Writer;
 use crate::config::BreakerSettings;
 use crate::seams::SharedClock;
 use crate::sync::lock;
@@ -31,7 +30,7 @@ use crate::sync::lock;
 /// What the breakers need from a started node.
 struct Wiring {
     state: StateView,
-    batcher: Batcher,
+    writer: Writer,
     clock: SharedClock,
     /// `x402_breaker_state{endpoint}` (0 closed, 1 half-open, 2 open) and
     /// `x402_breaker_epoch{endpoint}`.
@@ -78,14 +77,14 @@ impl ClusterBreakers {
     pub fn attach(
         &self,
         state: StateView,
-        batcher: Batcher,
+        writer: Writer,
         clock: SharedClock,
         state_gauge: IntGaugeVec,
         epoch_gauge: IntGaugeVec,
     ) {
         let _ = self.wiring.set(Wiring {
             state,
-            batcher,
+            writer,
             clock,
             state_gauge,
             epoch_gauge,
@@ -141,18 +140,18 @@ impl ClusterBreakers {
         if !lock(&self.proposing).insert(endpoint) {
             return;
         }
-        let batcher = wiring.batcher.clone();
+        let writer = wiring.writer.clone();
         let proposing = self.proposing.clone();
         let label = self.label(&endpoint);
         tokio::spawn(async move {
-            let op = Op::MoveBreaker(BreakerMove {
+            let change = BreakerMove {
                 endpoint,
                 from_epoch,
                 to,
-            });
-            match batcher.propose(op).await {
-                Ok(c) => tracing::info!(
-                    rpc = %label, ?to, from_epoch, answer = ?c.response, "circuit breaker move"
+            };
+            match writer.move_breaker(change).await {
+                Ok(answer) => tracing::info!(
+                    rpc = %label, ?to, from_epoch, ?answer, "circuit breaker move"
                 ),
                 Err(e) => tracing::warn!(
                     rpc = %label, ?to, error = %e, "circuit breaker move not committed"

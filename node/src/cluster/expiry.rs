@@ -37,13 +37,11 @@ pub async fn run(app: Arc<App>, interval: Duration) {
             let deadline = tokio::time::Instant::now() + app.proposer.timeout();
             match app.proposer.propose_as_leader(vec![op], deadline).await {
                 LeaderWrite::Committed { responses, .. } => {
-                    let removed = match responses.as_slice() {
-                        [Response::Expired { removed }] => *removed,
-                        other => {
-                            tracing::error!(?other, "unexpected answer to an expiry command");
-                            break;
-                        }
+                    // The answer contract (Op::answered_by): one answer, `Expired`.
+                    let [Response::Expired { removed }] = responses.as_slice() else {
+                        unreachable!("an expiry command answered {responses:?}");
                     };
+                    let removed = *removed;
                     tracing::debug!(removed, "expired nonce claims");
                     if removed < MAX_EXPIRED_PER_COMMAND {
                         break;

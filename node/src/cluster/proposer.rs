@@ -39,11 +39,27 @@ pub enum OpAnswer {
     /// Not written: the receiving node is not the leader.
     NotLeader,
     /// Not written, for the reason given.
-    Refused(String),
+    Refused(Refusal),
     /// Not written: too many writes are waiting.
     Overloaded,
     /// Sent, but the answer was lost: it may or may not be committed.
     Unknown,
+}
+
+/// Why a node refused a write: nothing was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// Raft stopped on a fatal error (logged where it happened); the node must restart.
+    #[error("raft stopped")]
+    RaftStopped,
+    /// A batch of no operations or of more than a command carries: a bug of the batcher.
+    #[error("a command carries 1 to {MAX_OPS_PER_COMMAND} operations, not {0}")]
+    CommandSize(usize),
+    /// openraft refused an entry for a membership change in progress.
+    #[error("a membership change refused the write")]
+    MembershipChange,
 }
 
 /// One committed and applied operation.
@@ -62,7 +78,7 @@ pub enum ProposeError {
     )]
     Unknown,
     #[error("the write was refused: {0}")]
-    Refused(String),
+    Refused(Refusal),
     #[error("too many writes are waiting; retry shortly")]
     Overloaded,
 }
@@ -75,7 +91,7 @@ pub enum LeaderWrite {
         responses: Vec<Response>,
     },
     NotLeader,
-    Refused(String),
+    Refused(Refusal),
     /// The deadline passed first: the entry may still commit.
     TimedOut,
 }
@@ -130,10 +146,7 @@ impl Proposer {
     /// Proposes `ops` as one entry on this node, which must be the leader, before `deadline`.
     pub async fn propose_as_leader(&self, ops: Vec<Op>, deadline: Instant) -> LeaderWrite {
         if ops.is_empty() || ops.len() > MAX_OPS_PER_COMMAND {
-            return LeaderWrite::Refused(format!(
-                "a command carries 1 to {MAX_OPS_PER_COMMAND} operations, not {}",
-                ops.len()
-            ));
+            return LeaderWrite::Refused(Refusal::CommandSize(ops.len()));
         }
         let cmd = Command {
             at_ms: self.clock.now_ms(),
@@ -149,9 +162,13 @@ impl Proposer {
                 LeaderWrite::NotLeader
             }
             Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-                LeaderWrite::Refused(e.to_string())
+                tracing::warn!(error = %e, "a write was refused for a membership change");
+                LeaderWrite::Refused(Refusal::MembershipChange)
             }
-            Ok(Err(RaftError::Fatal(e))) => LeaderWrite::Refused(format!("raft stopped: {e}")),
+            Ok(Err(RaftError::Fatal(e))) => {
+                tracing::error!(error = %e, "raft stopped");
+                LeaderWrite::Refused(Refusal::RaftStopped)
+            }
         }
     }
 
@@ -166,9 +183,8 @@ impl Proposer {
         ops: Vec<Op>,
         deadline: Instant,
     ) -> Result<Vec<OpAnswer>, ForwardFailure> {
-        let count = ops.len();
-        let body =
-            codec::encode(&ProposeRequest { ops }).map_err(|_| ForwardFailure::NotDelivered)?;
+        let request = ProposeRequest { ops };
+        let body = codec::encode(&request).map_err(|_| ForwardFailure::NotDelivered)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let call = self.peers.post(leader_url, paths::PROPOSE, body, remaining);
         let waiter = self.raft.wait(Some(remaining));
@@ -186,9 +202,13 @@ impl Proposer {
         };
         match result {
             Ok(bytes) => match codec::decode::<Vec<OpAnswer>>(&bytes) {
-                Ok(answers) if answers.len() == count => Ok(answers),
+                Ok(answers) if keeps_contract(&request.ops, &answers) => Ok(answers),
                 _ => {
-                    tracing::error!("the leader answered a forward with an unreadable body");
+                    // A leader of another version, or a bug: what it wrote is unknown.
+                    tracing::error!(
+                        "the leader answered a forward with an unreadable body, or with answers \
+                         its operations cannot have"
+                    );
                     Err(ForwardFailure::Lost)
                 }
             },
@@ -229,4 +249,14 @@ impl Proposer {
             )
             .await;
     }
+}
+
+/// Whether a forward's answers are one per operation, each committed one within the answer
+/// contract ([`Op::answered_by`]): what the typed writes rely on.
+fn keeps_contract(ops: &[Op], answers: &[OpAnswer]) -> bool {
+    ops.len() == answers.len()
+        && ops.iter().zip(answers).all(|(op, answer)| match answer {
+            OpAnswer::Committed { response, .. } => op.answered_by(response),
+            _ => true,
+        })
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use alloy::primitives::Address;
 use tokio::time::Instant;
-use x402_raft_store::state::{Op, SettlementPhase, SettlementRecord};
+use x402_raft_store::state::{SettlementPhase, SettlementRecord};
 
 use super::settle::{self, Allocation, Driven, SignedBy};
 use super::Network;
@@ -88,15 +88,15 @@ pub async fn sync_signers(app: &App, network: &Network) {
         if matches!(known, Some((next, _)) if next >= chain_nonce) {
             continue;
         }
-        let op = Op::SyncSigner {
-            chain_id: network.chain_id,
-            signer: signer.into_array(),
-            chain_nonce,
-        };
-        match app.batcher.propose(op).await {
-            Ok(_) => {
-                tracing::info!(%signer, network = %network.caip2, chain_nonce, "signer nonce synced")
-            }
+        let synced = app
+            .writer
+            .sync_signer(network.chain_id, signer.into_array(), chain_nonce)
+            .await;
+        match synced {
+            Ok(Ok(next_nonce)) => tracing::info!(
+                %signer, network = %network.caip2, chain_nonce, next_nonce, "signer nonce synced"
+            ),
+            Ok(Err(why)) => tracing::warn!(%signer, %why, "signer sync refused"),
             Err(e) => tracing::warn!(%signer, error = %e, "signer sync not committed"),
         }
     }

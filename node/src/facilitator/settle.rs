@@ -34,19 +34,20 @@ use tokio::time::Instant;
 use x402_protocol::x402::eip3009;
 use x402_protocol::x402::{ReasonCode, SettleResponse};
 use x402_raft_store::state::{
-    ClaimId, GuardedOp, Op, SettlementAnswer, SettlementFinish, SettlementOutcome, SettlementPhase,
-    SettlementRecord, SettlementReplace, SettlementStart, SignedSettlement, SuccessTaker,
+    ClaimId, Rejection as LedgerRejection, SettlementAnswer, SettlementFinish, SettlementOutcome,
+    SettlementPhase, SettlementRecord, SettlementReplace, SettlementStart, SignedSettlement,
+    SuccessTaker,
 };
-use x402_raft_store::Response;
 
 use super::payment::{Payment, Rejection};
 use super::verify::{self, Simulation};
 use super::Network;
-use crate::access::rate_limit::{propose_guarded, Gate, GuardedError, Limited};
+use crate::access::rate_limit::{guarded_begin_settlement, Gate, GuardedError, Limited};
 use crate::chain::tx::{self, sign_eip1559, Eip1559Request};
-use crate::chain::{CallRequest, Fees, NonceTag, Receipt};
+use crate::chain::{CallRequest, ChainError, Fees, NonceTag, Receipt};
 use crate::cluster::proposer::ProposeError;
 use crate::cluster::read_barrier;
+use crate::cluster::writer::{Replaced, StepError};
 use crate::node::App;
 
 /// Why `/settle` could not answer at all.
@@ -59,8 +60,17 @@ pub enum SettleError {
     /// reconciler then finishes that settlement like any other).
     #[error("rate limited")]
     Limited(Limited),
+    /// The state machine refused a settlement step (nothing changed).
     #[error("the state machine refused a settlement step: {0}")]
-    Refused(String),
+    Rejected(LedgerRejection),
+    #[error("this node does not hold the key of signer {0}")]
+    MissingSigner(Address),
+    #[error("signing failed: {0}")]
+    Signing(#[from] alloy::signers::Error),
+    #[error("cannot read the chain's fees: {0}")]
+    Fees(ChainError),
+    #[error("a recorded transaction does not decode")]
+    UndecodableRecord,
 }
 
 impl From<GuardedError> for SettleError {
@@ -68,7 +78,15 @@ impl From<GuardedError> for SettleError {
         match e {
             GuardedError::Propose(e) => SettleError::Propose(e),
             GuardedError::Limited(l) => SettleError::Limited(l),
-            GuardedError::Unexpected(e) => SettleError::Refused(e),
+        }
+    }
+}
+
+impl From<StepError> for SettleError {
+    fn from(e: StepError) -> Self {
+        match e {
+            StepError::Propose(e) => SettleError::Propose(e),
+            StepError::Rejected(why) => SettleError::Rejected(why),
         }
     }
 }
@@ -173,14 +191,7 @@ async fn begin(
     let mut synced = false;
     loop {
         let payer = payment.payer.into_array();
-        let committed = propose_guarded(
-            &app.batcher,
-            gate,
-            &payer,
-            GuardedOp::BeginSettlement(start.clone()),
-        )
-        .await?;
-        let answer = settlement_answer(committed.response)?;
+        let answer = guarded_begin_settlement(&app.writer, gate, &payer, start.clone()).await?;
         let refused = |reason, message: &str| {
             Ok(Begun::Refused(
                 Rejection::new(reason, message).with_payer(payment.payer),
@@ -227,7 +238,7 @@ async fn begin(
                 ReasonCode::UnexpectedSettleError,
                 "the signer keys' nonces could not be read from the chain",
             ),
-            SettlementAnswer::Rejected(why) => Err(SettleError::Refused(why.to_string())),
+            SettlementAnswer::Rejected(why) => Err(SettleError::Rejected(why)),
         };
     }
 }
@@ -303,21 +314,17 @@ pub async fn sign_allocation(
         nonce,
         "signed a settlement"
     );
-    let answer = propose_settlement(
-        app,
-        Op::RecordSigned(SignedSettlement {
+    let record = app
+        .writer
+        .record_signed(SignedSettlement {
             id,
             signer: signer.into_array(),
             nonce,
             tx_hash: signed.hash.0,
             raw_tx: signed.raw,
-        }),
-    )
-    .await?;
-    match answer {
-        SettlementAnswer::Current(record) => Ok(*record),
-        other => Err(SettleError::Refused(format!("{other:?}"))),
-    }
+        })
+        .await?;
+    Ok(record)
 }
 
 /// Signs a call of `to` with `input` from `signer` at `nonce`, with the given fees (capped by
@@ -332,7 +339,7 @@ pub fn sign_transaction(
 ) -> Result<crate::chain::tx::SignedTransaction, SettleError> {
     let key = network
         .signer(&signer)
-        .ok_or_else(|| SettleError::Refused(format!("this node does not hold signer {signer}")))?;
+        .ok_or(SettleError::MissingSigner(signer))?;
     let mut max_fee = fees.max_fee_per_gas();
     let mut tip = fees.max_priority_fee_per_gas;
     if let Some(cap) = network.settings.max_fee_per_gas_wei {
@@ -349,7 +356,7 @@ pub fn sign_transaction(
         value: U256::ZERO,
         input,
     };
-    sign_eip1559(key, &request).map_err(|e| SettleError::Refused(format!("signing failed: {e}")))
+    Ok(sign_eip1559(key, &request)?)
 }
 
 /// One `/settle` request following a settlement record.
@@ -418,11 +425,7 @@ impl Follow<'_> {
             (None, SettlementPhase::Done { outcome, .. }) => {
                 response_of(outcome, self.network_text, &payer)
             }
-            (None, _) => {
-                return Err(SettleError::Refused(
-                    "a settlement driven to its end is unfinished".into(),
-                ))
-            }
+            (None, _) => unreachable!("drive answers Done only with a finished record"),
         })
     }
 }
@@ -449,10 +452,7 @@ async fn take_success(
     id: ClaimId,
     taker: SuccessTaker,
 ) -> Result<SettlementRecord, SettleError> {
-    match propose_settlement(app, Op::TakeSuccess { id, taker }).await? {
-        SettlementAnswer::Current(record) => Ok(*record),
-        other => Err(SettleError::Refused(format!("{other:?}"))),
-    }
+    Ok(app.writer.take_success(id, taker).await?)
 }
 
 /// Where a settlement stands after [`drive`].
@@ -500,9 +500,7 @@ pub async fn drive(
                         return Ok(Driven::Done(Box::new(done)));
                     }
                     Verdict::NonceUsedElsewhere { chain_nonce } => {
-                        let call = tx::call_of(raw_tx).ok_or_else(|| {
-                            SettleError::Refused("a recorded transaction does not decode".into())
-                        })?;
+                        let call = tx::call_of(raw_tx).ok_or(SettleError::UndecodableRecord)?;
                         tracing::warn!(%tx_hash, %signer, nonce, chain_nonce,
                             "another transaction used this settlement's signer nonce; signing it again");
                         record =
@@ -538,22 +536,18 @@ async fn replace(
     chain_nonce: u64,
     call: Vec<u8>,
 ) -> Result<SettlementRecord, SettleError> {
-    let fees = network
-        .fees()
-        .await
-        .map_err(|e| SettleError::Refused(format!("cannot read the chain's fees: {e}")))?;
-    let answer = propose_settlement(
-        app,
-        Op::ReplaceSettlement(SettlementReplace {
+    let fees = network.fees().await.map_err(SettleError::Fees)?;
+    let replaced = app
+        .writer
+        .replace_settlement(SettlementReplace {
             id,
             tx_hash: tx_hash.0,
             chain_nonce,
             call: call.clone(),
-        }),
-    )
-    .await?;
-    match answer {
-        SettlementAnswer::Allocated { signer, nonce } => {
+        })
+        .await?;
+    match replaced {
+        Replaced::Allocated { signer, nonce } => {
             let allocation = Allocation {
                 id,
                 asset: Address::from(record.key.asset),
@@ -563,9 +557,7 @@ async fn replace(
             };
             sign_allocation(app, network, allocation, fees, SignedBy::Replacer).await
         }
-        SettlementAnswer::Current(record) => Ok(*record),
-        SettlementAnswer::Rejected(why) => Err(SettleError::Refused(why.to_string())),
-        other => Err(SettleError::Refused(format!("{other:?}"))),
+        Replaced::Current(record) => Ok(*record),
     }
 }
 
@@ -752,20 +744,16 @@ pub async fn finish(
     outcome: SettlementOutcome,
     taker: Option<SuccessTaker>,
 ) -> Result<SettlementRecord, SettleError> {
-    let answer = propose_settlement(
-        app,
-        Op::FinishSettlement(SettlementFinish {
+    let record = app
+        .writer
+        .finish_settlement(SettlementFinish {
             id,
             tx_hash: tx_hash.0,
             outcome,
             taker,
-        }),
-    )
-    .await?;
-    match answer {
-        SettlementAnswer::Current(record) if !record.phase.is_unfinished() => Ok(*record),
-        other => Err(SettleError::Refused(format!("{other:?}"))),
-    }
+        })
+        .await?;
+    Ok(record)
 }
 
 /// The settle answer for a stored outcome.
@@ -832,19 +820,4 @@ pub fn settlement_call(payment: &Payment) -> Vec<u8> {
 /// This replica's copy of a settlement record.
 pub fn local_record(app: &App, id: &ClaimId) -> Option<SettlementRecord> {
     app.state.read(|s| s.settlements().get(id).cloned())
-}
-
-/// Proposes one settlement operation through the batcher and unwraps its answer.
-async fn propose_settlement(app: &App, op: Op) -> Result<SettlementAnswer, SettleError> {
-    settlement_answer(app.batcher.propose(op).await?.response)
-}
-
-/// The settlement answer in a state machine response.
-fn settlement_answer(response: Response) -> Result<SettlementAnswer, SettleError> {
-    match response {
-        Response::Settlement(answer) => Ok(answer),
-        other => Err(SettleError::Refused(format!(
-            "unexpected answer to a settlement step: {other:?}"
-        ))),
-    }
 }

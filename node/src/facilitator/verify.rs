@@ -12,12 +12,11 @@
 use alloy::primitives::U256;
 use x402_protocol::x402::eip3009::{self, TransferWithAuthorization};
 use x402_protocol::x402::{FacilitatorRequest, ReasonCode, VerifyResponse};
-use x402_raft_store::state::{ClaimOutcome, GuardedOp};
-use x402_raft_store::Response;
+use x402_raft_store::state::ClaimOutcome;
 
 use super::payment::{self, Payment, Rejection, SignatureCheck};
 use super::Network;
-use crate::access::rate_limit::{propose_guarded, Gate, GuardedError, Limited};
+use crate::access::rate_limit::{guarded_claim, Gate, GuardedError, Limited};
 use crate::chain::{CallRequest, ChainError};
 use crate::cluster::proposer::ProposeError;
 use crate::node::App;
@@ -33,8 +32,6 @@ pub enum VerifyError {
     /// claim is then bound to this payment's own requirements, and nothing else can use it).
     #[error("rate limited")]
     Limited(Limited),
-    #[error("the state machine answered a claim with {0}")]
-    Unexpected(String),
 }
 
 impl From<GuardedError> for VerifyError {
@@ -42,7 +39,6 @@ impl From<GuardedError> for VerifyError {
         match e {
             GuardedError::Propose(e) => VerifyError::Claim(e),
             GuardedError::Limited(l) => VerifyError::Limited(l),
-            GuardedError::Unexpected(e) => VerifyError::Unexpected(e),
         }
     }
 }
@@ -75,30 +71,23 @@ pub async fn verify(
         return Ok(invalid(rejection));
     }
     let payer = payment.payer.into_array();
-    let committed = propose_guarded(
-        &app.batcher,
-        gate,
-        &payer,
-        GuardedOp::ClaimNonce(payment.claim()),
-    )
-    .await?;
-    Ok(match committed.response {
-        Response::Claim(ClaimOutcome::Accepted) => VerifyResponse::valid(payment.payer_text()),
-        Response::Claim(ClaimOutcome::Replay) => invalid(
+    let claimed = guarded_claim(&app.writer, gate, &payer, payment.claim()).await?;
+    Ok(match claimed.answer {
+        ClaimOutcome::Accepted => VerifyResponse::valid(payment.payer_text()),
+        ClaimOutcome::Replay => invalid(
             Rejection::new(
                 ReasonCode::InvalidExactEvmNonceAlreadyUsed,
                 "this authorization was already used for other payment requirements",
             )
             .with_payer(payment.payer),
         ),
-        Response::Claim(ClaimOutcome::Expired) => invalid(
+        ClaimOutcome::Expired => invalid(
             Rejection::new(
                 ReasonCode::InvalidExactEvmPayloadAuthorizationValidBefore,
                 "the authorization expired before it could be claimed",
             )
             .with_payer(payment.payer),
         ),
-        other => return Err(VerifyError::Unexpected(format!("{other:?}"))),
     })
 }
 

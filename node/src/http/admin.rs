@@ -28,7 +28,6 @@ use x402_protocol::wire::{
 use x402_raft_store::state::breakers::BreakerPhase;
 use x402_raft_store::state::{ClaimOutcome, NonceClaim, NonceKey};
 use x402_raft_store::types::{Node, NodeId, TypeConfig};
-use x402_raft_store::{Op, Response as StateResponse};
 
 use super::error::{ApiError, JsonBody};
 use crate::cluster::peer_client::PeerError;
@@ -414,7 +413,7 @@ async fn claim(
         valid_before: request.valid_before,
     };
     let started = Instant::now();
-    let result = app.batcher.propose(Op::ClaimNonce(claim)).await;
+    let result = app.writer.claim(claim).await;
     let outcome_label = match &result {
         Ok(_) => "ok",
         Err(e) => match e {
@@ -428,23 +427,18 @@ async fn claim(
         .proposals
         .with_label_values(&[outcome_label])
         .inc();
-    let committed = result?;
+    let claimed = result?;
     app.metrics
         .proposal_seconds
         .observe(started.elapsed().as_secs_f64());
-    let outcome = match committed.response {
-        StateResponse::Claim(ClaimOutcome::Accepted) => wire::ClaimOutcome::Accepted,
-        StateResponse::Claim(ClaimOutcome::Replay) => wire::ClaimOutcome::Replay,
-        StateResponse::Claim(ClaimOutcome::Expired) => wire::ClaimOutcome::Expired,
-        other => {
-            return Err(ApiError::internal(format!(
-                "state machine answered a claim with {other:?}"
-            )))
-        }
+    let outcome = match claimed.answer {
+        ClaimOutcome::Accepted => wire::ClaimOutcome::Accepted,
+        ClaimOutcome::Replay => wire::ClaimOutcome::Replay,
+        ClaimOutcome::Expired => wire::ClaimOutcome::Expired,
     };
     Ok(Json(ClaimResponse {
         outcome,
-        log_index: committed.log_index,
+        log_index: claimed.log_index,
     }))
 }
 

@@ -126,13 +126,10 @@ where
     let Ran { mut response, key } = run(gate.clone(), scope).await;
     let limited_in_log = response.status() == StatusCode::TOO_MANY_REQUESTS;
     if !gate.keys().is_empty() && !gate.decided_in_log() && !limited_in_log {
-        match access.leases.spend(&app.batcher, gate.keys()).await {
+        match access.leases.spend(&app.writer, gate.keys()).await {
             Ok(quota) => gate.spent(quota),
             Err(LeaseError::Limited(limited)) => response = limited.into_response(),
             Err(LeaseError::Propose(e)) => response = ApiError::from(e).into_response(),
-            Err(e @ LeaseError::Unexpected(_)) => {
-                response = ApiError::internal(e.to_string()).into_response()
-            }
         }
     }
     if response.status() == StatusCode::TOO_MANY_REQUESTS {
@@ -162,7 +159,7 @@ async fn store_answer(
     match axum::body::to_bytes(body, MAX_STORED_ANSWER_BYTES + 1).await {
         Ok(bytes) => {
             idempotency::finish(
-                &app.batcher,
+                &app.writer,
                 claim,
                 parts.status.as_u16(),
                 &bytes,
@@ -172,7 +169,7 @@ async fn store_answer(
             Response::from_parts(parts, axum::body::Body::from(bytes))
         }
         Err(e) => {
-            idempotency::finish(&app.batcher, claim, 500, &[], false).await;
+            idempotency::finish(&app.writer, claim, 500, &[], false).await;
             ApiError::internal(format!("answer could not be buffered: {e}")).into_response()
         }
     }
@@ -241,7 +238,6 @@ impl From<BeginError> for ApiError {
                 e.to_string(),
             ),
             BeginError::Propose(e) => ApiError::from(e),
-            BeginError::Unexpected(_) => ApiError::internal(e.to_string()),
         }
     }
 }
@@ -251,7 +247,6 @@ impl IntoResponse for VerifyError {
         match self {
             VerifyError::Claim(e) => ApiError::from(e).into_response(),
             VerifyError::Limited(limited) => limited.into_response(),
-            e @ VerifyError::Unexpected(_) => ApiError::internal(e.to_string()).into_response(),
         }
     }
 }
@@ -261,7 +256,11 @@ impl IntoResponse for SettleError {
         match self {
             SettleError::Propose(e) => ApiError::from(e).into_response(),
             SettleError::Limited(limited) => limited.into_response(),
-            e @ SettleError::Refused(_) => ApiError::internal(e.to_string()).into_response(),
+            e @ (SettleError::Rejected(_)
+            | SettleError::MissingSigner(_)
+            | SettleError::Signing(_)
+            | SettleError::Fees(_)
+            | SettleError::UndecodableRecord) => ApiError::internal(e.to_string()).into_response(),
         }
     }
 }
@@ -402,7 +401,7 @@ async fn paid_answer(
     let claim = match key {
         Err(e) => return error(e.into()),
         Ok(None) => None,
-        Ok(Some(key)) => match idempotency::begin(&app.batcher, settings, &key).await {
+        Ok(Some(key)) => match idempotency::begin(&app.writer, settings, &key).await {
             Ok(Begun::Run(claim)) => Some(claim),
             Ok(Begun::Replay(stored)) => return (None, Ran::plain(replay(stored))),
             Err(e) => return error(e.into()),

@@ -69,24 +69,30 @@ pub struct IdempotentFinish {
     pub answer: StoredAnswer,
 }
 
+/// The answer to `BeginIdempotent`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum IdempotencyAnswer {
-    /// Begin: the attempt owns the key (new, retried, or taken over from a stale attempt): run
-    /// the request.
+pub enum IdempotencyBegun {
+    /// The attempt owns the key (new, retried, or taken over from a stale attempt): run the
+    /// request.
     Started,
-    /// Begin: another attempt is running the request.
+    /// Another attempt is running the request.
     InFlight,
-    /// Begin: the key was used for another request.
+    /// The key was used for another request.
     Mismatch,
-    /// Begin: the request finished already; this is its answer.
+    /// The request finished already; this is its answer.
     Replay(StoredAnswer),
-    /// Begin: [`MAX_IDEMPOTENCY_RECORDS`] keys are remembered already.
+    /// [`MAX_IDEMPOTENCY_RECORDS`] keys are remembered already.
     Full,
+}
+
+/// The answer to `FinishIdempotent` and `ReleaseIdempotent`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IdempotencyEnded {
     /// Finish: the answer is stored (or an answer was already: the first is kept).
     Finished,
     /// Release: the key is forgotten.
     Released,
-    /// Finish / release: the key is not in flight under this attempt. Nothing changed.
+    /// The key is not in flight under this attempt. Nothing changed.
     NotOwner,
     /// Finish: the answer is too long to store (or the store's answer bytes are used up).
     /// Nothing changed.
@@ -163,16 +169,16 @@ pub(crate) struct StoreImage(BTreeMap<[u8; 32], Record>);
 
 impl IdempotencyStore {
     /// Begins a request under `s.key` at `now_ms`.
-    pub fn begin(&mut self, s: &IdempotentStart, now_ms: u64) -> IdempotencyAnswer {
+    pub fn begin(&mut self, s: &IdempotentStart, now_ms: u64) -> IdempotencyBegun {
         let answer = self.try_begin(s, now_ms);
         self.debug_check();
         answer
     }
 
-    fn try_begin(&mut self, s: &IdempotentStart, now: u64) -> IdempotencyAnswer {
+    fn try_begin(&mut self, s: &IdempotentStart, now: u64) -> IdempotencyBegun {
         let Some(record) = self.records.get(&s.key) else {
             if self.records.len() >= MAX_IDEMPOTENCY_RECORDS {
-                return IdempotencyAnswer::Full;
+                return IdempotencyBegun::Full;
             }
             self.put(
                 s.key,
@@ -185,14 +191,14 @@ impl IdempotencyStore {
                     },
                 },
             );
-            return IdempotencyAnswer::Started;
+            return IdempotencyBegun::Started;
         };
         if record.fingerprint != s.fingerprint {
-            return IdempotencyAnswer::Mismatch;
+            return IdempotencyBegun::Mismatch;
         }
         match &record.phase {
-            Phase::Done(answer) => IdempotencyAnswer::Replay(answer.clone()),
-            Phase::InFlight { attempt, .. } if *attempt == s.attempt => IdempotencyAnswer::Started,
+            Phase::Done(answer) => IdempotencyBegun::Replay(answer.clone()),
+            Phase::InFlight { attempt, .. } if *attempt == s.attempt => IdempotencyBegun::Started,
             Phase::InFlight { since_ms, .. }
                 if since_ms.saturating_add(s.stale_after_ms) <= now =>
             {
@@ -205,59 +211,59 @@ impl IdempotencyStore {
                     ..record.clone()
                 };
                 self.put(s.key, record);
-                IdempotencyAnswer::Started
+                IdempotencyBegun::Started
             }
-            Phase::InFlight { .. } => IdempotencyAnswer::InFlight,
+            Phase::InFlight { .. } => IdempotencyBegun::InFlight,
         }
     }
 
     /// Stores the answer of the attempt that owns `f.key`.
-    pub fn finish(&mut self, f: &IdempotentFinish, _now_ms: u64) -> IdempotencyAnswer {
+    pub fn finish(&mut self, f: &IdempotentFinish, _now_ms: u64) -> IdempotencyEnded {
         let answer = self.try_finish(f);
         self.debug_check();
         answer
     }
 
-    fn try_finish(&mut self, f: &IdempotentFinish) -> IdempotencyAnswer {
+    fn try_finish(&mut self, f: &IdempotentFinish) -> IdempotencyEnded {
         let len = f.answer.body.len();
         if len > MAX_STORED_ANSWER_BYTES {
-            return IdempotencyAnswer::TooLarge;
+            return IdempotencyEnded::TooLarge;
         }
         let Some(record) = self.records.get(&f.key) else {
-            return IdempotencyAnswer::NotOwner;
+            return IdempotencyEnded::NotOwner;
         };
         match &record.phase {
             // The first answer stays the answer.
-            Phase::Done(_) => IdempotencyAnswer::Finished,
+            Phase::Done(_) => IdempotencyEnded::Finished,
             Phase::InFlight { attempt, .. } if *attempt == f.attempt => {
                 if self.derived.answer_bytes.saturating_add(len as u64)
                     > MAX_STORED_ANSWER_TOTAL_BYTES
                 {
-                    return IdempotencyAnswer::TooLarge;
+                    return IdempotencyEnded::TooLarge;
                 }
                 let record = Record {
                     phase: Phase::Done(f.answer.clone()),
                     ..record.clone()
                 };
                 self.put(f.key, record);
-                IdempotencyAnswer::Finished
+                IdempotencyEnded::Finished
             }
-            Phase::InFlight { .. } => IdempotencyAnswer::NotOwner,
+            Phase::InFlight { .. } => IdempotencyEnded::NotOwner,
         }
     }
 
     /// Forgets `key` if `attempt` owns it and has not finished.
-    pub fn release(&mut self, key: &[u8; 32], attempt: &[u8; 16]) -> IdempotencyAnswer {
+    pub fn release(&mut self, key: &[u8; 32], attempt: &[u8; 16]) -> IdempotencyEnded {
         let owned = matches!(
             self.records.get(key).map(|r| &r.phase),
             Some(Phase::InFlight { attempt: a, .. }) if a == attempt
         );
         if !owned {
-            return IdempotencyAnswer::NotOwner;
+            return IdempotencyEnded::NotOwner;
         }
         self.remove(key);
         self.debug_check();
-        IdempotencyAnswer::Released
+        IdempotencyEnded::Released
     }
 
     /// Number of keys remembered (in flight or done).
@@ -377,12 +383,12 @@ mod cap_tests {
             store.records.insert(key, record);
         }
         let key = [0xFF; 32];
-        assert_eq!(store.begin(&start(key), 0), IdempotencyAnswer::Full);
+        assert_eq!(store.begin(&start(key), 0), IdempotencyBegun::Full);
         assert_eq!(store.len(), MAX_IDEMPOTENCY_RECORDS);
         // Known keys still answer.
-        assert_eq!(store.begin(&start([0; 32]), 0), IdempotencyAnswer::Started);
+        assert_eq!(store.begin(&start([0; 32]), 0), IdempotencyBegun::Started);
         assert!(store.expire_one(0));
-        assert_eq!(store.begin(&start(key), 0), IdempotencyAnswer::Started);
+        assert_eq!(store.begin(&start(key), 0), IdempotencyBegun::Started);
     }
 
     #[test]
@@ -390,7 +396,7 @@ mod cap_tests {
         let mut store = IdempotencyStore::default();
         store.derived.answer_bytes = MAX_STORED_ANSWER_TOTAL_BYTES - 10;
         let key = [3; 32];
-        assert_eq!(store.begin(&start(key), 0), IdempotencyAnswer::Started);
+        assert_eq!(store.begin(&start(key), 0), IdempotencyBegun::Started);
         let finish = |len: usize| IdempotentFinish {
             key,
             attempt: [2; 16],
@@ -399,8 +405,8 @@ mod cap_tests {
                 body: vec![0; len],
             },
         };
-        assert_eq!(store.finish(&finish(11), 0), IdempotencyAnswer::TooLarge);
-        assert_eq!(store.finish(&finish(10), 0), IdempotencyAnswer::Finished);
+        assert_eq!(store.finish(&finish(11), 0), IdempotencyEnded::TooLarge);
+        assert_eq!(store.finish(&finish(10), 0), IdempotencyEnded::Finished);
         assert_eq!(store.derived.answer_bytes, MAX_STORED_ANSWER_TOTAL_BYTES);
         // Forgetting the record frees its bytes.
         assert!(store.expire_one(1000));

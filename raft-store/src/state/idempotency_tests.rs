@@ -41,19 +41,30 @@ fn release(attempt: [u8; 16]) -> Op {
     Op::ReleaseIdempotent { key: K, attempt }
 }
 
+impl PartialEq<IdempotencyBegun> for Response {
+    fn eq(&self, other: &IdempotencyBegun) -> bool {
+        matches!(self, Response::IdempotencyBegun(a) if a == other)
+    }
+}
+
+impl PartialEq<IdempotencyEnded> for Response {
+    fn eq(&self, other: &IdempotencyEnded) -> bool {
+        matches!(self, Response::IdempotencyEnded(a) if a == other)
+    }
+}
+
 /// Applies `op` at `at_ms`; checks the invariants, and that answers other than Started,
 /// Finished and Released changed nothing.
-fn run(s: &mut ClusterState, at_ms: u64, op: Op) -> IdempotencyAnswer {
+fn run(s: &mut ClusterState, at_ms: u64, op: Op) -> Response {
     let before = s.clone();
     let mut answers = s.apply(&Command::single(at_ms, op));
     assert_eq!(s.check_invariants(), Ok(()));
     assert_eq!(answers.len(), 1);
-    let Response::Idempotency(a) = answers.remove(0) else {
-        panic!("not an idempotency answer");
-    };
+    let a = answers.remove(0);
     if !matches!(
         a,
-        IdempotencyAnswer::Started | IdempotencyAnswer::Finished | IdempotencyAnswer::Released
+        Response::IdempotencyBegun(IdempotencyBegun::Started)
+            | Response::IdempotencyEnded(IdempotencyEnded::Finished | IdempotencyEnded::Released)
     ) {
         let mut unchanged = before;
         unchanged.apply(&Command::single(at_ms, Op::ExpireClaims { limit: 0 }));
@@ -65,21 +76,21 @@ fn run(s: &mut ClusterState, at_ms: u64, op: Op) -> IdempotencyAnswer {
 #[test]
 fn a_new_key_starts_and_its_answer_is_replayed() {
     let mut s = ClusterState::default();
-    assert_eq!(run(&mut s, T, start(FP, A1)), IdempotencyAnswer::Started);
+    assert_eq!(run(&mut s, T, start(FP, A1)), IdempotencyBegun::Started);
     assert_eq!(s.idempotency().len(), 1);
     let ok = answer(200, b"{\"success\":true}");
     assert_eq!(
         run(&mut s, T + 10, finish(A1, ok.clone())),
-        IdempotencyAnswer::Finished
+        IdempotencyEnded::Finished
     );
     // Any attempt, on any node, gets the answer.
     assert_eq!(
         run(&mut s, T + 20, start(FP, A2)),
-        IdempotencyAnswer::Replay(ok.clone())
+        IdempotencyBegun::Replay(ok.clone())
     );
     assert_eq!(
         run(&mut s, T + 20, start(FP, A1)),
-        IdempotencyAnswer::Replay(ok)
+        IdempotencyBegun::Replay(ok)
     );
 }
 
@@ -89,17 +100,17 @@ fn another_request_under_the_same_key_is_a_mismatch_in_every_phase() {
     run(&mut s, T, start(FP, A1));
     assert_eq!(
         run(&mut s, T, start([9; 32], A2)),
-        IdempotencyAnswer::Mismatch
+        IdempotencyBegun::Mismatch
     );
     // Even when the in-flight attempt is stale.
     assert_eq!(
         run(&mut s, T + STALE, start([9; 32], A2)),
-        IdempotencyAnswer::Mismatch
+        IdempotencyBegun::Mismatch
     );
     run(&mut s, T, finish(A1, answer(201, b"")));
     assert_eq!(
         run(&mut s, T, start([9; 32], A1)),
-        IdempotencyAnswer::Mismatch
+        IdempotencyBegun::Mismatch
     );
 }
 
@@ -108,39 +119,36 @@ fn a_running_request_blocks_others_until_it_is_stale_then_is_taken_over() {
     let mut s = ClusterState::default();
     run(&mut s, T, start(FP, A1));
     // A retried proposal of the same attempt is still the owner.
-    assert_eq!(
-        run(&mut s, T + 1, start(FP, A1)),
-        IdempotencyAnswer::Started
-    );
+    assert_eq!(run(&mut s, T + 1, start(FP, A1)), IdempotencyBegun::Started);
     assert_eq!(
         run(&mut s, T + 1, start(FP, A2)),
-        IdempotencyAnswer::InFlight
+        IdempotencyBegun::InFlight
     );
     assert_eq!(
         run(&mut s, T + STALE - 1, start(FP, A2)),
-        IdempotencyAnswer::InFlight
+        IdempotencyBegun::InFlight
     );
     // The owner presumably died: A2 takes over; A1 can no longer finish or release.
     assert_eq!(
         run(&mut s, T + STALE, start(FP, A2)),
-        IdempotencyAnswer::Started
+        IdempotencyBegun::Started
     );
     assert_eq!(
         run(&mut s, T + STALE, finish(A1, answer(200, b"late"))),
-        IdempotencyAnswer::NotOwner
+        IdempotencyEnded::NotOwner
     );
     assert_eq!(
         run(&mut s, T + STALE, release(A1)),
-        IdempotencyAnswer::NotOwner
+        IdempotencyEnded::NotOwner
     );
     // A1 is now the other attempt, and A2 was (re)started at T + STALE.
     assert_eq!(
         run(&mut s, T + 2 * STALE - 1, start(FP, A1)),
-        IdempotencyAnswer::InFlight
+        IdempotencyBegun::InFlight
     );
     assert_eq!(
         run(&mut s, T + STALE + 1, finish(A2, answer(200, b"ok"))),
-        IdempotencyAnswer::Finished
+        IdempotencyEnded::Finished
     );
 }
 
@@ -152,35 +160,35 @@ fn the_first_answer_is_kept() {
     let after_first = s.clone();
     assert_eq!(
         run(&mut s, T, finish(A1, answer(500, b"second"))),
-        IdempotencyAnswer::Finished
+        IdempotencyEnded::Finished
     );
     assert_eq!(
         run(&mut s, T, finish(A2, answer(500, b"other"))),
-        IdempotencyAnswer::Finished
+        IdempotencyEnded::Finished
     );
     assert_eq!(s, after_first);
     assert_eq!(
         run(&mut s, T, start(FP, A2)),
-        IdempotencyAnswer::Replay(answer(200, b"first"))
+        IdempotencyBegun::Replay(answer(200, b"first"))
     );
     // A finished request cannot be released.
-    assert_eq!(run(&mut s, T, release(A1)), IdempotencyAnswer::NotOwner);
+    assert_eq!(run(&mut s, T, release(A1)), IdempotencyEnded::NotOwner);
 }
 
 #[test]
 fn a_release_forgets_the_key_so_a_retry_runs_again() {
     let mut s = ClusterState::default();
     run(&mut s, T, start(FP, A1));
-    assert_eq!(run(&mut s, T, release(A2)), IdempotencyAnswer::NotOwner);
-    assert_eq!(run(&mut s, T, release(A1)), IdempotencyAnswer::Released);
+    assert_eq!(run(&mut s, T, release(A2)), IdempotencyEnded::NotOwner);
+    assert_eq!(run(&mut s, T, release(A1)), IdempotencyEnded::Released);
     assert!(s.idempotency().is_empty());
     assert_eq!(s.idempotency().next_expiry_ms(), None);
-    assert_eq!(run(&mut s, T, release(A1)), IdempotencyAnswer::NotOwner);
+    assert_eq!(run(&mut s, T, release(A1)), IdempotencyEnded::NotOwner);
     assert_eq!(
         run(&mut s, T, finish(A1, answer(200, b""))),
-        IdempotencyAnswer::NotOwner
+        IdempotencyEnded::NotOwner
     );
-    assert_eq!(run(&mut s, T, start(FP, A2)), IdempotencyAnswer::Started);
+    assert_eq!(run(&mut s, T, start(FP, A2)), IdempotencyBegun::Started);
 }
 
 #[test]
@@ -188,16 +196,16 @@ fn an_answer_too_large_is_not_stored() {
     let mut s = ClusterState::default();
     run(&mut s, T, start(FP, A1));
     let big = answer(200, &vec![7; MAX_STORED_ANSWER_BYTES + 1]);
-    assert_eq!(run(&mut s, T, finish(A1, big)), IdempotencyAnswer::TooLarge);
+    assert_eq!(run(&mut s, T, finish(A1, big)), IdempotencyEnded::TooLarge);
     // Still in flight: the owner may store a smaller answer, or release.
     let largest = answer(200, &vec![7; MAX_STORED_ANSWER_BYTES]);
     assert_eq!(
         run(&mut s, T, finish(A1, largest.clone())),
-        IdempotencyAnswer::Finished
+        IdempotencyEnded::Finished
     );
     assert_eq!(
         run(&mut s, T, start(FP, A2)),
-        IdempotencyAnswer::Replay(largest)
+        IdempotencyBegun::Replay(largest)
     );
 }
 
@@ -228,7 +236,7 @@ fn records_expire_at_their_ttl_through_expire_claims() {
     // Forgotten: the key starts afresh.
     assert_eq!(
         run(&mut s, T + TTL, start(FP, A2)),
-        IdempotencyAnswer::Started
+        IdempotencyBegun::Started
     );
     // The TTL is clamped to 30 days; u64::MAX stale_after never overflows.
     assert_eq!(
@@ -240,7 +248,7 @@ fn records_expire_at_their_ttl_through_expire_claims() {
                 ..other
             })
         ),
-        IdempotencyAnswer::InFlight
+        IdempotencyBegun::InFlight
     );
     assert_eq!(
         s.apply(&gc(T + 1 + MAX_IDEMPOTENCY_TTL_MS)),
