@@ -4,6 +4,7 @@
 pub mod batcher;
 pub mod breakers;
 pub mod expiry;
+pub mod membership;
 pub mod network;
 pub mod peer_client;
 pub mod peer_guard;

@@ -5,15 +5,18 @@
 //! - [`verify`]: the chain reads of `/verify` (ERC-1271, asset code, simulation and its
 //!   diagnosis), then the cluster-wide claim (I1);
 //! - [`settle`]: exactly-once settlement (I2) with signer nonces allocated by the log (I3);
-//! - [`reconcile`]: the leader's duty of finishing settlements whose owner went quiet, and of
-//!   telling the state machine each signer's transaction count.
+//! - [`reconcile`]: the leader's duty of finishing settlements whose owner went quiet;
+//! - [`signers`]: telling the state machine each signer's transaction count on chain.
 //!
 //! One [`Facilitator`] per node holds every configured network: its chain client, its signer
-//! keys and its settings.
+//! keys and its settings. The code above takes a [`context::Context`]: the few parts of the node
+//! it needs (state, typed writer, read barrier, clock), not the node.
 
+pub mod context;
 pub mod payment;
 pub mod reconcile;
 pub mod settle;
+pub mod signers;
 pub mod verify;
 
 use std::collections::BTreeMap;

@@ -18,6 +18,32 @@ use axum::{middleware, Router};
 use crate::node::App;
 use crate::serve;
 
+/// A started node's routers: serve them to make it reachable ([`crate::serve::serve`]): `api`
+/// on `listen` and `peer` on `peer_listen`, or [`Routers::single`] on `listen` when there is no
+/// separate peer port.
+pub struct Routers {
+    /// The x402 API, health, metrics and admin.
+    pub api: Router,
+    /// The peer API (and admin, for members that reach each other only here).
+    pub peer: Router,
+    app: Arc<App>,
+}
+
+impl Routers {
+    pub fn new(app: Arc<App>) -> Self {
+        Self {
+            api: api_router(app.clone()),
+            peer: peer_router(app.clone(), true),
+            app,
+        }
+    }
+
+    /// Both on one listener.
+    pub fn single(&self) -> Router {
+        self.api.clone().merge(peer_router(self.app.clone(), false))
+    }
+}
+
 /// What clients and operators reach on `listen`: the facilitator API, health and metrics,
 /// admin. Every body is read in full (size and time bounded) before a handler runs.
 pub fn api_router(app: Arc<App>) -> Router {

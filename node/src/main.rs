@@ -10,6 +10,7 @@ use mimalloc::MiMalloc;
 use x402_node::cluster::breakers::ClusterBreakers;
 use x402_node::config::Config;
 use x402_node::facilitator::Facilitator;
+use x402_node::http;
 use x402_node::metrics::Metrics;
 use x402_node::node::{self, NodeSetup};
 use x402_node::seams::{SystemClock, TokioConnector};
@@ -175,7 +176,7 @@ async fn run(config: Config) -> Result<(), String> {
         None => None,
     };
     let (api_limits, peer_limits) = serve::ServeLimits::from_config(&config.limits);
-    let running = node::start(NodeSetup {
+    let app = node::start(NodeSetup {
         config,
         secrets,
         clock: Arc::new(SystemClock),
@@ -188,31 +189,32 @@ async fn run(config: Config) -> Result<(), String> {
     })
     .await
     .map_err(|e| e.to_string())?;
-    let watchdog = tokio::spawn(exit_when_raft_stops(running.app.raft.clone()));
+    let routers = http::Routers::new(app.clone());
+    let watchdog = tokio::spawn(exit_when_raft_stops(app.raft.clone()));
     match peer_listener {
         Some(peer_listener) => {
             let (stop_peers, peers_stopped) = tokio::sync::oneshot::channel::<()>();
             let peers = tokio::spawn(serve::serve(
                 peer_listener,
-                running.peer.clone(),
+                routers.peer.clone(),
                 peer_limits,
                 async move {
                     let _ = peers_stopped.await;
                 },
             ));
-            serve::serve(listener, running.api.clone(), api_limits, shutdown_signal()).await;
+            serve::serve(listener, routers.api.clone(), api_limits, shutdown_signal()).await;
             let _ = stop_peers.send(());
             let _ = peers.await;
         }
         None => {
-            let router = running.single_router();
+            let router = routers.single();
             serve::serve(listener, router, api_limits, shutdown_signal()).await;
         }
     }
     tracing::info!("shutting down");
     // A requested shutdown stops the core too; that is not a failure.
     watchdog.abort();
-    let _ = running.app.raft.shutdown().await;
+    let _ = app.raft.shutdown().await;
     Ok(())
 }
 

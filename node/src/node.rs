@@ -7,7 +7,6 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use openraft::storage::RaftLogStorage;
 use openraft::BasicNode;
 use x402_raft_store::storage::{SnapshotVault, StateMachineStore, StateView};
@@ -16,14 +15,16 @@ use x402_raft_store::types::{LogId, NodeId, Raft, TypeConfig};
 use crate::access::{leases, Access};
 use crate::cluster::batcher::{BatchLimits, Batcher};
 use crate::cluster::breakers::ClusterBreakers;
-use crate::cluster::expiry;
+use crate::cluster::expiry::{self, Expiry};
+use crate::cluster::membership::Members;
 use crate::cluster::network::Network;
 use crate::cluster::peer_client::PeerClient;
 use crate::cluster::proposer::Proposer;
+use crate::cluster::read_barrier::ReadBarrier;
 use crate::cluster::writer::Writer;
 use crate::config::{Config, Limits, Secrets};
+use crate::facilitator::context::Context;
 use crate::facilitator::{reconcile, Facilitator};
-use crate::http;
 use crate::metrics::Metrics;
 use crate::seams::{SharedClock, SharedConnector};
 
@@ -73,8 +74,10 @@ pub struct App {
     /// API keys, rate limits, leases, idempotency settings.
     pub access: Access,
     pub breakers: Arc<ClusterBreakers>,
-    /// `/readyz`'s last verdict, reused for a moment.
-    pub readiness: http::health::ReadinessCache,
+    pub barrier: ReadBarrier,
+    pub members: Members,
+    /// What `/verify`, `/settle` and the reconciler work with.
+    pub payments: Context,
 }
 
 impl App {
@@ -104,31 +107,9 @@ pub enum StartError {
     Raft(#[from] openraft::error::Fatal<NodeId>),
 }
 
-/// A started replica: serve its routers to make it reachable ([`crate::serve::serve`]):
-/// `api` on `listen` and `peer` on `peer_listen`, or [`RunningNode::single_router`] on `listen`
-/// when there is no separate peer port.
-pub struct RunningNode {
-    pub app: Arc<App>,
-    /// The x402 API, health, metrics and admin.
-    pub api: Router,
-    /// The peer API (and admin, for members that reach each other only here).
-    pub peer: Router,
-}
-
-impl RunningNode {
-    /// Both routers on one listener.
-    pub fn single_router(&self) -> Router {
-        self.api.clone().merge(self.peer_only())
-    }
-
-    fn peer_only(&self) -> Router {
-        http::peer_router(self.app.clone(), false)
-    }
-}
-
 /// Builds and starts a replica. Bind the listener *before* calling this: Raft starts sending
 /// RPCs at once, and a peer that finds nobody listening backs off for a while.
-pub async fn start<LS, V>(setup: NodeSetup<LS, V>) -> Result<RunningNode, StartError>
+pub async fn start<LS, V>(setup: NodeSetup<LS, V>) -> Result<Arc<App>, StartError>
 where
     LS: RaftLogStorage<TypeConfig> + Clone,
     V: SnapshotVault,
@@ -181,12 +162,29 @@ where
         },
     );
     let access = Access::from_config(&config, &metrics);
+    let writer = Writer::new(batcher.clone());
+    let barrier = ReadBarrier::new(id, raft.clone(), peers.clone(), proposer.timeout());
+    let payments = Context {
+        id,
+        facilitator: facilitator.clone(),
+        state: state.clone(),
+        writer: writer.clone(),
+        barrier: barrier.clone(),
+        clock: clock.clone(),
+    };
+    let members = Members::new(
+        id,
+        config.member_url(),
+        raft.clone(),
+        peers.clone(),
+        config.bootstrap.clone(),
+    );
     let app = Arc::new(App {
         id,
         url: config.member_url(),
         raft: raft.clone(),
         proposer,
-        writer: Writer::new(batcher.clone()),
+        writer,
         batcher,
         peers,
         secrets,
@@ -200,7 +198,9 @@ where
         facilitator,
         access,
         breakers,
-        readiness: Default::default(),
+        barrier,
+        members,
+        payments,
     });
     app.breakers.attach(
         app.state.clone(),
@@ -216,15 +216,22 @@ where
         app.writer.clone(),
         Duration::from_millis((config.rate_limit.lease_ms / 2).max(100)),
     ));
+    let expiry = Expiry {
+        leadership: app.barrier.clone(),
+        proposer: app.proposer.clone(),
+        state: app.state.clone(),
+        clock: app.clock.clone(),
+    };
     tokio::spawn(expiry::run(
-        app.clone(),
+        expiry,
         Duration::from_millis(config.limits.expiry_interval_ms),
     ));
-    tokio::spawn(reconcile::run(app.clone()));
+    tokio::spawn(reconcile::run(
+        app.payments.clone(),
+        app.metrics.unfinished_settlements.clone(),
+    ));
     bootstrap_if_first(&app).await;
-    let api = http::api_router(app.clone());
-    let peer = http::peer_router(app.clone(), true);
-    Ok(RunningNode { app, api, peer })
+    Ok(app)
 }
 
 /// Keeps the breaker gauges in step with the applied state.

@@ -661,7 +661,7 @@ async fn run_node(config: Config, disk: Disk) -> turmoil::Result {
     let chains = BTreeMap::from([(crate::world::CHAIN_ID, Arc::new(link) as SharedChain)]);
     let facilitator =
         Facilitator::with_chains(&config.facilitator, chains).map_err(|e| e.to_string())?;
-    let running = node::start(NodeSetup {
+    let app = node::start(NodeSetup {
         config,
         secrets: secrets(),
         clock: Arc::new(disk.clock),
@@ -676,7 +676,7 @@ async fn run_node(config: Config, disk: Disk) -> turmoil::Result {
     .map_err(|e| e.to_string())?;
     x402_node::serve::serve(
         listener,
-        running.single_router(),
+        x402_node::http::Routers::new(app).single(),
         limits,
         std::future::pending::<()>(),
     )

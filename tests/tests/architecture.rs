@@ -1,7 +1,9 @@
 //! The architecture invariants of `ARCHITECTURE.md` that a machine can check: which crate may
-//! depend on which, and what the state machine's apply must never read.
+//! depend on which, what the state machine's apply must never read, and what the node's domain
+//! modules must never name.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use x402_tests::devchain::workspace_root;
@@ -139,23 +141,76 @@ fn apply_reads_only_the_command() {
         files.len() > 5,
         "the state machine's files were not found: {files:?}"
     );
+    let found = lines_naming(&files, APPLY_MUST_NOT_READ);
+    assert!(
+        found.is_empty(),
+        "the state machine must read only the command (I6):\n{}",
+        found.join("\n")
+    );
+}
+
+/// Each `file:line: name` where production code (before the first test module, outside
+/// comments) of `files` names one of `names`.
+fn lines_naming(files: &[PathBuf], names: &[&str]) -> Vec<String> {
     let mut found = Vec::new();
-    for file in &files {
+    for file in files {
         let text = std::fs::read_to_string(file).expect("a source file");
-        // Stop at the first test module: what follows is not apply.
         let production = text.split("#[cfg(test)]").next().unwrap_or_default();
         for (n, line) in production.lines().enumerate() {
             let code = line.split("//").next().unwrap_or_default();
-            for name in APPLY_MUST_NOT_READ {
+            for name in names {
                 if code.contains(name) {
                     found.push(format!("{}:{}: {name}", file.display(), n + 1));
                 }
             }
         }
     }
+    found
+}
+
+/// Every `.rs` file under `dir`, recursively.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.expect("a directory entry").path();
+        if path.is_dir() {
+            files.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// The node's domain modules and what they must not name: the node that assembles them and
+/// the HTTP layer that routes to them sit above them (they take narrow contexts, and return
+/// domain errors that `http/` maps to answers).
+const DOMAIN_MUST_NOT_NAME: &[&str] = &[
+    "crate::node",
+    "crate::http",
+    "IntoResponse",
+    "axum::response",
+];
+
+#[test]
+fn the_node_domain_knows_neither_the_node_nor_http() {
+    let src = workspace_root().join("node/src");
+    let mut files = Vec::new();
+    for module in ["access", "chain", "cluster", "config", "facilitator"] {
+        files.extend(rust_files(&src.join(module)));
+        let file = src.join(format!("{module}.rs"));
+        if file.exists() {
+            files.push(file);
+        }
+    }
+    assert!(
+        files.len() > 20,
+        "the node's domain files were not found: {files:?}"
+    );
+    let found = lines_naming(&files, DOMAIN_MUST_NOT_NAME);
     assert!(
         found.is_empty(),
-        "the state machine must read only the command (I6):\n{}",
+        "domain code names what sits above it:\n{}",
         found.join("\n")
     );
 }

@@ -8,12 +8,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use sha2::{Digest, Sha256};
 
 use super::Route;
 use crate::config::AuthSettings;
-use crate::http::error::ApiError;
 
 /// The identity of an authenticated caller: the key's configured id.
 pub type KeyId = Arc<str>;
@@ -31,19 +30,6 @@ pub enum AuthError {
     Revoked(KeyId),
     #[error("the Authorization header must be `Bearer <key>`")]
     Malformed,
-}
-
-impl From<AuthError> for ApiError {
-    fn from(e: AuthError) -> Self {
-        let (status, code) = match &e {
-            AuthError::Missing => (StatusCode::UNAUTHORIZED, "api_key_missing"),
-            AuthError::Unknown | AuthError::Malformed => {
-                (StatusCode::UNAUTHORIZED, "api_key_invalid")
-            }
-            AuthError::Revoked(_) => (StatusCode::FORBIDDEN, "api_key_revoked"),
-        };
-        ApiError::new(status, code, e.to_string())
-    }
 }
 
 struct KeyEntry {

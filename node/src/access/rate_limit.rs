@@ -14,8 +14,7 @@
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
 use sha2::{Digest, Sha256};
 use x402_raft_store::state::rate_limits::{Admission, AdmissionVerdict, Quota, RateKey, SubjectId};
 use x402_raft_store::state::{ClaimOutcome, NonceClaim, SettlementAnswer, SettlementStart};
@@ -25,7 +24,6 @@ use super::Route;
 use crate::cluster::proposer::ProposeError;
 use crate::cluster::writer::{Guarded, Writer, Written};
 use crate::config::{LimitScope, RateLimitSettings, RateRule};
-use crate::http::error::ApiError;
 use crate::sync::lock;
 
 /// A request refused by a rate limit: answered 429 with `Retry-After`.
@@ -34,34 +32,6 @@ use crate::sync::lock;
 pub struct Limited {
     pub quota: Quota,
     pub retry_after_ms: u64,
-}
-
-impl IntoResponse for Limited {
-    fn into_response(self) -> Response {
-        let seconds = ceil_seconds(self.retry_after_ms).max(1);
-        let message = format!("{self}; retry after {seconds} s");
-        let mut response =
-            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message).into_response();
-        let headers = response.headers_mut();
-        set_quota_headers(headers, &self.quota);
-        headers.insert("retry-after", HeaderValue::from(seconds));
-        response
-    }
-}
-
-fn ceil_seconds(ms: u64) -> u64 {
-    ms.div_ceil(1000)
-}
-
-/// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset` (seconds until the count
-/// next goes down).
-pub fn set_quota_headers(headers: &mut HeaderMap, quota: &Quota) {
-    headers.insert("x-ratelimit-limit", HeaderValue::from(quota.limit));
-    headers.insert("x-ratelimit-remaining", HeaderValue::from(quota.remaining));
-    headers.insert(
-        "x-ratelimit-reset",
-        HeaderValue::from(ceil_seconds(quota.reset_after_ms)),
-    );
 }
 
 /// One rule as requests use it: its limits, the routes it applies to, and the digest state of

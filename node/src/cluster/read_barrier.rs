@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
 use x402_raft_store::codec;
+use x402_raft_store::types::{NodeId, Raft};
 
 use super::network::paths;
-use crate::http::peer::ReadIndexReply;
-use crate::node::App;
+use super::peer_client::PeerClient;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -20,35 +21,86 @@ pub enum ReadError {
     Behind(u64),
 }
 
-/// Waits until this node's state reflects every write committed before the call.
-pub async fn wait_linearizable(app: &App, deadline: Duration) -> Result<(), ReadError> {
-    let index = if app.raft.metrics().borrow().current_leader == Some(app.id) {
-        match tokio::time::timeout(deadline, app.raft.get_read_log_id()).await {
-            Ok(Ok((read_log_id, _))) => read_log_id.map(|l| l.index),
-            Ok(Err(e)) => return Err(ReadError::LeaderUnconfirmed(e.to_string())),
-            Err(_) => return Err(ReadError::LeaderUnconfirmed("timed out".into())),
+/// Answer of `POST /raft/read-index`.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ReadIndexReply {
+    /// The leader confirmed its leadership with a quorum; reads are linearizable once the
+    /// reader has applied up to this index.
+    Index(Option<u64>),
+    NotLeader,
+    Failed(String),
+}
+
+/// Makes this node's state linearizable on demand, and tells whether it leads. Cheap to clone.
+#[derive(Clone)]
+pub struct ReadBarrier {
+    id: NodeId,
+    raft: Raft,
+    peers: PeerClient,
+    /// How long a caller that names no deadline waits (the write timeout).
+    timeout: Duration,
+}
+
+impl ReadBarrier {
+    pub fn new(id: NodeId, raft: Raft, peers: PeerClient, timeout: Duration) -> Self {
+        Self {
+            id,
+            raft,
+            peers,
+            timeout,
         }
-    } else {
-        let (_, url) = app.leader().ok_or(ReadError::NoLeader)?;
-        let bytes = app
-            .peers
-            .post(&url, paths::READ_INDEX, Vec::new(), deadline)
+    }
+
+    /// Whether this node believes it leads (unconfirmed: [`ReadBarrier::wait`] confirms).
+    pub fn leads(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// [`ReadBarrier::wait_for`] within the write timeout.
+    pub async fn wait(&self) -> Result<(), ReadError> {
+        self.wait_for(self.timeout).await
+    }
+
+    /// Waits until this node's state reflects every write committed before the call.
+    pub async fn wait_for(&self, deadline: Duration) -> Result<(), ReadError> {
+        let index = if self.leads() {
+            match tokio::time::timeout(deadline, self.raft.get_read_log_id()).await {
+                Ok(Ok((read_log_id, _))) => read_log_id.map(|l| l.index),
+                Ok(Err(e)) => return Err(ReadError::LeaderUnconfirmed(e.to_string())),
+                Err(_) => return Err(ReadError::LeaderUnconfirmed("timed out".into())),
+            }
+        } else {
+            let url = self.leader_url().ok_or(ReadError::NoLeader)?;
+            let bytes = self
+                .peers
+                .post(&url, paths::READ_INDEX, Vec::new(), deadline)
+                .await
+                .map_err(|e| ReadError::LeaderUnconfirmed(e.to_string()))?;
+            match codec::decode::<ReadIndexReply>(&bytes) {
+                Ok(ReadIndexReply::Index(index)) => index,
+                Ok(ReadIndexReply::NotLeader) => return Err(ReadError::NoLeader),
+                Ok(ReadIndexReply::Failed(e)) => return Err(ReadError::LeaderUnconfirmed(e)),
+                Err(e) => return Err(ReadError::LeaderUnconfirmed(e.to_string())),
+            }
+        };
+        let Some(index) = index else {
+            return Ok(());
+        };
+        self.raft
+            .wait(Some(deadline))
+            .applied_index_at_least(Some(index), "linearizable read")
             .await
-            .map_err(|e| ReadError::LeaderUnconfirmed(e.to_string()))?;
-        match codec::decode::<ReadIndexReply>(&bytes) {
-            Ok(ReadIndexReply::Index(index)) => index,
-            Ok(ReadIndexReply::NotLeader) => return Err(ReadError::NoLeader),
-            Ok(ReadIndexReply::Failed(e)) => return Err(ReadError::LeaderUnconfirmed(e)),
-            Err(e) => return Err(ReadError::LeaderUnconfirmed(e.to_string())),
-        }
-    };
-    let Some(index) = index else {
-        return Ok(());
-    };
-    app.raft
-        .wait(Some(deadline))
-        .applied_index_at_least(Some(index), "linearizable read")
-        .await
-        .map(|_| ())
-        .map_err(|_| ReadError::Behind(index))
+            .map(|_| ())
+            .map_err(|_| ReadError::Behind(index))
+    }
+
+    fn leader_url(&self) -> Option<String> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let leader = m.current_leader?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
+    }
 }

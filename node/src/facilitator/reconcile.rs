@@ -13,99 +13,62 @@
 //! killed as leader and restarted, still believing for a moment that it leads its old term,
 //! never signs from a stale copy of a settlement that another leader has since finished.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::primitives::Address;
+use prometheus::IntGauge;
 use tokio::time::Instant;
 use x402_raft_store::state::{SettlementPhase, SettlementRecord};
 
+use super::context::Context;
 use super::settle::{self, Allocation, Driven, SignedBy};
+use super::signers;
 use super::Network;
-use crate::chain::NonceTag;
-use crate::cluster::read_barrier;
-use crate::node::App;
 
 /// Most stale settlements one round takes on, so a backlog cannot starve the leader.
 const MAX_SETTLEMENTS_PER_ROUND: usize = 256;
 /// Every this many rounds, idle signers are compared with the chain.
 const RESYNC_EVERY_ROUNDS: u64 = 30;
 
-pub async fn run(app: Arc<App>) {
-    let interval = Duration::from_millis(app.facilitator.settings.reconcile_interval_ms);
+/// The leader's settlement duties, every `facilitator.reconcile_interval_ms`, on every node (a
+/// follower only keeps the `x402_unfinished_settlements` gauge up to date).
+pub async fn run(ctx: Context, unfinished_gauge: IntGauge) {
+    let interval = Duration::from_millis(ctx.facilitator.settings.reconcile_interval_ms);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut round: u64 = 0;
     loop {
         ticker.tick().await;
         round += 1;
-        let unfinished = app.state.read(|s| s.settlements().unfinished_len());
-        app.metrics
-            .unfinished_settlements
-            .set(i64::try_from(unfinished).unwrap_or(i64::MAX));
-        if app.raft.metrics().borrow().current_leader != Some(app.id) {
+        let unfinished = ctx.state.read(|s| s.settlements().unfinished_len());
+        unfinished_gauge.set(i64::try_from(unfinished).unwrap_or(i64::MAX));
+        if !ctx.barrier.leads() {
             continue;
         }
-        if let Err(e) = read_barrier::wait_linearizable(&app, app.proposer.timeout()).await {
+        if let Err(e) = ctx.barrier.wait().await {
             tracing::debug!(error = %e, "leadership not confirmed; reconciling later");
             continue;
         }
-        for network in app.facilitator.networks.values() {
+        for network in ctx.facilitator.networks.values() {
             let unsynced = network.signers.iter().any(|s| {
-                app.state.read(|st| {
+                ctx.state.read(|st| {
                     st.signers()
                         .get(network.chain_id, &s.address().into_array())
                         .is_none()
                 })
             });
             if unsynced || round.is_multiple_of(RESYNC_EVERY_ROUNDS) {
-                sync_signers(&app, network).await;
+                signers::sync(&ctx, network).await;
             }
         }
-        finish_stale(&app).await;
+        finish_stale(&ctx).await;
     }
 }
 
-/// Proposes `SyncSigner` for each of this node's signers of `network` whose count the chain
-/// shows higher than the state machine's (or that the state machine does not know yet).
-pub async fn sync_signers(app: &App, network: &Network) {
-    for signer in network.signer_addresses() {
-        let known = app.state.read(|s| {
-            s.signers()
-                .get(network.chain_id, &signer.into_array())
-                .map(|st| (st.next_nonce, st.in_flight))
-        });
-        if matches!(known, Some((_, in_flight)) if in_flight > 0) {
-            continue; // never raise a count under transactions in flight
-        }
-        let chain_nonce = match network.chain.nonce(signer, NonceTag::Pending).await {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(%signer, network = %network.caip2, error = %e, "cannot read a signer's nonce");
-                continue;
-            }
-        };
-        if matches!(known, Some((next, _)) if next >= chain_nonce) {
-            continue;
-        }
-        let synced = app
-            .writer
-            .sync_signer(network.chain_id, signer.into_array(), chain_nonce)
-            .await;
-        match synced {
-            Ok(Ok(next_nonce)) => tracing::info!(
-                %signer, network = %network.caip2, chain_nonce, next_nonce, "signer nonce synced"
-            ),
-            Ok(Err(why)) => tracing::warn!(%signer, %why, "signer sync refused"),
-            Err(e) => tracing::warn!(%signer, error = %e, "signer sync not committed"),
-        }
-    }
-}
-
-async fn finish_stale(app: &App) {
-    let now_ms = app.clock.now_ms();
-    let after_ms = app.facilitator.settings.reconcile_after_ms;
-    let stale: Vec<([u8; 32], SettlementRecord)> = app.state.read(|s| {
+async fn finish_stale(ctx: &Context) {
+    let now_ms = ctx.clock.now_ms();
+    let after_ms = ctx.facilitator.settings.reconcile_after_ms;
+    let stale: Vec<([u8; 32], SettlementRecord)> = ctx.state.read(|s| {
         s.settlements()
             .unfinished()
             .filter(|(_, r)| r.updated_at_ms.saturating_add(after_ms) <= now_ms)
@@ -114,7 +77,7 @@ async fn finish_stale(app: &App) {
             .collect()
     });
     for (id, record) in stale {
-        let Some(network) = app.facilitator.networks.get(&record.key.chain_id) else {
+        let Some(network) = ctx.facilitator.networks.get(&record.key.chain_id) else {
             tracing::error!(
                 chain_id = record.key.chain_id,
                 "a settlement on a network this node does not serve"
@@ -134,11 +97,11 @@ async fn finish_stale(app: &App) {
                     nonce: *nonce,
                     call: call.clone(),
                 };
-                sign_abandoned(app, network, allocation, record.owner).await;
+                sign_abandoned(ctx, network, allocation, record.owner).await;
             }
             SettlementPhase::Signed { .. } => {
                 // One round: broadcast again, read the receipt, commit what it shows.
-                match settle::drive(app, network, &id, record, Instant::now(), None).await {
+                match settle::drive(ctx, network, &id, record, Instant::now(), None).await {
                     Ok(Driven::Done(record)) => {
                         tracing::info!(tx = ?record.settled_tx(), "reconciled a settlement")
                     }
@@ -154,7 +117,7 @@ async fn finish_stale(app: &App) {
 /// Signs an allocation whose owner went quiet, from a state confirmed fresh just before: the
 /// fees are read first, then a linearizable read, then [`settle::sign_allocation`] looks at the
 /// record and signs with nothing awaited in between.
-async fn sign_abandoned(app: &App, network: &Network, allocation: Allocation, owner: u64) {
+async fn sign_abandoned(ctx: &Context, network: &Network, allocation: Allocation, owner: u64) {
     let fees = match network.fees().await {
         Ok(fees) => fees,
         Err(e) => {
@@ -162,13 +125,13 @@ async fn sign_abandoned(app: &App, network: &Network, allocation: Allocation, ow
             return;
         }
     };
-    if let Err(e) = read_barrier::wait_linearizable(app, app.proposer.timeout()).await {
+    if let Err(e) = ctx.barrier.wait().await {
         tracing::debug!(error = %e, "leadership not confirmed; signing later");
         return;
     }
     tracing::info!(owner, "signing an abandoned settlement");
     if let Err(e) =
-        settle::sign_allocation(app, network, allocation, fees, SignedBy::Reconciler).await
+        settle::sign_allocation(ctx, network, allocation, fees, SignedBy::Reconciler).await
     {
         tracing::warn!(error = %e, "abandoned settlement not signed");
     }

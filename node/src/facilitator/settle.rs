@@ -39,6 +39,7 @@ use x402_raft_store::state::{
     SuccessTaker,
 };
 
+use super::context::Context;
 use super::payment::{Payment, Rejection};
 use super::verify::{self, Simulation};
 use super::Network;
@@ -46,9 +47,7 @@ use crate::access::rate_limit::{guarded_begin_settlement, Gate, GuardedError, Li
 use crate::chain::tx::{self, sign_eip1559, Eip1559Request};
 use crate::chain::{CallRequest, ChainError, Fees, NonceTag, Receipt};
 use crate::cluster::proposer::ProposeError;
-use crate::cluster::read_barrier;
 use crate::cluster::writer::{Replaced, StepError};
-use crate::node::App;
 
 /// Why `/settle` could not answer at all.
 #[derive(Debug, thiserror::Error)]
@@ -94,21 +93,21 @@ impl From<StepError> for SettleError {
 /// Settles `payment` (whose signature and terms passed) for the request `taker`: see the
 /// module documentation. `network_text` is the request's network as sent, for the answer.
 pub async fn settle(
-    app: &App,
+    ctx: &Context,
     payment: &Payment,
     network_text: &str,
     gate: &Gate,
     taker: SuccessTaker,
 ) -> Result<SettleResponse, SettleError> {
     let fail = |r: Rejection| failure(r, network_text);
-    let Some(network) = app.facilitator.networks.get(&payment.chain_id) else {
+    let Some(network) = ctx.facilitator.networks.get(&payment.chain_id) else {
         return Ok(fail(Rejection::new(
             ReasonCode::InvalidNetwork,
             "network not served",
         )));
     };
     let follow = Follow {
-        app,
+        ctx,
         network,
         payment,
         network_text,
@@ -117,29 +116,27 @@ pub async fn settle(
     let id = payment.nonce_key().digest();
     // A settlement of this authorization already exists: follow it (no chain checks: after it
     // is mined the simulation would fail with "authorization is used").
-    if let Some(record) = local_record(app, &id) {
+    if let Some(record) = local_record(ctx, &id) {
         return follow.record(record).await;
     }
-    let simulation = if app.facilitator.settings.simulate_in_settle {
+    let simulation = if ctx.facilitator.settings.simulate_in_settle {
         Simulation::Run
     } else {
         Simulation::Skip
     };
-    if let Err(rejection) = verify::chain_checks(app, payment, simulation).await {
+    if let Err(rejection) = verify::chain_checks(ctx, payment, simulation).await {
         // Another node may have settled this very payment and our replica not applied its
         // record yet: look again with a linearizable read before calling it a failure.
         if rejection.reason == ReasonCode::InvalidExactEvmNonceAlreadyUsed
-            && read_barrier::wait_linearizable(app, app.proposer.timeout())
-                .await
-                .is_ok()
+            && ctx.barrier.wait().await.is_ok()
         {
-            if let Some(record) = local_record(app, &id) {
+            if let Some(record) = local_record(ctx, &id) {
                 return follow.record(record).await;
             }
         }
         return Ok(fail(rejection));
     }
-    let record = match begin(app, network, payment, gate).await? {
+    let record = match begin(ctx, network, payment, gate).await? {
         Begun::Record(record) => record,
         Begun::Refused(rejection) => return Ok(fail(rejection)),
     };
@@ -153,7 +150,7 @@ enum Begun {
 
 /// `BeginSettlement`, then (when it allocated a nonce to us) signing and `RecordSigned`.
 async fn begin(
-    app: &App,
+    ctx: &Context,
     network: &Network,
     payment: &Payment,
     gate: &Gate,
@@ -166,7 +163,7 @@ async fn begin(
     }
     let start = SettlementStart {
         claim: payment.claim(),
-        owner: app.id,
+        owner: ctx.id,
         call: settlement_call(payment),
         signers: network
             .signer_addresses()
@@ -191,7 +188,7 @@ async fn begin(
     let mut synced = false;
     loop {
         let payer = payment.payer.into_array();
-        let answer = guarded_begin_settlement(&app.writer, gate, &payer, start.clone()).await?;
+        let answer = guarded_begin_settlement(&ctx.writer, gate, &payer, start.clone()).await?;
         let refused = |reason, message: &str| {
             Ok(Begun::Refused(
                 Rejection::new(reason, message).with_payer(payment.payer),
@@ -207,14 +204,14 @@ async fn begin(
                     nonce,
                     call: settlement_call(payment),
                 };
-                match sign_allocation(app, network, allocation, fees, SignedBy::Owner).await {
+                match sign_allocation(ctx, network, allocation, fees, SignedBy::Owner).await {
                     Ok(record) => Ok(Begun::Record(Box::new(record))),
                     // The nonce is ours but unsigned (the key is missing, say): the leader's
                     // reconciler signs it with the recorded call; follow the record meanwhile.
                     Err(e) => {
                         tracing::warn!(error = %e, "allocated settlement not signed yet");
                         Ok(Begun::Record(Box::new(allocated_record(
-                            app, payment, signer, nonce,
+                            ctx, payment, signer, nonce,
                         ))))
                     }
                 }
@@ -230,7 +227,7 @@ async fn begin(
             ),
             SettlementAnswer::NoSigner if !synced => {
                 // First use of these keys by the cluster: tell it their nonces, then retry.
-                super::reconcile::sync_signers(app, network).await;
+                super::signers::sync(ctx, network).await;
                 synced = true;
                 continue;
             }
@@ -282,7 +279,7 @@ pub const SIGNING_TARGET: &str = "x402::settlement";
 /// nothing is awaited between that look and the signature. The answer is the record as
 /// committed: ours, or the bytes someone else recorded first.
 pub async fn sign_allocation(
-    app: &App,
+    ctx: &Context,
     network: &Network,
     allocation: Allocation,
     fees: Fees,
@@ -295,7 +292,7 @@ pub async fn sign_allocation(
         nonce,
         call,
     } = allocation;
-    if let Some(record) = local_record(app, &id) {
+    if let Some(record) = local_record(ctx, &id) {
         let ours = matches!(
             &record.phase,
             SettlementPhase::Allocated { signer: s, nonce: n, .. } if *s == signer.0 && *n == nonce
@@ -314,7 +311,7 @@ pub async fn sign_allocation(
         nonce,
         "signed a settlement"
     );
-    let record = app
+    let record = ctx
         .writer
         .record_signed(SignedSettlement {
             id,
@@ -361,7 +358,7 @@ pub fn sign_transaction(
 
 /// One `/settle` request following a settlement record.
 struct Follow<'a> {
-    app: &'a App,
+    ctx: &'a Context,
     network: &'a Network,
     payment: &'a Payment,
     network_text: &'a str,
@@ -372,7 +369,7 @@ impl Follow<'_> {
     /// Follows `record` to its outcome or to the caller's deadline, and answers: the success if
     /// this request holds it, a refusal with the hash if another does.
     async fn record(&self, record: SettlementRecord) -> Result<SettleResponse, SettleError> {
-        let (app, network, payment) = (self.app, self.network, self.payment);
+        let (ctx, network, payment) = (self.ctx, self.network, self.payment);
         if record.fingerprint != payment.fingerprint {
             return Ok(failure(
                 Rejection::new(
@@ -389,10 +386,10 @@ impl Follow<'_> {
                 network
                     .settings
                     .receipt_timeout_ms
-                    .min(app.facilitator.settings.settle_wait_ms),
+                    .min(ctx.facilitator.settings.settle_wait_ms),
             );
         let id = payment.nonce_key().digest();
-        let driven = drive(app, network, &id, record, deadline, Some(self.taker)).await?;
+        let driven = drive(ctx, network, &id, record, deadline, Some(self.taker)).await?;
         let record = match driven {
             Driven::Done(record) => *record,
             Driven::Pending(Some(tx_hash)) => {
@@ -414,7 +411,7 @@ impl Follow<'_> {
         };
         let record = match (record.settled_tx(), record.success_taker) {
             // Done by someone else (the reconciler, a request that timed out): take it.
-            (Some(_), None) => take_success(app, id, self.taker).await?,
+            (Some(_), None) => take_success(ctx, id, self.taker).await?,
             _ => record,
         };
         Ok(match (record.settled_tx(), &record.phase) {
@@ -448,11 +445,11 @@ fn already_settled(tx_hash: B256, network: &str, payer: &str) -> SettleResponse 
 
 /// Gives a settled authorization's success to `taker` if nobody took it; the record after.
 async fn take_success(
-    app: &App,
+    ctx: &Context,
     id: ClaimId,
     taker: SuccessTaker,
 ) -> Result<SettlementRecord, SettleError> {
-    Ok(app.writer.take_success(id, taker).await?)
+    Ok(ctx.writer.take_success(id, taker).await?)
 }
 
 /// Where a settlement stands after [`drive`].
@@ -468,7 +465,7 @@ pub enum Driven {
 /// receipt and commits the outcome (for `taker`, the request driving it, if any), and signs it
 /// again at a fresh nonce when another transaction used its nonce.
 pub async fn drive(
-    app: &App,
+    ctx: &Context,
     network: &Network,
     id: &ClaimId,
     mut record: SettlementRecord,
@@ -493,10 +490,10 @@ pub async fn drive(
                     broadcast = Some(tx_hash);
                 }
                 let signer = Address::from(*signer);
-                let now_ms = app.clock.now_ms();
+                let now_ms = ctx.clock.now_ms();
                 match read_outcome(network, &record, signer, *nonce, tx_hash, now_ms).await {
                     Verdict::Decided(outcome) => {
-                        let done = finish(app, *id, tx_hash, outcome, taker).await?;
+                        let done = finish(ctx, *id, tx_hash, outcome, taker).await?;
                         return Ok(Driven::Done(Box::new(done)));
                     }
                     Verdict::NonceUsedElsewhere { chain_nonce } => {
@@ -504,7 +501,7 @@ pub async fn drive(
                         tracing::warn!(%tx_hash, %signer, nonce, chain_nonce,
                             "another transaction used this settlement's signer nonce; signing it again");
                         record =
-                            replace(app, network, *id, &record, tx_hash, chain_nonce, call).await?;
+                            replace(ctx, network, *id, &record, tx_hash, chain_nonce, call).await?;
                         continue;
                     }
                     Verdict::Undecided => {}
@@ -520,7 +517,7 @@ pub async fn drive(
         }
         tokio::time::sleep(poll).await;
         // Someone else may have moved it meanwhile (signed it, finished it).
-        if let Some(latest) = local_record(app, id) {
+        if let Some(latest) = local_record(ctx, id) {
             record = latest;
         }
     }
@@ -528,7 +525,7 @@ pub async fn drive(
 
 /// `ReplaceSettlement`, then signing the fresh allocation; the record after.
 async fn replace(
-    app: &App,
+    ctx: &Context,
     network: &Network,
     id: ClaimId,
     record: &SettlementRecord,
@@ -537,7 +534,7 @@ async fn replace(
     call: Vec<u8>,
 ) -> Result<SettlementRecord, SettleError> {
     let fees = network.fees().await.map_err(SettleError::Fees)?;
-    let replaced = app
+    let replaced = ctx
         .writer
         .replace_settlement(SettlementReplace {
             id,
@@ -555,7 +552,7 @@ async fn replace(
                 nonce,
                 call,
             };
-            sign_allocation(app, network, allocation, fees, SignedBy::Replacer).await
+            sign_allocation(ctx, network, allocation, fees, SignedBy::Replacer).await
         }
         Replaced::Current(record) => Ok(*record),
     }
@@ -738,13 +735,13 @@ fn judge_receipt(record: &SettlementRecord, receipt: &Receipt, tx_hash: B256) ->
 /// Commits an outcome (and the success to `taker`, if it is one nobody took); the record as
 /// committed, whose outcome is the one committed first (ours or another's).
 pub async fn finish(
-    app: &App,
+    ctx: &Context,
     id: ClaimId,
     tx_hash: B256,
     outcome: SettlementOutcome,
     taker: Option<SuccessTaker>,
 ) -> Result<SettlementRecord, SettleError> {
-    let record = app
+    let record = ctx
         .writer
         .finish_settlement(SettlementFinish {
             id,
@@ -794,14 +791,19 @@ pub fn failure(rejection: Rejection, network: &str) -> SettleResponse {
 }
 
 /// The record as `BeginSettlement` left it, for when this replica has not applied it yet.
-fn allocated_record(app: &App, payment: &Payment, signer: Address, nonce: u64) -> SettlementRecord {
+fn allocated_record(
+    ctx: &Context,
+    payment: &Payment,
+    signer: Address,
+    nonce: u64,
+) -> SettlementRecord {
     let id = payment.nonce_key().digest();
-    local_record(app, &id).unwrap_or_else(|| SettlementRecord {
+    local_record(ctx, &id).unwrap_or_else(|| SettlementRecord {
         key: payment.nonce_key(),
         fingerprint: payment.fingerprint,
         valid_before: payment.valid_before,
-        owner: app.id,
-        updated_at_ms: app.clock.now_ms(),
+        owner: ctx.id,
+        updated_at_ms: ctx.clock.now_ms(),
         phase: SettlementPhase::Allocated {
             signer: signer.into_array(),
             nonce,
@@ -818,6 +820,6 @@ pub fn settlement_call(payment: &Payment) -> Vec<u8> {
 }
 
 /// This replica's copy of a settlement record.
-pub fn local_record(app: &App, id: &ClaimId) -> Option<SettlementRecord> {
-    app.state.read(|s| s.settlements().get(id).cloned())
+pub fn local_record(ctx: &Context, id: &ClaimId) -> Option<SettlementRecord> {
+    ctx.state.read(|s| s.settlements().get(id).cloned())
 }

@@ -14,12 +14,12 @@ use x402_protocol::x402::eip3009::{self, TransferWithAuthorization};
 use x402_protocol::x402::{FacilitatorRequest, ReasonCode, VerifyResponse};
 use x402_raft_store::state::ClaimOutcome;
 
+use super::context::Context;
 use super::payment::{self, Payment, Rejection, SignatureCheck};
 use super::Network;
 use crate::access::rate_limit::{guarded_claim, Gate, GuardedError, Limited};
 use crate::chain::{CallRequest, ChainError};
 use crate::cluster::proposer::ProposeError;
-use crate::node::App;
 
 /// Why `/verify` could not answer at all (as opposed to answering "invalid").
 #[derive(Debug, thiserror::Error)]
@@ -47,14 +47,14 @@ impl From<GuardedError> for VerifyError {
 /// valid, claims its authorization for its requirements (with the gate's rate-limit admission
 /// in the same log entry).
 pub async fn verify(
-    app: &App,
+    ctx: &Context,
     payment: &Payment,
     gate: &Gate,
 ) -> Result<VerifyResponse, VerifyError> {
     // Settled already (this replica knows): the reference answers "nonce already used" once
     // the transfer is mined, and so do we, also with chain reads off.
     let id = payment.nonce_key().digest();
-    if app
+    if ctx
         .state
         .read(|s| s.settlements().get(&id).and_then(|r| r.settled_tx()))
         .is_some()
@@ -67,11 +67,11 @@ pub async fn verify(
             .with_payer(payment.payer),
         ));
     }
-    if let Err(rejection) = chain_checks(app, payment, Simulation::Run).await {
+    if let Err(rejection) = chain_checks(ctx, payment, Simulation::Run).await {
         return Ok(invalid(rejection));
     }
     let payer = payment.payer.into_array();
-    let claimed = guarded_claim(&app.writer, gate, &payer, payment.claim()).await?;
+    let claimed = guarded_claim(&ctx.writer, gate, &payer, payment.claim()).await?;
     Ok(match claimed.answer {
         ClaimOutcome::Accepted => VerifyResponse::valid(payment.payer_text()),
         ClaimOutcome::Replay => invalid(
@@ -113,8 +113,11 @@ pub enum Simulation {
 /// The checks every `/verify` and `/settle` passes before anything stored is consulted: the
 /// offline ones of [`payment`] in the reference's order, the signature of a contract wallet
 /// (ERC-1271, on chain), then the terms (recipient, time window on this node's clock, amount).
-pub async fn authenticate(app: &App, request: &FacilitatorRequest) -> Result<Payment, Rejection> {
-    let facilitator = &app.facilitator;
+pub async fn authenticate(
+    ctx: &Context,
+    request: &FacilitatorRequest,
+) -> Result<Payment, Rejection> {
+    let facilitator = &ctx.facilitator;
     let payment = payment::prepare(facilitator, request)?;
     if payment.signature_check == SignatureCheck::NeedsErc1271 {
         let network = facilitator
@@ -132,18 +135,18 @@ pub async fn authenticate(app: &App, request: &FacilitatorRequest) -> Result<Pay
             .with_payer(payment.payer));
         }
     }
-    payment::check_terms(&payment, request, app.clock.now_ms() / 1000)?;
+    payment::check_terms(&payment, request, ctx.clock.now_ms() / 1000)?;
     Ok(payment)
 }
 
 /// The chain reads after [`authenticate`] (when configured): the asset has code, and the
 /// transfer simulates.
 pub async fn chain_checks(
-    app: &App,
+    ctx: &Context,
     payment: &Payment,
     simulation: Simulation,
 ) -> Result<(), Rejection> {
-    let facilitator = &app.facilitator;
+    let facilitator = &ctx.facilitator;
     if !facilitator.settings.onchain_checks {
         return Ok(());
     }

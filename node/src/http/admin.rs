@@ -3,9 +3,9 @@
 //!
 //! Callers present the admin token, or the cluster secret (a node forwarding an operator's
 //! request to the leader). Membership changes must run on the leader; any other node passes the
-//! request on and returns the leader's answer.
+//! request on and returns the leader's answer; the changes themselves are
+//! [`crate::cluster::membership`]'s.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,26 +18,20 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::raft::ClientWriteResponse;
-use openraft::{BasicNode, ChangeMembers, Membership, ServerState};
+use openraft::ServerState;
 use x402_protocol::wire::{
-    self, AddLearnerRequest, BreakerStatus, ClaimRequest, ClaimResponse, InitRequest, Member,
+    self, AddLearnerRequest, BreakerStatus, ClaimRequest, ClaimResponse, InitRequest,
     MemberIdRequest, MembershipResponse, NodeStatus, Role, SignerStatus, SnapshotResponse,
 };
 use x402_raft_store::state::breakers::BreakerPhase;
 use x402_raft_store::state::{ClaimOutcome, NonceClaim, NonceKey};
-use x402_raft_store::types::{Node, NodeId, TypeConfig};
 
 use super::error::{ApiError, JsonBody};
+use crate::cluster::membership::members_of;
 use crate::cluster::peer_client::PeerError;
 use crate::node::App;
 use crate::secret::bearer_matches;
 
-/// How long a promotion waits for the learner to catch up before giving up.
-const PROMOTE_CATCH_UP: Duration = Duration::from_secs(30);
-/// A learner this close to the leader's last log index counts as caught up.
-const CATCH_UP_SLACK: u64 = 1_000;
 /// How long a snapshot request waits for the snapshot to be built.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
 /// Deadline of a membership request passed on to the leader.
@@ -135,119 +129,22 @@ async fn status(State(app): State<Arc<App>>) -> Result<Json<NodeStatus>, ApiErro
     }))
 }
 
-fn members_of(membership: &Membership<NodeId, Node>) -> Vec<Member> {
-    let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-    membership
-        .nodes()
-        .map(|(id, node)| Member {
-            id: *id,
-            url: node.addr.clone(),
-            voter: voters.contains(id),
-        })
-        .collect()
-}
-
 async fn init(
     State(app): State<Arc<App>>,
     JsonBody(request): JsonBody<InitRequest>,
 ) -> Result<Json<MembershipResponse>, ApiError> {
-    let mut members = request.members;
-    if members.is_empty() {
-        members = app.bootstrap.clone();
-    }
-    if members.is_empty() {
-        members = BTreeMap::from([(app.id, app.url.clone())]);
-    }
-    if !members.contains_key(&app.id) {
-        return Err(ApiError::bad_request(format!(
-            "the members must include this node ({})",
-            app.id
-        )));
-    }
-    for url in members.values() {
-        crate::cluster::peer_client::authority_of(url)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    }
-    let nodes: BTreeMap<NodeId, BasicNode> = members
-        .iter()
-        .map(|(id, url)| (*id, BasicNode::new(url)))
-        .collect();
-    match app.raft.initialize(nodes).await {
-        Ok(()) => Ok(Json(MembershipResponse {
-            members: members
-                .into_iter()
-                .map(|(id, url)| Member {
-                    id,
-                    url,
-                    voter: true,
-                })
-                .collect(),
-            log_index: None,
-        })),
-        Err(RaftError::APIError(InitializeError::NotAllowed(e))) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "already_initialized",
-            format!("the cluster is already formed: {e}"),
-        )),
-        Err(e) => Err(ApiError::internal(e.to_string())),
-    }
+    Ok(Json(app.members.init(request.members).await?))
 }
 
 async fn add_learner(
     State(app): State<Arc<App>>,
     JsonBody(request): JsonBody<AddLearnerRequest>,
 ) -> Result<Response, ApiError> {
-    crate::cluster::peer_client::authority_of(&request.url)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     if let Some(answer) = pass_to_leader(&app, "/admin/members/add", &request).await? {
         return Ok(answer);
     }
-    let url = member_url_of(&app, request.id, &request.url).await?;
-    // Not blocking: a learner may need a long snapshot transfer; promotion waits for it.
-    let written = app
-        .raft
-        .add_learner(request.id, BasicNode::new(&url), false)
-        .await
-        .map_err(membership_error)?;
-    Ok(membership_answer(written))
-}
-
-/// The URL the node at `url` says members reach it at (its peer API, when it listens for
-/// peers apart), after checking it is node `id`: an operator may name either of its URLs, and
-/// the membership must record the one Raft uses. A node that cannot be asked (not started
-/// yet) is recorded under the URL given.
-async fn member_url_of(app: &App, id: NodeId, url: &str) -> Result<String, ApiError> {
-    let asked = app
-        .peers
-        .call(
-            axum::http::Method::GET,
-            url,
-            "/admin/status",
-            "application/json",
-            Vec::new(),
-            Duration::from_secs(5),
-        )
-        .await;
-    let status: NodeStatus = match asked.map(|bytes| serde_json::from_slice(&bytes)) {
-        Ok(Ok(status)) => status,
-        Ok(Err(e)) => {
-            return Err(ApiError::bad_request(format!(
-                "{url} answered its status in a form this node does not read: {e}"
-            )))
-        }
-        Err(e) => {
-            tracing::warn!(%url, error = %e, "cannot ask the new member its URL; recording the one given");
-            return Ok(url.to_owned());
-        }
-    };
-    if status.id != id {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "wrong_node",
-            format!("{url} is node {}, not node {id}", status.id),
-        ));
-    }
-    Ok(status.url)
+    let answer = app.members.add_learner(request.id, &request.url).await?;
+    Ok(Json(answer).into_response())
 }
 
 async fn promote(
@@ -257,16 +154,7 @@ async fn promote(
     if let Some(answer) = pass_to_leader(&app, "/admin/members/promote", &request).await? {
         return Ok(answer);
     }
-    wait_for_catch_up(&app, request.id).await?;
-    let written = app
-        .raft
-        .change_membership(
-            ChangeMembers::AddVoterIds(BTreeSet::from([request.id])),
-            false,
-        )
-        .await
-        .map_err(membership_error)?;
-    Ok(membership_answer(written))
+    Ok(Json(app.members.promote(request.id).await?).into_response())
 }
 
 async fn remove(
@@ -276,84 +164,7 @@ async fn remove(
     if let Some(answer) = pass_to_leader(&app, "/admin/members/remove", &request).await? {
         return Ok(answer);
     }
-    let is_voter = app
-        .raft
-        .metrics()
-        .borrow()
-        .membership_config
-        .membership()
-        .voter_ids()
-        .any(|id| id == request.id);
-    let ids = BTreeSet::from([request.id]);
-    let change = if is_voter {
-        ChangeMembers::RemoveVoters(ids)
-    } else {
-        ChangeMembers::RemoveNodes(ids)
-    };
-    let written = app
-        .raft
-        .change_membership(change, false)
-        .await
-        .map_err(membership_error)?;
-    Ok(membership_answer(written))
-}
-
-/// Waits until the leader has replicated (almost) its whole log to `id`.
-async fn wait_for_catch_up(app: &App, id: NodeId) -> Result<(), ApiError> {
-    let started = Instant::now();
-    loop {
-        let (known, caught_up) = {
-            let metrics = app.raft.metrics();
-            let m = metrics.borrow();
-            let known = m.membership_config.membership().get_node(&id).is_some();
-            let last = m.last_log_index.unwrap_or(0);
-            let matched = m
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&id).cloned().flatten())
-                .map(|l| l.index);
-            (known, matched.is_some_and(|i| i + CATCH_UP_SLACK >= last))
-        };
-        if !known {
-            return Err(ApiError::bad_request(format!(
-                "node {id} is not a member; add it as a learner first"
-            )));
-        }
-        if caught_up {
-            return Ok(());
-        }
-        if started.elapsed() > PROMOTE_CATCH_UP {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "learner_behind",
-                format!("node {id} did not catch up within {PROMOTE_CATCH_UP:?}"),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The answer to a membership change: the membership it installed and where.
-fn membership_answer(written: ClientWriteResponse<TypeConfig>) -> Response {
-    Json(MembershipResponse {
-        members: members_of(&written.membership.unwrap_or_default()),
-        log_index: Some(written.log_id.index),
-    })
-    .into_response()
-}
-
-fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> ApiError {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_leader",
-            "leadership changed during the request; retry",
-        ),
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-            ApiError::new(StatusCode::CONFLICT, "membership_refused", e.to_string())
-        }
-        RaftError::Fatal(e) => ApiError::internal(format!("raft stopped: {e}")),
-    }
+    Ok(Json(app.members.remove(request.id).await?).into_response())
 }
 
 /// On a non-leader, sends the request to the leader and returns its answer; on the leader,

@@ -1,12 +1,18 @@
-//! Error answers of the HTTP API: a status and an [`ErrorBody`] with a stable code.
+//! Error answers of the HTTP API: a status and an [`ErrorBody`] with a stable code, and how the
+//! domain's errors (a write's, an API key's, a rate limit's) become them.
 
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
 use x402_protocol::wire::ErrorBody;
 
+use x402_raft_store::state::rate_limits::Quota;
+
+use crate::access::api_keys::AuthError;
+use crate::access::rate_limit::Limited;
+use crate::cluster::membership::MembershipError;
 use crate::cluster::proposer::ProposeError;
 
 #[derive(Debug, Clone)]
@@ -49,6 +55,65 @@ impl From<ProposeError> for ApiError {
             ProposeError::Unknown => (StatusCode::GATEWAY_TIMEOUT, "outcome_unknown"),
             ProposeError::Refused(_) => (StatusCode::CONFLICT, "refused"),
             ProposeError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let (status, code) = match &e {
+            AuthError::Missing => (StatusCode::UNAUTHORIZED, "api_key_missing"),
+            AuthError::Unknown | AuthError::Malformed => {
+                (StatusCode::UNAUTHORIZED, "api_key_invalid")
+            }
+            AuthError::Revoked(_) => (StatusCode::FORBIDDEN, "api_key_revoked"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl IntoResponse for Limited {
+    fn into_response(self) -> Response {
+        let seconds = ceil_seconds(self.retry_after_ms).max(1);
+        let message = format!("{self}; retry after {seconds} s");
+        let mut response =
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message).into_response();
+        let headers = response.headers_mut();
+        set_quota_headers(headers, &self.quota);
+        headers.insert("retry-after", HeaderValue::from(seconds));
+        response
+    }
+}
+
+fn ceil_seconds(ms: u64) -> u64 {
+    ms.div_ceil(1000)
+}
+
+/// `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset` (seconds until the count
+/// next goes down).
+pub fn set_quota_headers(headers: &mut HeaderMap, quota: &Quota) {
+    headers.insert("x-ratelimit-limit", HeaderValue::from(quota.limit));
+    headers.insert("x-ratelimit-remaining", HeaderValue::from(quota.remaining));
+    headers.insert(
+        "x-ratelimit-reset",
+        HeaderValue::from(ceil_seconds(quota.reset_after_ms)),
+    );
+}
+
+impl From<MembershipError> for ApiError {
+    fn from(e: MembershipError) -> Self {
+        let (status, code) = match &e {
+            MembershipError::WithoutThisNode(_)
+            | MembershipError::BadUrl(_)
+            | MembershipError::UnreadableStatus { .. }
+            | MembershipError::NotAMember(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            MembershipError::AlreadyInitialized(_) => (StatusCode::CONFLICT, "already_initialized"),
+            MembershipError::WrongNode { .. } => (StatusCode::CONFLICT, "wrong_node"),
+            MembershipError::LearnerBehind { .. } => (StatusCode::CONFLICT, "learner_behind"),
+            MembershipError::LeaderChanged => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
+            MembershipError::Refused(_) => (StatusCode::CONFLICT, "membership_refused"),
+            MembershipError::RaftStopped(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         Self::new(status, code, e.to_string())
     }

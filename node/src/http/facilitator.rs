@@ -26,10 +26,11 @@ use x402_protocol::x402::{
 use x402_raft_store::runtime::ThreadRng;
 use x402_raft_store::state::idempotency::{StoredAnswer, MAX_STORED_ANSWER_BYTES};
 
+use super::error::set_quota_headers;
 use super::error::ApiError;
 use crate::access::idempotency::{self, BeginError, Begun, KeyClaim, KeyError, KeyKind, Scope};
 use crate::access::leases::LeaseError;
-use crate::access::rate_limit::{refused, set_quota_headers, Gate};
+use crate::access::rate_limit::{refused, Gate};
 use crate::access::{ClientAddr, Route};
 use crate::facilitator::payment::Rejection;
 use crate::facilitator::settle::{self, SettleError};
@@ -376,7 +377,7 @@ async fn paid_answer(
             );
         }
     };
-    let payment = match verify::authenticate(app, &request).await {
+    let payment = match verify::authenticate(&app.payments, &request).await {
         Ok(payment) => payment,
         Err(rejection) => {
             let verdict = Verdict::rejected(route, rejection, &request);
@@ -411,12 +412,12 @@ async fn paid_answer(
         Route::Settle => {
             // This request's claim on the settlement's one success (I2).
             let taker = rand::Rng::gen(&mut ThreadRng);
-            settle::settle(app, &payment, request.network(), gate, taker)
+            settle::settle(&app.payments, &payment, request.network(), gate, taker)
                 .await
                 .map(Verdict::Settle)
                 .map_err(IntoResponse::into_response)
         }
-        _ => verify::verify(app, &payment, gate)
+        _ => verify::verify(&app.payments, &payment, gate)
             .await
             .map(Verdict::Verify)
             .map_err(IntoResponse::into_response),

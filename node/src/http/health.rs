@@ -18,7 +18,6 @@ use axum::{Json, Router};
 use tokio::time::Instant;
 use x402_protocol::wire::Readiness;
 
-use crate::cluster::read_barrier::wait_linearizable;
 use crate::node::App;
 
 /// How long a readiness check may wait for the leader and for apply to catch up.
@@ -29,20 +28,24 @@ pub const READINESS_MAX_AGE: Duration = Duration::from_millis(500);
 /// The last readiness verdict and when it was reached. Holding the lock while checking makes
 /// concurrent askers wait for one check instead of each making one.
 #[derive(Default)]
-pub struct ReadinessCache {
+struct ReadinessCache {
     last: tokio::sync::Mutex<Option<(Instant, Vec<String>)>>,
 }
 
 pub fn routes() -> Router<Arc<App>> {
+    let cache = Arc::new(ReadinessCache::default());
     Router::new()
         .route("/livez", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
+        .route(
+            "/readyz",
+            get(move |State(app): State<Arc<App>>| readyz(app, cache.clone())),
+        )
         .route("/metrics", get(metrics))
 }
 
-async fn readyz(State(app): State<Arc<App>>) -> Response {
+async fn readyz(app: Arc<App>, cache: Arc<ReadinessCache>) -> Response {
     let reasons = {
-        let mut last = app.readiness.last.lock().await;
+        let mut last = cache.last.lock().await;
         match &*last {
             Some((at, reasons)) if at.elapsed() < READINESS_MAX_AGE => reasons.clone(),
             _ => {
@@ -73,7 +76,7 @@ async fn readiness(app: &App) -> Vec<String> {
         reasons.push(format!("raft stopped: {fatal}"));
     } else if leader.is_none() {
         reasons.push("no leader known".to_string());
-    } else if let Err(e) = wait_linearizable(app, READINESS_DEADLINE).await {
+    } else if let Err(e) = app.barrier.wait_for(READINESS_DEADLINE).await {
         reasons.push(format!("linearizable read failed: {e}"));
     }
     reasons

@@ -17,7 +17,7 @@ use axum::Router;
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use x402_raft_store::codec;
 use x402_raft_store::state::MAX_OPS_PER_COMMAND;
 use x402_raft_store::types::{NodeId, TypeConfig};
@@ -26,18 +26,9 @@ use super::error::ApiError;
 use crate::cluster::network::paths;
 use crate::cluster::peer_guard::{self, PeerView};
 use crate::cluster::proposer::ProposeRequest;
+use crate::cluster::read_barrier::ReadIndexReply;
 use crate::node::App;
 use crate::secret::bearer_matches;
-
-/// Answer of `POST /raft/read-index`.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum ReadIndexReply {
-    /// The leader confirmed its leadership with a quorum; reads are linearizable once the
-    /// reader has applied up to this index.
-    Index(Option<u64>),
-    NotLeader,
-    Failed(String),
-}
 
 pub fn routes(app: &Arc<App>) -> Router<Arc<App>> {
     Router::new()
