@@ -19,7 +19,7 @@ use crate::cluster::expiry::{self, Expiry};
 use crate::cluster::membership::Members;
 use crate::cluster::network::Network;
 use crate::cluster::peer_client::PeerClient;
-use crate::cluster::proposer::Proposer;
+use crate::cluster::proposer::{known_leader, Proposer};
 use crate::cluster::read_barrier::ReadBarrier;
 use crate::cluster::writer::Writer;
 use crate::config::{Config, Limits, Secrets};
@@ -81,21 +81,12 @@ pub struct App {
 }
 
 impl App {
-    /// URL of a member, from the membership this node knows.
-    pub fn member_url(&self, id: NodeId) -> Option<String> {
-        self.raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .map(|n| n.addr.clone())
-    }
-
     /// The leader's id and URL, when known.
     pub fn leader(&self) -> Option<(NodeId, String)> {
-        let leader = self.raft.metrics().borrow().current_leader?;
-        Some((leader, self.member_url(leader)?))
+        match known_leader(&self.raft) {
+            (Some(id), Some(url)) => Some((id, url)),
+            _ => None,
+        }
     }
 }
 

@@ -225,16 +225,7 @@ impl Proposer {
 
     /// The current leader and its URL, as this node knows them.
     pub fn leader(&self) -> (Option<NodeId>, Option<String>) {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        let leader = m.current_leader;
-        let url = leader.and_then(|id| {
-            m.membership_config
-                .membership()
-                .get_node(&id)
-                .map(|n| n.addr.clone())
-        });
-        (leader, url)
+        known_leader(&self.raft)
     }
 
     /// Waits until the leader differs from `previous` (an election finished), or a short poll
@@ -259,4 +250,18 @@ fn keeps_contract(ops: &[Op], answers: &[OpAnswer]) -> bool {
             OpAnswer::Committed { response, .. } => op.answered_by(response),
             _ => true,
         })
+}
+
+/// The leader `raft` knows of, and its URL from the membership it knows.
+pub fn known_leader(raft: &Raft) -> (Option<NodeId>, Option<String>) {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    let leader = m.current_leader;
+    let url = leader.and_then(|id| {
+        m.membership_config
+            .membership()
+            .get_node(&id)
+            .map(|n| n.addr.clone())
+    });
+    (leader, url)
 }

@@ -10,6 +10,7 @@ use x402_raft_store::types::{NodeId, Raft};
 
 use super::network::paths;
 use super::peer_client::PeerClient;
+use super::proposer::known_leader;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -70,7 +71,8 @@ impl ReadBarrier {
                 Err(_) => return Err(ReadError::LeaderUnconfirmed("timed out".into())),
             }
         } else {
-            let url = self.leader_url().ok_or(ReadError::NoLeader)?;
+            let (_, url) = known_leader(&self.raft);
+            let url = url.ok_or(ReadError::NoLeader)?;
             let bytes = self
                 .peers
                 .post(&url, paths::READ_INDEX, Vec::new(), deadline)
@@ -92,15 +94,5 @@ impl ReadBarrier {
             .await
             .map(|_| ())
             .map_err(|_| ReadError::Behind(index))
-    }
-
-    fn leader_url(&self) -> Option<String> {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        let leader = m.current_leader?;
-        m.membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|n| n.addr.clone())
     }
 }
