@@ -71,7 +71,7 @@ case "$what" in
     X402_NODE_TOML="$PWD/$dir.facilitator.toml" deploy/local/up.sh 3 "$dir" >/dev/null
     ;;
   verify-chain|settle)
-    cargo build --release --quiet -p x402-tests --bin x402-devchain
+    cargo build --release --quiet -p x402-dev --bin x402-devchain
     X402_DEVCHAIN=1 deploy/local/up.sh 3 "$dir" >/dev/null
     ;;
   *)

@@ -44,7 +44,7 @@ fi
 if [ -z "${X402_BIN_DIR:-}" ]; then
   (cd "$root" && cargo build --release --quiet -p x402-node -p x402-client)
   if [ -n "$devchain" ]; then
-    (cd "$root" && cargo build --release --quiet -p x402-tests --bin x402-devchain)
+    (cd "$root" && cargo build --release --quiet -p x402-dev --bin x402-devchain)
   fi
   bin_dir="$root/target/release"
 else
@@ -53,7 +53,7 @@ fi
 [ -x "$bin_dir/x402-node" ] && [ -x "$bin_dir/x402ctl" ] || {
   echo "x402-node or x402ctl missing in $bin_dir" >&2; exit 1; }
 if [ -n "$devchain" ] && [ ! -x "$bin_dir/x402-devchain" ]; then
-  echo "x402-devchain missing in $bin_dir (cargo build -p x402-tests --bin x402-devchain)" >&2
+  echo "x402-devchain missing in $bin_dir (cargo build -p x402-dev --bin x402-devchain)" >&2
   exit 1
 fi
 

@@ -141,7 +141,7 @@ impl Facilitator {
     }
 
     /// Builds the networks of `settings` on the given chains (one per configured chain id): the
-    /// seam tests and simulations use to put a [`crate::chain::memory::MemoryChain`] in place.
+    /// seam tests and simulations use to put a `x402_dev::memory_chain::MemoryChain` in place.
     pub fn with_chains(
         settings: &FacilitatorSettings,
         mut chains: BTreeMap<u64, SharedChain>,

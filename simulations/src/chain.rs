@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use x402_dev::memory_chain::MemoryChain;
 use x402_node::chain::breaker::{endpoint_id, EndpointGate, EndpointId};
 use x402_node::chain::{
-    Address, CallRequest, Chain, ChainError, ChainFuture, Fees, MemoryChain, NonceTag, Receipt,
-    B256,
+    Address, CallRequest, Chain, ChainError, ChainFuture, Fees, NonceTag, Receipt, B256,
 };
 
 /// The RPC URL every simulated node configures: one endpoint, one breaker, shared by the cluster.

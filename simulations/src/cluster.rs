@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Semaphore};
-use x402_node::chain::{MemoryChain, SharedChain};
+use x402_dev::memory_chain::MemoryChain;
+use x402_node::chain::SharedChain;
 use x402_node::cluster::breakers::ClusterBreakers;
 use x402_node::config::{
     AssetSettings, BreakerSettings, Config, FacilitatorSettings, NetworkSettings, RateRule, Secrets,

@@ -12,7 +12,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use x402_node::chain::{Address, MemoryChain, B256};
+use x402_dev::memory_chain::MemoryChain;
+use x402_node::chain::{Address, B256};
 
 use crate::linearizability::{check, Model, Operation, Verdict};
 use crate::payments::{

@@ -5,7 +5,8 @@
 use std::sync::{Arc, Once, OnceLock};
 
 use alloy::signers::local::PrivateKeySigner;
-use x402_node::chain::{Address, MemoryChain, U256};
+use x402_dev::memory_chain::MemoryChain;
+use x402_node::chain::{Address, U256};
 
 use crate::clock::SimClock;
 

@@ -39,6 +39,8 @@ use hyper::header::{HeaderName, HeaderValue};
 use hyper::{Method, Request, Response};
 use tempfile::TempDir;
 use x402_client::{AdminClient, ClientError, HttpClient, HttpConfig};
+use x402_dev::devchain::{signer_keys_csv, DevChain, SIGNER_KEYS_ENV};
+use x402_dev::process::{die_with_parent, toml_str};
 use x402_protocol::wire::{NodeStatus, Role};
 
 /// How long a cluster may take to elect a leader every node agrees on.
@@ -60,6 +62,15 @@ pub struct ClusterOptions {
 }
 
 impl ClusterOptions {
+    /// Options of nodes that settle on `chain`: its `[facilitator]` section and the signer keys
+    /// in [`crate::devchain::SIGNER_KEYS_ENV`]; add more with [`ClusterOptions::env`] /
+    /// [`ClusterOptions::toml`].
+    pub fn on(chain: &DevChain) -> Self {
+        ClusterOptions::default()
+            .toml(chain.facilitator_toml())
+            .env(SIGNER_KEYS_ENV, signer_keys_csv())
+    }
+
     /// Adds one environment setting for every node.
     pub fn env(mut self, key: &str, value: impl ToString) -> Self {
         self.env.push((key.to_owned(), value.to_string()));
@@ -775,24 +786,6 @@ fn write_secret(path: &Path, secret: &str) {
     io::Write::write_all(&mut file, secret.as_bytes()).expect("write secret file");
 }
 
-/// A TOML basic string.
-pub(crate) fn toml_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{:04X}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// Removes every inherited `X402_*` variable (and `X402_CONFIG`) from a child's environment.
 fn clean_env(command: &mut Command) {
     for (key, _) in std::env::vars_os() {
@@ -800,26 +793,6 @@ fn clean_env(command: &mut Command) {
             command.env_remove(key);
         }
     }
-}
-
-/// On Linux, the child is SIGKILLed when the thread that spawned it exits, so a test process
-/// killed by a timeout does not leave nodes behind.
-pub(crate) fn die_with_parent(command: &mut Command) {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = command;
 }
 
 async fn run_with_timeout(

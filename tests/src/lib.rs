@@ -5,7 +5,7 @@
 //! - [`workload`]: distinct nonce claims, retrying claim calls and a background writer that
 //!   records every acknowledged claim.
 //! - [`devchain`]: anvil with our EIP-3009 TestUSDC, the dev accounts, and the `[facilitator]`
-//!   TOML that points nodes at it (also behind the `x402-devchain` binary).
+//!   TOML that points nodes at it (the `x402-dev` crate's, here for the tests' paths).
 //! - [`http`]: plain requests to a node, answered with status, headers and JSON.
 //! - [`resource_server`]: the official SDK's resource servers and paying scripts
 //!   (`deploy/local/demo`) as processes.
@@ -14,12 +14,13 @@
 //! `tests/crash_*.rs`); nextest runs them one at a time (`.config/nextest.toml`).
 
 pub mod cluster;
-pub mod devchain;
 pub mod http;
 pub mod resource_server;
 pub mod rpc_proxy;
 pub mod single_node;
 pub mod workload;
+
+pub use x402_dev::devchain;
 
 pub use cluster::{ClusterOptions, LocalCluster};
 pub use devchain::{Anvil, DevChain, DevToken};

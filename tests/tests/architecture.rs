@@ -100,8 +100,16 @@ fn dependency_edges_point_down() {
     for (krate, its_deps) in &deps {
         if its_deps.contains("x402-node") {
             assert!(
+                ["x402-dev", "x402-simulations", "x402-tests"].contains(&krate.as_str()),
+                "{krate} depends on x402-node: only the dev support, the simulations and the \
+                 tests may"
+            );
+        }
+        if its_deps.contains("x402-dev") {
+            assert!(
                 ["x402-simulations", "x402-tests"].contains(&krate.as_str()),
-                "{krate} depends on x402-node: only the simulations and the tests may"
+                "{krate} depends on x402-dev: the in-memory chain and the dev chain are test \
+                 support, only the simulations and the tests may link them"
             );
         }
     }

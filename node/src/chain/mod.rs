@@ -1,8 +1,8 @@
 //! The Chain seam: everything verify and settle ask of an EVM chain, behind one object-safe trait.
 //!
-//! Production is [`AlloyChain`] (JSON-RPC over HTTP with failover across URLs); a simulation
-//! supplies an in-memory EIP-3009 ledger behind the same [`Chain`] trait (ARCHITECTURE.md,
-//! "Seams"). The trait speaks in alloy-primitives value types only ([`Address`], [`B256`],
+//! Production is [`AlloyChain`] (JSON-RPC over HTTP with failover across URLs); the simulations
+//! and seam tests supply an in-memory EIP-3009 ledger behind the same [`Chain`] trait (the
+//! `x402-dev` crate's `MemoryChain`; ARCHITECTURE.md, "Seams"). The trait speaks in alloy-primitives value types only ([`Address`], [`B256`],
 //! [`U256`]; plain `Vec<u8>` for bytes), never in provider or RPC types, so an implementation
 //! needs no alloy provider.
 //!
@@ -12,7 +12,6 @@
 
 mod alloy_chain;
 pub mod breaker;
-pub mod memory;
 pub mod tx;
 
 use std::future::Future;
@@ -21,7 +20,6 @@ use std::sync::Arc;
 
 pub use alloy::primitives::{Address, B256, U256};
 pub use alloy_chain::{AlloyChain, ChainConfigError, ChainLimits};
-pub use memory::{MemoryChain, TransferRecord};
 
 /// What every [`Chain`] method returns.
 pub type ChainFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ChainError>> + Send + 'a>>;

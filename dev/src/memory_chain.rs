@@ -27,7 +27,7 @@
 //!   decoding, sender recovery, transactions beyond a nonce gap held until the gap is filled,
 //!   replacement of a pooled transaction only with a 10 % fee bump; the same bytes of a pooled
 //!   transaction again are answered with its hash (geth's `already known`, which
-//!   [`super::AlloyChain`] turns into the hash; anvil says `transaction already imported`);
+//!   `AlloyChain` turns into the hash; anvil says `transaction already imported`);
 //! - mining: automine (each executable transaction in its own block at once) or manual
 //!   ([`MemoryChain::mine`]); block timestamps are `max(clock, previous + 1)` seconds; a
 //!   reverted transaction consumes its nonce and its gas and has a receipt with status false and
@@ -41,7 +41,7 @@
 //! - gas is a fixed figure per kind of call ([`TRANSFER_GAS`] to an address without code,
 //!   [`CONTRACT_CALL_GAS`] to a contract, whatever it does): no calldata cost, no cold/warm
 //!   storage, no refunds; a gas limit below that figure runs out of gas (status false, the whole
-//!   limit used); [`super::Chain::estimate_gas`] answers that figure;
+//!   limit used); [`Chain::estimate_gas`] answers that figure;
 //! - the base fee stays where [`MemoryChain::set_base_fee`] puts it; tips go nowhere (no
 //!   coinbase); blocks have no gas limit beyond refusing one transaction above
 //!   [`BLOCK_GAS_LIMIT`];
@@ -53,7 +53,7 @@
 //! - re-broadcasting a transaction that was already mined answers `nonce too low`, as anvil and
 //!   geth do (only a transaction still in the pool is `already known`).
 //!
-//! The differential test in `node/tests/chain_memory.rs` runs the same calls and transactions
+//! The differential test in `dev/tests/memory_chain.rs` runs the same calls and transactions
 //! against anvil with the real contracts and requires identical answers.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -68,10 +68,10 @@ use alloy::sol_types::{
     SolEvent, SolInterface, SolStruct, SolValue,
 };
 
-use super::{
+use x402_node::chain::{
     Address, CallRequest, Chain, ChainError, ChainFuture, Fees, Log, NonceTag, Receipt, B256, U256,
 };
-use crate::seams::SharedClock;
+use x402_node::seams::SharedClock;
 use x402_protocol::x402::eip3009::{self, TransferWithAuthorization};
 
 /// Gas used by a transaction to an address without code (and what `eth_estimateGas` answers for
@@ -189,7 +189,7 @@ pub struct TransferRecord {
 }
 
 /// An in-memory EVM chain with EIP-3009 tokens (see the module documentation for what it models
-/// and what it does not). Shared as `Arc<MemoryChain>`, usable as a [`super::SharedChain`].
+/// and what it does not). Shared as `Arc<MemoryChain>`, usable as a `SharedChain`.
 ///
 /// The [`Chain`] methods answer at once (their futures are ready); the inherent methods set the
 /// chain up, inject faults and let checkers look inside. One `std` mutex guards the state and is

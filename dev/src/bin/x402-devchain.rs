@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use alloy::primitives::U256;
 use clap::{Parser, Subcommand};
-use x402_tests::devchain::{
+use x402_dev::devchain::{
     default_v1_name, facilitator_toml, signer_keys_csv, spawn_anvil, wait_anvil, AnvilOptions,
     DevChainError, DevRpc, DevToken, Mining, DEFAULT_TOKEN_NAME, DEFAULT_TOKEN_VERSION, MERCHANT,
     PAYER, PAYER_FUNDS, PAYER_KEY, SIGNER_KEYS_ENV,

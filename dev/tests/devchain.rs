@@ -1,7 +1,7 @@
-//! The dev chain harness (`x402_tests::devchain`) and the `x402-devchain` binary, on a real
+//! The dev chain harness (`x402_dev::devchain`) and the `x402-devchain` binary, on a real
 //! anvil: start, deploy, mint, pay with an EIP-3009 authorization and count its `Transfer`s,
-//! mining modes, the `[facilitator]` TOML as the node parses it and as real nodes start with it,
-//! and no anvil left behind.
+//! mining modes, the `[facilitator]` TOML as the node parses it (real nodes start with it in
+//! `tests/tests/dev_cluster.rs`), and no anvil left behind.
 //!
 //! anvil comes from `X402_ANVIL` / `ANVIL_BIN` or `contracts/node_modules` (`cd contracts && npm
 //! ci`); without it these tests fail, they do not skip.
@@ -12,15 +12,15 @@ use std::process::Command;
 use std::time::Duration;
 
 use alloy::primitives::{Address, B256, U256};
+use x402_dev::devchain::Anvil;
+use x402_dev::devchain::{
+    facilitator_toml, facilitator_toml_with, key_signer, now_secs, signer_keys_csv, AnvilOptions,
+    DevRpc, DevToken, Mining, DEPLOYER, DEPLOYER_KEY, MERCHANT, MERCHANT_KEY, ONE_TOKEN, PAYER,
+    PAYER_FUNDS, PAYER_KEY, SIGNER1, SIGNER1_KEY, SIGNER2, SIGNER2_KEY,
+};
 use x402_node::chain::NonceTag;
 use x402_node::config::Config;
 use x402_protocol::x402::eip3009;
-use x402_tests::devchain::{
-    facilitator_toml, facilitator_toml_with, key_signer, now_secs, signer_keys_csv, AnvilOptions,
-    DevRpc, DevToken, Mining, DEPLOYER, DEPLOYER_KEY, MERCHANT, MERCHANT_KEY, ONE_TOKEN, PAYER,
-    PAYER_FUNDS, PAYER_KEY, SIGNER1, SIGNER1_KEY, SIGNER2, SIGNER2_KEY, SIGNER_KEYS_ENV,
-};
-use x402_tests::{Anvil, DevChain, LocalCluster};
 
 fn units(tokens: u64) -> U256 {
     U256::from(tokens * ONE_TOKEN)
@@ -334,25 +334,6 @@ async fn facilitator_toml_is_what_the_node_parses() {
 }
 
 /// Real nodes start with the dev chain's facilitator section and its keys in the environment.
-#[tokio::test]
-async fn a_cluster_starts_on_the_dev_chain() {
-    let chain = DevChain::start(31337).await;
-    assert_eq!(chain.token.balance_of(PAYER).await, U256::from(PAYER_FUNDS));
-    assert_eq!(chain.v1_name().as_deref(), Some("anvil"));
-    let options = chain.cluster_options();
-    assert!(options
-        .env
-        .iter()
-        .any(|(k, v)| k == SIGNER_KEYS_ENV && *v == signer_keys_csv()));
-    let mut cluster = LocalCluster::start_with(3, options).await;
-    for id in cluster.ids() {
-        let config = std::fs::read_to_string(cluster.config_path(id)).unwrap();
-        assert!(config.contains(&chain.facilitator_toml()), "{config}");
-        cluster.assert_running(id);
-    }
-    cluster.wait_converged().await;
-}
-
 /// `x402-devchain start` leaves a running anvil and the files it promises; `stop` ends it.
 #[tokio::test]
 async fn x402_devchain_binary_starts_and_stops() {
@@ -492,6 +473,6 @@ fn missing_anvil_says_how_to_get_it() {
     };
     let dir = tempfile::tempdir().unwrap();
     let err =
-        x402_tests::devchain::spawn_anvil(&options, &dir.path().join("log"), false).unwrap_err();
+        x402_dev::devchain::spawn_anvil(&options, &dir.path().join("log"), false).unwrap_err();
     assert!(err.to_string().contains("npm ci"), "{err}");
 }

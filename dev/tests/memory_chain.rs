@@ -1,5 +1,6 @@
-//! `chain::MemoryChain`: what the facilitator's verify and settle code depend on, checked the way
-//! `chain_anvil.rs` checks anvil with our TestUSDC (same helpers: `eip3009`, `tx::sign_eip1559`).
+//! `MemoryChain`: what the facilitator's verify and settle code depend on, checked the way
+//! `alloy_chain_on_anvil.rs` checks anvil with our TestUSDC (same helpers: `eip3009`,
+//! `tx::sign_eip1559`), and held to anvil running the real contracts (the differential test).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -8,11 +9,11 @@ use alloy::primitives::{keccak256, Address, B256, U256};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol;
 use alloy::sol_types::{Eip712Domain, Revert, SolCall, SolError, SolStruct};
-use x402_node::chain::memory::{CONTRACT_CALL_GAS, DEFAULT_BASE_FEE, DEFAULT_PRIORITY_FEE};
-use x402_node::chain::tx::{sign_eip1559, Eip1559Request, SignedTransaction};
-use x402_node::chain::{
-    CallRequest, Chain, ChainError, MemoryChain, NonceTag, Receipt, SharedChain, TransferRecord,
+use x402_dev::memory_chain::{
+    MemoryChain, TransferRecord, CONTRACT_CALL_GAS, DEFAULT_BASE_FEE, DEFAULT_PRIORITY_FEE,
 };
+use x402_node::chain::tx::{sign_eip1559, Eip1559Request, SignedTransaction};
+use x402_node::chain::{CallRequest, Chain, ChainError, NonceTag, Receipt, SharedChain};
 use x402_node::seams::{Clock, SharedClock};
 use x402_protocol::x402::eip3009::{self, TransferWithAuthorization};
 
@@ -935,23 +936,21 @@ async fn runs_are_deterministic() {
 // ------------------------------------------------------------------------------------------
 // Differential: the same calls and transactions against anvil running the real TestUSDC and
 // TestWallet must give the same answers (return data, revert reasons and data, receipt status
-// and logs, refusals). anvil comes from `ANVIL_BIN` or `contracts/node_modules`, as in
-// chain_anvil.rs; without it this test fails, it does not skip.
+// and logs, refusals). anvil is the dev chain's (`X402_ANVIL`, `ANVIL_BIN` or
+// `contracts/node_modules`); without it this test fails, it does not skip.
 
 mod differential {
-    use std::io::{BufRead, BufReader};
-    use std::path::PathBuf;
-    use std::process::{Child, Command, Stdio};
-    use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
     use alloy::primitives::{Address, B256, U256};
     use alloy::signers::local::PrivateKeySigner;
     use alloy::sol;
     use alloy::sol_types::{SolCall, SolValue};
+    use x402_dev::devchain::{contract_bytecode, Anvil};
+    use x402_dev::memory_chain::MemoryChain;
     use x402_node::chain::tx::{sign_eip1559, Eip1559Request};
     use x402_node::chain::{
-        AlloyChain, CallRequest, Chain, ChainError, ChainLimits, MemoryChain, NonceTag, Receipt,
+        AlloyChain, CallRequest, Chain, ChainError, ChainLimits, NonceTag, Receipt,
     };
     use x402_node::seams::{SharedClock, SystemClock};
     use x402_protocol::x402::eip3009::{self, TransferWithAuthorization};
@@ -983,61 +982,6 @@ mod differential {
 
     const DEPLOYER_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
     const ANVIL_CHAIN_ID: u64 = 31337;
-
-    struct Anvil {
-        child: Child,
-        url: String,
-    }
-
-    impl Anvil {
-        fn start() -> Anvil {
-            let bin = std::env::var_os("ANVIL_BIN")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                        .join("../contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
-                });
-            assert!(
-                bin.is_file(),
-                "anvil not found at {}: run `cd contracts && npm ci` (or set ANVIL_BIN)",
-                bin.display()
-            );
-            let mut child = Command::new(&bin)
-                .args(["--port", "0", "--host", "127.0.0.1", "--chain-id", "31337"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-            let stdout = child.stdout.take().expect("piped stdout");
-            let (tx, rx) = mpsc::channel();
-            std::thread::spawn(move || {
-                let mut sent = false;
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    if !sent {
-                        if let Some(addr) = line.trim().strip_prefix("Listening on ") {
-                            let _ = tx.send(addr.trim().to_owned());
-                            sent = true;
-                        }
-                    }
-                }
-            });
-            let addr = rx
-                .recv_timeout(Duration::from_secs(20))
-                .expect("anvil reports its port");
-            Anvil {
-                child,
-                url: format!("http://{addr}"),
-            }
-        }
-    }
-
-    impl Drop for Anvil {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
 
     /// What a call answered, comparable across chains.
     #[derive(Debug, PartialEq, Eq)]
@@ -1116,11 +1060,7 @@ mod differential {
     }
 
     fn artifact(name: &str) -> Vec<u8> {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join(format!("../contracts/artifacts/{name}.json"));
-        let json: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&path).expect("artifact")).unwrap();
-        hex::decode(json["bytecode"].as_str().unwrap().trim_start_matches("0x")).unwrap()
+        contract_bytecode(&format!("contracts/artifacts/{name}.json")).unwrap()
     }
 
     /// anvil with TestUSDC ("USD Coin", "2") and a TestWallet of OWNER_KEY; the payer and the
@@ -1770,8 +1710,8 @@ mod differential {
 
     #[tokio::test]
     async fn memory_chain_answers_like_anvil_with_test_usdc() {
-        let anvil = Anvil::start();
-        let alloy_chain = AlloyChain::new(&[anvil.url.as_str()], ChainLimits::default()).unwrap();
+        let anvil = Anvil::start(ANVIL_CHAIN_ID).await;
+        let alloy_chain = AlloyChain::new(&[anvil.url()], ChainLimits::default()).unwrap();
         let (token, wallet) = anvil_side(&alloy_chain).await;
         let real = Side {
             chain: &alloy_chain,

@@ -4,20 +4,17 @@
 //! `receipt`, then walks one EIP-3009 payment: simulate, settle, read the logs, replay (reverts
 //! with USDC's reason), plus code checks, failover past a dead URL and a per-call deadline.
 //!
-//! anvil comes from `ANVIL_BIN` or `contracts/node_modules` (`cd contracts && npm ci`); without
-//! it the test fails, it does not skip.
+//! anvil is the dev chain's (`X402_ANVIL`, `ANVIL_BIN` or `contracts/node_modules`: `cd contracts
+//! && npm ci`); without it the test fails, it does not skip.
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use alloy::primitives::{Address, B256, U256};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol;
 use alloy::sol_types::{SolCall, SolValue};
+use x402_dev::devchain::{contract_bytecode, Anvil, TEST_USDC_ARTIFACT};
 use x402_node::chain::tx::{sign_eip1559, Eip1559Request};
 use x402_node::chain::{
     AlloyChain, CallRequest, Chain, ChainError, ChainLimits, NonceTag, Receipt,
@@ -31,68 +28,7 @@ sol! {
 /// anvil's first two dev accounts (public, well-known test keys).
 const DEPLOYER_KEY: &str = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
 const FACILITATOR_KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
-const ANVIL_START_TIMEOUT: Duration = Duration::from_secs(20);
 const RECEIPT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A running anvil, killed when dropped (also when the test panics).
-struct Anvil {
-    child: Child,
-    url: String,
-}
-
-impl Anvil {
-    fn start() -> Anvil {
-        let bin = std::env::var_os("ANVIL_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                    .join("../contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
-            });
-        assert!(
-            bin.is_file(),
-            "anvil not found at {}: run `cd contracts && npm ci` (or set ANVIL_BIN)",
-            bin.display()
-        );
-        let mut child = Command::new(&bin)
-            .args(["--port", "0", "--host", "127.0.0.1", "--chain-id", "31337"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-        // anvil picks a free port and prints "Listening on 127.0.0.1:PORT". Keep draining its
-        // output afterwards so it never blocks on a full pipe.
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut sent = false;
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if !sent {
-                    if let Some(addr) = line.trim().strip_prefix("Listening on ") {
-                        let _ = tx.send(addr.trim().to_owned());
-                        sent = true;
-                    }
-                }
-            }
-        });
-        let mut anvil = Anvil {
-            child,
-            url: String::new(),
-        };
-        match rx.recv_timeout(ANVIL_START_TIMEOUT) {
-            Ok(addr) => anvil.url = format!("http://{addr}"),
-            Err(_) => panic!("anvil did not report its port within {ANVIL_START_TIMEOUT:?}"),
-        }
-        anvil
-    }
-}
-
-impl Drop for Anvil {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A local port nobody listens on (bound, then released).
 fn dead_url() -> String {
@@ -166,12 +102,7 @@ async fn send(
 }
 
 async fn deploy_test_usdc(chain: &dyn Chain, deployer: &PrivateKeySigner) -> Address {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../contracts/artifacts/TestUSDC.json");
-    let artifact: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).expect("TestUSDC artifact")).unwrap();
-    let bytecode = artifact["bytecode"].as_str().expect("bytecode string");
-    let mut init = hex::decode(bytecode.trim_start_matches("0x")).unwrap();
+    let mut init = contract_bytecode(TEST_USDC_ARTIFACT).unwrap();
     init.extend(("USD Coin".to_string(), "2".to_string()).abi_encode_params());
     let nonce = chain
         .nonce(deployer.address(), NonceTag::Pending)
@@ -192,8 +123,8 @@ async fn call(
 
 #[tokio::test]
 async fn eip3009_payment_on_anvil() {
-    let anvil = Anvil::start();
-    let chain = AlloyChain::new(&[anvil.url.as_str()], ChainLimits::default()).unwrap();
+    let anvil = Anvil::start(31337).await;
+    let chain = AlloyChain::new(&[anvil.url()], ChainLimits::default()).unwrap();
     let chain: &dyn Chain = &chain;
     assert_eq!(chain.chain_id().await.unwrap(), 31337);
 
@@ -383,10 +314,14 @@ async fn eip3009_payment_on_anvil() {
 
 #[tokio::test]
 async fn fails_over_past_dead_and_hanging_endpoints() {
-    let anvil = Anvil::start();
+    let anvil = Anvil::start(31337).await;
 
     // A dead URL first: connection refused, so the next URL answers.
-    let chain = AlloyChain::new(&[dead_url(), anvil.url.clone()], ChainLimits::default()).unwrap();
+    let chain = AlloyChain::new(
+        &[dead_url(), anvil.url().to_owned()],
+        ChainLimits::default(),
+    )
+    .unwrap();
     assert_eq!(chain.chain_id().await.unwrap(), 31337);
     let deployer = key(DEPLOYER_KEY);
     assert!(chain.code_at(deployer.address()).await.unwrap().is_empty());
@@ -419,7 +354,7 @@ async fn fails_over_past_dead_and_hanging_endpoints() {
         started.elapsed() < Duration::from_secs(3),
         "deadline honoured"
     );
-    let chain = AlloyChain::new(&[hanging_url, anvil.url.clone()], limits).unwrap();
+    let chain = AlloyChain::new(&[hanging_url, anvil.url().to_owned()], limits).unwrap();
     assert_eq!(chain.chain_id().await.unwrap(), 31337);
     // The endpoint that answered is preferred from now on: no second wait on the hanging one.
     let started = Instant::now();

@@ -4,7 +4,7 @@
 //!
 //! ```ignore
 //! let chain = DevChain::start(31337).await;            // anvil + TestUSDC + payer funded
-//! let cluster = LocalCluster::start_with(3, chain.cluster_options()).await;
+//! let cluster = LocalCluster::start_with(3, ClusterOptions::on(&chain)).await;
 //! let (auth, sig) = chain.token.authorize(&key_signer(PAYER_KEY), MERCHANT, value, valid_before);
 //! // ... POST /settle to the cluster ...
 //! assert_eq!(chain.token.transfers_of_authorization(PAYER, auth.nonce).await.len(), 1);
@@ -14,9 +14,9 @@
 //! for tests only): [`DEPLOYER`] #0 deploys and mints, [`SIGNER1`] #1 and [`SIGNER2`] #2 are the
 //! facilitator's signers, [`PAYER`] #3 pays, [`MERCHANT`] #4 is `payTo`.
 //!
-//! anvil comes from `X402_ANVIL` (or `ANVIL_BIN`, as `node/tests/chain_anvil.rs` reads it),
-//! falling back to the npm package in `contracts/node_modules` (`cd contracts && npm ci`).
-//! Without it the tests fail; they do not skip.
+//! anvil comes from `X402_ANVIL` (or `ANVIL_BIN`), falling back to the npm package in
+//! `contracts/node_modules` (`cd contracts && npm ci`). Without it the tests fail; they do not
+//! skip. This is the workspace's one anvil launcher.
 //!
 //! An [`Anvil`] never outlives its test: it is SIGKILLed and reaped on `Drop` and, on Linux, has
 //! `PR_SET_PDEATHSIG = SIGKILL` like the cluster's nodes. The `x402-devchain` binary starts a
@@ -54,7 +54,7 @@ use x402_protocol::x402::network::{ChainId, NetworkRegistry};
 use x402_protocol::x402::payment::{PaymentBuilder, PaymentTerms};
 use x402_protocol::x402::{self, FacilitatorRequest};
 
-use crate::cluster::{die_with_parent, toml_str, ClusterOptions};
+use crate::process::{die_with_parent, toml_str};
 
 sol! {
     function mint(address to, uint256 amount) external;
@@ -129,7 +129,7 @@ pub fn now_secs() -> u64 {
         .as_secs()
 }
 
-/// The workspace root (the parent of `tests/`).
+/// The workspace root (the parent of this crate's directory).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -839,6 +839,21 @@ impl fmt::Debug for DevToken {
     }
 }
 
+/// The creation bytecode in one of our contracts' artifacts (`contracts/artifacts/*.json`,
+/// given relative to the workspace root).
+pub fn contract_bytecode(artifact: &str) -> Result<Vec<u8>> {
+    let path = workspace_root().join(artifact);
+    let text = fs::read(&path)
+        .map_err(|e| DevChainError::new(format!("cannot read {}: {e}", path.display())))?;
+    let json: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| DevChainError::new(format!("{}: {e}", path.display())))?;
+    let bytecode = json["bytecode"]
+        .as_str()
+        .ok_or_else(|| DevChainError::new(format!("{} has no bytecode", path.display())))?;
+    hex::decode(bytecode.trim_start_matches("0x"))
+        .map_err(|e| DevChainError::new(format!("{}: bytecode: {e}", path.display())))
+}
+
 impl DevToken {
     /// Deploys TestUSDC from `contracts/artifacts/TestUSDC.json` with `constructor(name,
     /// version)`, from [`DEPLOYER`].
@@ -847,16 +862,7 @@ impl DevToken {
     }
 
     pub async fn try_deploy(rpc: &DevRpc, name: &str, version: &str) -> Result<DevToken> {
-        let path = workspace_root().join(TEST_USDC_ARTIFACT);
-        let text = fs::read(&path)
-            .map_err(|e| DevChainError::new(format!("cannot read {}: {e}", path.display())))?;
-        let artifact: serde_json::Value = serde_json::from_slice(&text)
-            .map_err(|e| DevChainError::new(format!("{}: {e}", path.display())))?;
-        let bytecode = artifact["bytecode"]
-            .as_str()
-            .ok_or_else(|| DevChainError::new(format!("{} has no bytecode", path.display())))?;
-        let mut init = hex::decode(bytecode.trim_start_matches("0x"))
-            .map_err(|e| DevChainError::new(format!("{}: bytecode: {e}", path.display())))?;
+        let mut init = contract_bytecode(TEST_USDC_ARTIFACT)?;
         init.extend((name.to_owned(), version.to_owned()).abi_encode_params());
         let deployer = key_signer(DEPLOYER_KEY);
         let chain_id =
@@ -1158,14 +1164,6 @@ impl DevChain {
             &[(&network, v1_name.as_deref(), self.anvil.url(), &self.token)],
             SIGNER_KEYS_ENV,
         )
-    }
-
-    /// [`ClusterOptions`] with the facilitator section and the signer keys in
-    /// [`SIGNER_KEYS_ENV`]; add more with [`ClusterOptions::env`] / [`ClusterOptions::toml`].
-    pub fn cluster_options(&self) -> ClusterOptions {
-        ClusterOptions::default()
-            .toml(self.facilitator_toml())
-            .env(SIGNER_KEYS_ENV, signer_keys_csv())
     }
 
     pub fn payer(&self) -> PrivateKeySigner {

@@ -1,0 +1,12 @@
+//! Development support, in a crate of its own so that no node carries it (an architecture test
+//! holds `x402-node` off it):
+//!
+//! - [`memory_chain`]: [`memory_chain::MemoryChain`], an in-memory EVM chain with our EIP-3009
+//!   token behind the node's `Chain` seam, for the simulations and fast seam tests; its
+//!   differential test (`tests/memory_chain.rs`) holds it to anvil running the real contracts;
+//! - [`devchain`]: the one anvil launcher of the workspace, our TestUSDC deployed on it, and
+//!   the `x402-devchain` binary that the quickstart and `deploy/local` scripts start.
+
+pub mod devchain;
+pub mod memory_chain;
+pub mod process;
