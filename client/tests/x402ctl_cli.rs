@@ -7,6 +7,12 @@
 //! `decode_request` and its signature must recover to `authorization.from` under the domain the
 //! requirements name (or the fake answers 400 / `isValid: false` and records the problem).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::process::Output;

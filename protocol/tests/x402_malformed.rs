@@ -1,6 +1,12 @@
 //! Malformed `/verify` and `/settle` bodies: each gives its typed [`DecodeError`] naming the
 //! field in wire terms, and no input makes the decoder panic.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
+
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use x402_protocol::x402::{

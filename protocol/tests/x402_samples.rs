@@ -2,6 +2,12 @@
 //! request bodies the official middleware sent to a facilitator, and answers it accepted)
 //! decode into the right types, and re-encode to the same JSON.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
+
 use std::path::Path;
 
 use serde_json::Value;

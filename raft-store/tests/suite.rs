@@ -1,6 +1,12 @@
 //! openraft's storage conformance suite against both storage stacks: sled + snapshot files
 //! (production) and memory (simulation).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test helpers: a failed unwrap is a failed test"
+)]
+
 use openraft::testing::{StoreBuilder, Suite};
 use tempfile::TempDir;
 use x402_raft_store::storage::{

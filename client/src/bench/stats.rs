@@ -92,7 +92,10 @@ impl WorkerStats {
 
     /// Adds `other` into `self`.
     pub fn merge(&mut self, other: WorkerStats) {
-        // Both histograms have the same bounds, so adding cannot go out of range.
+        #[allow(
+            clippy::expect_used,
+            reason = "both histograms come from new_histogram, equal bounds cannot go out of range"
+        )]
         self.latency_us
             .add(&other.latency_us)
             .expect("histograms with equal bounds always add");
@@ -135,6 +138,10 @@ impl WorkerStats {
     }
 }
 
+#[allow(
+    clippy::expect_used,
+    reason = "constant bounds; every bench test builds one, so they are valid"
+)]
 fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, MAX_LATENCY_US, SIGFIGS)
         .expect("constant histogram bounds are valid")

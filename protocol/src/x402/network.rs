@@ -125,6 +125,10 @@ impl NetworkRegistry {
     pub fn builtin() -> Self {
         let mut registry = Self::empty();
         for &(name, id) in BUILTIN_V1_NETWORKS {
+            #[allow(
+                clippy::expect_used,
+                reason = "a constant table; registry_knows_builtin_names_and_takes_more builds it"
+            )]
             registry
                 .add(name, ChainId(id))
                 .expect("the built-in network names are valid and distinct");
