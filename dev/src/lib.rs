@@ -7,6 +7,7 @@
 //! - [`devchain`]: the one anvil launcher of the workspace, our TestUSDC deployed on it, and
 //!   the `x402-devchain` binary that the quickstart and `deploy/local` scripts start.
 
+pub mod bad_requests;
 pub mod devchain;
 pub mod memory_chain;
 pub mod process;

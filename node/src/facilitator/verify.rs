@@ -16,7 +16,7 @@ use x402_raft_store::state::ClaimOutcome;
 
 use super::context::Context;
 use super::payment::{self, Payment, Rejection, SignatureCheck};
-use super::Network;
+use super::{Facilitator, Network};
 use crate::access::rate_limit::{guarded_claim, Gate, GuardedError, Limited};
 use crate::chain::{CallRequest, ChainError};
 use crate::cluster::proposer::ProposeError;
@@ -117,7 +117,16 @@ pub async fn authenticate(
     ctx: &Context,
     request: &FacilitatorRequest,
 ) -> Result<Payment, Rejection> {
-    let facilitator = &ctx.facilitator;
+    authenticate_at(&ctx.facilitator, request, ctx.clock.now_ms() / 1000).await
+}
+
+/// [`authenticate`] at the unix time `now_secs`, with nothing of the node but its facilitator:
+/// the layer the millisecond tests drive (`dev/tests/payment_checks.rs`).
+pub async fn authenticate_at(
+    facilitator: &Facilitator,
+    request: &FacilitatorRequest,
+    now_secs: u64,
+) -> Result<Payment, Rejection> {
     let payment = payment::prepare(facilitator, request)?;
     if payment.signature_check == SignatureCheck::NeedsErc1271 {
         let network = facilitator
@@ -135,7 +144,7 @@ pub async fn authenticate(
             .with_payer(payment.payer));
         }
     }
-    payment::check_terms(&payment, request, ctx.clock.now_ms() / 1000)?;
+    payment::check_terms(&payment, request, now_secs)?;
     Ok(payment)
 }
 
