@@ -208,6 +208,14 @@ pub struct Case {
     pub mentions: Option<&'static str>,
 }
 
+impl Case {
+    /// Whether an answer carries this case's reason code and, if the case names text, a message
+    /// containing it: the one definition of what a case expects, for both layers.
+    pub fn expects(&self, reason: &str, message: &str) -> bool {
+        reason == self.reason && self.mentions.is_none_or(|text| message.contains(text))
+    }
+}
+
 pub fn cases() -> Vec<Case> {
     let good = Spec::new(0x01).v2(RESOURCE);
     let bytes = |v: &Value| serde_json::to_vec(v).expect("json");
