@@ -23,6 +23,7 @@ what=${1:-claims}
 secs=${2:-15}
 concurrency=${CONCURRENCY:-128}
 dir=${BENCH_DIR:-.local/bench}
+case $dir in /*) ;; *) dir="$PWD/$dir" ;; esac
 
 # X402_BIN_DIR set: run those binaries as they are (to compare two builds side by side).
 if [ -z "${X402_BIN_DIR:-}" ]; then
@@ -68,7 +69,7 @@ case "$what" in
     [ "$what" = verify-limited ] && toml="$toml$limits_toml$payer_limit_toml"
     [ "$what" = supported ] && toml="$toml$limits_toml"
     printf '%s' "$toml" > "$dir.facilitator.toml"
-    X402_NODE_TOML="$PWD/$dir.facilitator.toml" deploy/local/up.sh 3 "$dir" >/dev/null
+    X402_NODE_TOML="$dir.facilitator.toml" deploy/local/up.sh 3 "$dir" >/dev/null
     ;;
   verify-chain|settle)
     cargo build --release --quiet -p x402-dev --bin x402-devchain

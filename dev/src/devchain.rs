@@ -47,8 +47,9 @@ use alloy::sol_types::{Eip712Domain, SolCall, SolValue};
 use tempfile::TempDir;
 use x402_node::chain::tx::{sign_eip1559, Eip1559Request};
 use x402_node::chain::{
-    AlloyChain, CallRequest, Chain, ChainError, ChainLimits, NonceTag, Receipt,
+    rpc_provider, AlloyChain, CallRequest, Chain, ChainError, ChainLimits, NonceTag, Receipt,
 };
+use x402_node::tls::{rpc_http_client, Roots};
 use x402_protocol::x402::eip3009::{self, TransferWithAuthorization};
 use x402_protocol::x402::network::{ChainId, NetworkRegistry};
 use x402_protocol::x402::payment::{PaymentBuilder, PaymentTerms};
@@ -522,11 +523,14 @@ struct RpcInner {
 impl DevRpc {
     /// Connects (lazily) to `url`.
     pub fn connect(url: &str) -> Result<DevRpc> {
+        let client = rpc_http_client(&Roots::for_urls(&[url], None))
+            .map_err(|e| DevChainError::new(format!("RPC URL {url}: {e}")))?;
         let chain = AlloyChain::new(
             &[url],
             ChainLimits {
                 call_timeout: CALL_TIMEOUT,
             },
+            &client,
         )
         .map_err(|e| DevChainError::new(format!("RPC URL {url}: {e}")))?;
         let parsed = url
@@ -536,7 +540,7 @@ impl DevRpc {
             inner: Arc::new(RpcInner {
                 url: url.to_owned(),
                 chain,
-                provider: RootProvider::new_http(parsed),
+                provider: rpc_provider(&client, parsed),
                 send_lock: tokio::sync::Mutex::new(()),
             }),
         })

@@ -8,6 +8,8 @@
 //!   the `x402-devchain` binary that the quickstart and `deploy/local` scripts start;
 //! - [`in_process`]: one node in this process on memory stores and a `MemoryChain`, for the
 //!   millisecond tests of the request pipeline, the batcher and the settlement driver;
+//! - [`tls_front`]: an `https://` front (a test CA, a TLS terminator) for anvil, for the https
+//!   RPC tests;
 //! - [`bad_requests`]: the table of wrong facilitator requests, sent by the end-to-end test and
 //!   run through the checks in process.
 
@@ -16,3 +18,4 @@ pub mod devchain;
 pub mod in_process;
 pub mod memory_chain;
 pub mod process;
+pub mod tls_front;

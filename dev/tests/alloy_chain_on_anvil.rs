@@ -19,6 +19,7 @@ use x402_node::chain::tx::{sign_eip1559, Eip1559Request};
 use x402_node::chain::{
     AlloyChain, CallRequest, Chain, ChainError, ChainLimits, NonceTag, Receipt,
 };
+use x402_node::tls::{rpc_http_client, Roots};
 use x402_protocol::x402::eip3009::{self, TransferWithAuthorization};
 
 sol! {
@@ -36,6 +37,11 @@ fn dead_url() -> String {
     let port = l.local_addr().unwrap().port();
     drop(l);
     format!("http://127.0.0.1:{port}")
+}
+
+/// The client of `http://` URLs (no roots: these tests reach anvil in the clear).
+fn plain() -> reqwest::Client {
+    rpc_http_client(&Roots::None).unwrap()
 }
 
 fn key(hex: &str) -> PrivateKeySigner {
@@ -124,7 +130,7 @@ async fn call(
 #[tokio::test]
 async fn eip3009_payment_on_anvil() {
     let anvil = Anvil::start(31337).await;
-    let chain = AlloyChain::new(&[anvil.url()], ChainLimits::default()).unwrap();
+    let chain = AlloyChain::new(&[anvil.url()], ChainLimits::default(), &plain()).unwrap();
     let chain: &dyn Chain = &chain;
     assert_eq!(chain.chain_id().await.unwrap(), 31337);
 
@@ -320,6 +326,7 @@ async fn fails_over_past_dead_and_hanging_endpoints() {
     let chain = AlloyChain::new(
         &[dead_url(), anvil.url().to_owned()],
         ChainLimits::default(),
+        &plain(),
     )
     .unwrap();
     assert_eq!(chain.chain_id().await.unwrap(), 31337);
@@ -329,7 +336,7 @@ async fn fails_over_past_dead_and_hanging_endpoints() {
     assert!(!chain.code_at(token).await.unwrap().is_empty());
 
     // Only dead URLs: retryable "unavailable", naming no more than scheme, host and port.
-    let dead = AlloyChain::new(&[dead_url(), dead_url()], ChainLimits::default()).unwrap();
+    let dead = AlloyChain::new(&[dead_url(), dead_url()], ChainLimits::default(), &plain()).unwrap();
     let err = dead.chain_id().await.unwrap_err();
     assert!(
         matches!(err, ChainError::Unavailable(_)) && err.is_retryable(),
@@ -343,7 +350,7 @@ async fn fails_over_past_dead_and_hanging_endpoints() {
     let limits = ChainLimits {
         call_timeout: Duration::from_millis(300),
     };
-    let only_hanging = AlloyChain::new(&[hanging_url.as_str()], limits).unwrap();
+    let only_hanging = AlloyChain::new(&[hanging_url.as_str()], limits, &plain()).unwrap();
     let started = Instant::now();
     let err = only_hanging.chain_id().await.unwrap_err();
     assert!(
@@ -354,7 +361,7 @@ async fn fails_over_past_dead_and_hanging_endpoints() {
         started.elapsed() < Duration::from_secs(3),
         "deadline honoured"
     );
-    let chain = AlloyChain::new(&[hanging_url, anvil.url().to_owned()], limits).unwrap();
+    let chain = AlloyChain::new(&[hanging_url, anvil.url().to_owned()], limits, &plain()).unwrap();
     assert_eq!(chain.chain_id().await.unwrap(), 31337);
     // The endpoint that answered is preferred from now on: no second wait on the hanging one.
     let started = Instant::now();

@@ -1711,7 +1711,12 @@ mod differential {
     #[tokio::test]
     async fn memory_chain_answers_like_anvil_with_test_usdc() {
         let anvil = Anvil::start(ANVIL_CHAIN_ID).await;
-        let alloy_chain = AlloyChain::new(&[anvil.url()], ChainLimits::default()).unwrap();
+        let alloy_chain = AlloyChain::new(
+            &[anvil.url()],
+            ChainLimits::default(),
+            &x402_node::tls::rpc_http_client(&x402_node::tls::Roots::None).unwrap(),
+        )
+        .unwrap();
         let (token, wallet) = anvil_side(&alloy_chain).await;
         let real = Side {
             chain: &alloy_chain,

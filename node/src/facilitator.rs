@@ -33,6 +33,7 @@ use x402_protocol::x402::{SupportedKind, SupportedResponse};
 use crate::chain::breaker::EndpointGate;
 use crate::chain::{AlloyChain, ChainError, ChainLimits, Fees, SharedChain};
 use crate::config::{ConfigError, FacilitatorSettings, NetworkSettings};
+use crate::tls::{rpc_http_client, Roots};
 
 /// One network the node settles on.
 pub struct Network {
@@ -120,6 +121,28 @@ pub struct Facilitator {
     pub settings: FacilitatorSettings,
 }
 
+/// One RPC URL's answer to `eth_chainId` ([`Facilitator::probe_rpc_urls`]).
+#[derive(Debug)]
+pub struct RpcUrlReport {
+    pub network: String,
+    /// `scheme://host:port`: the URL without what may hold a key.
+    pub endpoint: String,
+    /// The chain id the network's CAIP-2 id names.
+    pub expected: u64,
+    pub answer: Result<u64, ChainError>,
+}
+
+/// The production chain client of a network: its URLs through a client with its roots.
+fn alloy_chain(n: &NetworkSettings) -> Result<AlloyChain, ConfigError> {
+    let invalid = |e: &dyn std::fmt::Display| ConfigError::Invalid(format!("{}: {e}", n.network));
+    let limits = ChainLimits {
+        call_timeout: Duration::from_millis(n.rpc_timeout_ms.max(1)),
+    };
+    let client = rpc_http_client(&Roots::for_urls(&n.rpc_urls, n.ca_file.as_deref()))
+        .map_err(|e| invalid(&e))?;
+    AlloyChain::new(&n.rpc_urls, limits, &client).map_err(|e| invalid(&e))
+}
+
 impl Facilitator {
     /// Builds the networks of `settings`, each with an [`AlloyChain`] over its RPC URLs behind
     /// `gate` (the cluster's circuit breakers).
@@ -129,15 +152,30 @@ impl Facilitator {
     ) -> Result<Self, ConfigError> {
         let mut chains = BTreeMap::new();
         for n in &settings.networks {
-            let limits = ChainLimits {
-                call_timeout: Duration::from_millis(n.rpc_timeout_ms.max(1)),
-            };
-            let chain = AlloyChain::new(&n.rpc_urls, limits)
-                .map_err(|e| ConfigError::Invalid(format!("{}: {e}", n.network)))?
-                .with_gate(gate.clone());
+            let chain = alloy_chain(n)?.with_gate(gate.clone());
             chains.insert(n.chain_id()?, Arc::new(chain) as SharedChain);
         }
         Self::with_chains(settings, chains)
+    }
+
+    /// Asks every RPC URL of every network of `settings` for its chain id, on its own: one
+    /// report per URL, for the start-up log (a wrong chain, a refused certificate, a dead URL).
+    pub async fn probe_rpc_urls(settings: &FacilitatorSettings) -> Vec<RpcUrlReport> {
+        let mut reports = Vec::new();
+        for n in &settings.networks {
+            let (Ok(expected), Ok(chain)) = (n.chain_id(), alloy_chain(n)) else {
+                continue; // refused by `from_settings` already
+            };
+            for (endpoint, answer) in chain.probe().await {
+                reports.push(RpcUrlReport {
+                    network: n.network.clone(),
+                    endpoint,
+                    expected,
+                    answer,
+                });
+            }
+        }
+        reports
     }
 
     /// Builds the networks of `settings` on the given chains (one per configured chain id): the

@@ -6,7 +6,8 @@
 //!   same code runs on tokio or inside turmoil;
 //! - [`cluster`]: Raft RPC over HTTP, forwarding writes to the leader, background duties;
 //! - [`http`]: the axum routers (admin, health, metrics, peer API);
-//! - [`node`]: assembling and serving one replica.
+//! - [`node`]: assembling and serving one replica;
+//! - [`tls`]: rustls configurations (today: the client of `https://` RPC endpoints).
 
 pub mod access;
 pub mod chain;
@@ -21,3 +22,4 @@ pub mod seams;
 pub mod secret;
 pub mod serve;
 pub mod sync;
+pub mod tls;

@@ -130,6 +130,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// Logs, once at start-up, what each RPC URL answers to `eth_chainId`: a wrong chain, a refused
+/// certificate or a dead URL is named here rather than found in the first refused payment.
+async fn report_rpc_urls(settings: x402_node::config::FacilitatorSettings) {
+    for r in Facilitator::probe_rpc_urls(&settings).await {
+        match r.answer {
+            Ok(id) if id == r.expected => {
+                tracing::info!(network = %r.network, rpc = %r.endpoint, "RPC URL answers")
+            }
+            Ok(id) => tracing::error!(network = %r.network, rpc = %r.endpoint, chain_id = id,
+                "RPC URL serves another chain than its network names; payments on it will fail"),
+            Err(e) => tracing::warn!(network = %r.network, rpc = %r.endpoint, error = %e,
+                "RPC URL does not answer (retried on every call)"),
+        }
+    }
+}
+
 async fn run(config: Config) -> Result<(), String> {
     let secrets = config.secrets().map_err(|e| e.to_string())?;
     tracing::info!(
@@ -153,6 +169,7 @@ async fn run(config: Config) -> Result<(), String> {
             "facilitator network"
         );
     }
+    tokio::spawn(report_rpc_urls(config.facilitator.clone()));
     let metrics = Metrics::new(config.node_id).map_err(|e| e.to_string())?;
     let fsync = metrics.fsync_seconds.clone();
     let observer: FlushObserver = Arc::new(move |d| fsync.observe(d.as_secs_f64()));

@@ -6,7 +6,10 @@
 //! - one payment settled concurrently through all three nodes: one `Transfer`, one tx hash in
 //!   every answer, one `success: true` (the others refused with the hash);
 //! - the leader `kill -9`ed between broadcast and receipt: the survivors finish the settlement
-//!   (the reconciler, within 10 s of the receipt existing), one `Transfer`.
+//!   (the reconciler, within 10 s of the receipt existing), one `Transfer`;
+//! - an `https://` RPC URL with an API key in it (anvil behind a TLS front whose CA the nodes
+//!   trust through `ca_file`): verified and settled through it, and the key in no log line,
+//!   metric or status; the same cluster without `ca_file` refuses the certificate and says so.
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +17,7 @@ use alloy::primitives::{B256, U256};
 use alloy::signers::local::PrivateKeySigner;
 use hyper::Method;
 use serde_json::Value;
+use x402_dev::tls_front::TlsFront;
 use x402_protocol::x402::payment::{encode, PaymentBuilder, PaymentTerms};
 use x402_protocol::x402::FacilitatorRequest;
 use x402_tests::devchain::{
@@ -338,4 +342,130 @@ async fn leader_killed_between_broadcast_and_receipt_settles_once() {
         transfers[0].tx_hash.to_string(),
         settled["transaction"].as_str().expect("hash")
     );
+}
+
+const RPC_KEY: &str = "k3y-0f-the-rpc-provider";
+
+/// A 3-node cluster whose one network is reached at `url`, with `network_keys` for it.
+async fn cluster_at(chain: &DevChain, url: &str, network_keys: &str) -> LocalCluster {
+    let toml = facilitator_toml_with(
+        &[(&chain.network(), None, url, &chain.token)],
+        SIGNER_KEYS_ENV,
+        "",
+        network_keys,
+    );
+    LocalCluster::start_with(
+        3,
+        ClusterOptions::default()
+            .toml(toml)
+            .env(SIGNER_KEYS_ENV, signer_keys_csv()),
+    )
+    .await
+}
+
+/// Waits until node `id`'s log has a line with `text` (the start-up RPC report runs on its own).
+async fn wait_log(cluster: &LocalCluster, id: u64, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cluster.log_text(id).contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "node {id} logged no line with {text:?}:\n{}",
+            cluster.log_text(id)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Everything a node shows about itself: its log, `/metrics`, its status.
+async fn shown(cluster: &LocalCluster, id: u64) -> String {
+    let metrics = cluster
+        .raw(id, Method::GET, "/metrics", &[], Vec::new())
+        .await
+        .expect("metrics");
+    format!(
+        "{}\n{}\n{:?}",
+        cluster.log_text(id),
+        String::from_utf8_lossy(metrics.body()),
+        cluster.status(id).await
+    )
+}
+
+#[tokio::test]
+async fn settles_through_an_https_rpc_with_its_key_in_the_url_and_never_shows_the_key() {
+    let chain = DevChain::start(31337).await;
+    let upstream = chain
+        .anvil
+        .url()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("anvil address");
+    let front = TlsFront::start(upstream).await;
+    let url = front.url(&format!("/?apikey={RPC_KEY}")).replacen(
+        "https://",
+        &format!("https://user:{RPC_KEY}@"),
+        1,
+    );
+    let ca = format!("ca_file = {:?}", front.ca_file.display().to_string());
+    let cluster = cluster_at(&chain, &url, &ca).await;
+
+    let before = chain.token.balance_of(MERCHANT).await;
+    let (body, _, nonce) = payment(&chain, 2);
+    let verdict = post(&cluster, 1, "/verify", &body).await;
+    assert_eq!(verdict["isValid"], true, "{verdict}");
+    let settled = post(&cluster, 2, "/settle", &body).await;
+    assert_eq!(settled["success"], true, "{settled}");
+    assert_eq!(
+        chain.token.balance_of(MERCHANT).await,
+        before + U256::from(PAYMENT_AMOUNT)
+    );
+    let transfers = chain
+        .token
+        .transfers_of_authorization(chain.payer().address(), nonce)
+        .await;
+    assert_eq!(transfers.len(), 1, "one Transfer: {transfers:?}");
+    assert!(
+        front.handshakes() > 0,
+        "the nodes reached the chain through TLS"
+    );
+    for id in cluster.ids() {
+        wait_log(&cluster, id, "RPC URL answers").await;
+    }
+    for id in cluster.ids() {
+        let shown = shown(&cluster, id).await;
+        assert!(!shown.contains(RPC_KEY), "node {id} shows the RPC key");
+    }
+}
+
+#[tokio::test]
+async fn an_https_rpc_of_an_unknown_ca_is_refused_and_the_refusal_says_why() {
+    let chain = DevChain::start(31337).await;
+    let upstream = chain
+        .anvil
+        .url()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("anvil address");
+    let front = TlsFront::start(upstream).await;
+    let url = front.url(&format!("/?apikey={RPC_KEY}"));
+    // No ca_file: the system's roots, which do not know the front's CA.
+    let cluster = cluster_at(&chain, &url, "").await;
+    let (body, _, _) = payment(&chain, 2);
+    let verdict = post(&cluster, 1, "/verify", &body).await;
+    assert_eq!(verdict["isValid"], false, "{verdict}");
+    let settled = post(&cluster, 2, "/settle", &body).await;
+    assert_eq!(settled["success"], false, "{settled}");
+    assert_eq!(front.handshakes(), 0, "no node trusted the certificate");
+    assert!(
+        settled["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("UnknownIssuer")),
+        "the answer says why: {settled}"
+    );
+    for id in cluster.ids() {
+        wait_log(&cluster, id, "UnknownIssuer").await;
+    }
+    for id in cluster.ids() {
+        let shown = shown(&cluster, id).await;
+        assert!(!shown.contains(RPC_KEY), "node {id} shows the RPC key");
+    }
 }

@@ -8,7 +8,10 @@
 //! An endpoint whose circuit breaker is open ([`super::breaker`]) is skipped without a call; with
 //! every endpoint open the call fails at once as unavailable.
 //!
-//! The transport is reqwest without TLS: only `http://` URLs (a local node or an RPC sidecar).
+//! The transport is reqwest over rustls ([`crate::tls`]): `http://` and `https://` URLs, the
+//! latter verified against the roots the caller's client was built with. An API key in a URL's
+//! path, query or user info never leaves this module: errors, breaker names and metrics carry
+//! `scheme://host:port` only.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,8 +22,10 @@ use alloy::eips::BlockNumberOrTag;
 use alloy::network::Ethereum;
 use alloy::primitives::{keccak256, Bytes};
 use alloy::providers::{Provider, RootProvider};
+use alloy::rpc::client::RpcClient;
 use alloy::rpc::types::{TransactionInput, TransactionRequest};
 use alloy::sol_types::{ContractError, GenericRevertReason};
+use alloy::transports::http::Http;
 use alloy::transports::{RpcError, TransportErrorKind};
 
 use super::breaker::{endpoint_id, EndpointGate, EndpointId, NoGate};
@@ -115,6 +120,11 @@ impl Endpoint {
 /// Longest first, so a whole URL is replaced before a part of it.
 fn secret_parts(raw: &str, parsed: &alloy::transports::http::reqwest::Url) -> Vec<String> {
     let mut parts = vec![raw.to_owned(), parsed.as_str().to_owned()];
+    // The URL as reqwest prints it: the user info moved into an Authorization header.
+    let mut without_user = parsed.clone();
+    if without_user.set_username("").is_ok() && without_user.set_password(None).is_ok() {
+        parts.push(without_user.as_str().to_owned());
+    }
     let path = parsed.path();
     if path.len() > 1 {
         parts.push(path.to_owned());
@@ -134,8 +144,14 @@ fn secret_parts(raw: &str, parsed: &alloy::transports::http::reqwest::Url) -> Ve
 }
 
 impl AlloyChain {
-    /// Connects (lazily: no request is made here) to `urls`, tried in order on failover.
-    pub fn new<S: AsRef<str>>(urls: &[S], limits: ChainLimits) -> Result<Self, ChainConfigError> {
+    /// Connects (lazily: no request is made here) to `urls`, tried in order on failover, through
+    /// `client` ([`crate::tls::rpc_http_client`]: it holds the roots `https://` URLs are
+    /// verified against).
+    pub fn new<S: AsRef<str>>(
+        urls: &[S],
+        limits: ChainLimits,
+        client: &reqwest::Client,
+    ) -> Result<Self, ChainConfigError> {
         if urls.is_empty() {
             return Err(ChainConfigError::NoUrls);
         }
@@ -153,14 +169,17 @@ impl AlloyChain {
             let parsed = raw
                 .parse::<alloy::transports::http::reqwest::Url>()
                 .map_err(|e| bad(&e.to_string()))?;
-            if parsed.scheme() != "http" {
-                return Err(bad("only http:// is supported (built without TLS)"));
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(bad("only http:// and https:// are supported"));
+            }
+            if parsed.host_str().is_none_or(str::is_empty) {
+                return Err(bad("the URL names no host"));
             }
             endpoints.push(Endpoint {
                 id: endpoint_id(raw),
                 label: redact(raw),
                 secrets: secret_parts(raw, &parsed),
-                provider: RootProvider::new_http(parsed),
+                provider: provider(client, parsed),
             });
         }
         Ok(AlloyChain {
@@ -178,6 +197,28 @@ impl AlloyChain {
         }
         self.gate = gate;
         self
+    }
+
+    /// Asks every endpoint for its chain id, each on its own (no failover, no breaker): what an
+    /// operator needs to hear at start-up, one line per URL (its label, never its key).
+    pub async fn probe(&self) -> Vec<(String, Result<u64, ChainError>)> {
+        let mut answers = Vec::with_capacity(self.endpoints.len());
+        for endpoint in &self.endpoints {
+            let answer = match tokio::time::timeout(
+                self.limits.call_timeout,
+                endpoint.provider.get_chain_id(),
+            )
+            .await
+            {
+                Ok(answer) => answer.map_err(|e| endpoint.scrub_error(classify(e))),
+                Err(_) => Err(ChainError::Unavailable(format!(
+                    "timed out after {:?}",
+                    self.limits.call_timeout
+                ))),
+            };
+            answers.push((endpoint.label.clone(), answer));
+        }
+        answers
     }
 
     /// Runs `call` on the preferred endpoint, then on the others while they are unavailable.
@@ -403,7 +444,7 @@ fn classify(e: RpcError<TransportErrorKind>) -> ChainError {
             }
         }
         RpcError::Transport(kind) => {
-            ChainError::Unavailable(truncate(&kind.to_string(), MAX_ERROR_MESSAGE_BYTES))
+            ChainError::Unavailable(truncate(&with_causes(&kind), MAX_ERROR_MESSAGE_BYTES))
         }
         RpcError::NullResp => ChainError::BadResponse("null result".into()),
         RpcError::DeserError { err, .. } => ChainError::BadResponse(err.to_string()),
@@ -412,6 +453,24 @@ fn classify(e: RpcError<TransportErrorKind>) -> ChainError {
 }
 
 /// `Error(string)` → its string; `Panic(uint256)` → a description; a bare UTF-8 string → itself.
+/// `e` and its causes, `: `-separated: reqwest's own text says only "error sending request";
+/// why (a refused connection, an unknown certificate issuer) is in its sources.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    // A chain is a handful deep; the bound only guards against a cycle.
+    for _ in 0..8 {
+        let Some(c) = cause else { break };
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 fn decode_revert(data: &[u8]) -> Option<String> {
     let reason = match GenericRevertReason::decode(data)? {
         GenericRevertReason::ContractError(ContractError::Revert(r)) => r.reason,
@@ -432,6 +491,15 @@ fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
+/// alloy's provider over one endpoint, through `client`. Never "local": alloy would poll a
+/// local node faster, and the node polls receipts at its own pace.
+pub fn provider(client: &reqwest::Client, url: reqwest::Url) -> RootProvider<Ethereum> {
+    RootProvider::new(RpcClient::new(
+        Http::with_client(client.clone(), url),
+        false,
+    ))
+}
+
 /// `scheme://host:port` of a URL, dropping user info, path and query (where API keys live).
 fn redact(url: &str) -> String {
     match url.parse::<alloy::transports::http::reqwest::Url>() {
@@ -449,29 +517,33 @@ mod tests {
     use super::*;
     use alloy::sol_types::{Revert, SolError};
 
+    fn chain<S: AsRef<str>>(urls: &[S]) -> Result<AlloyChain, ChainConfigError> {
+        let client = crate::tls::rpc_http_client(&crate::tls::Roots::None).unwrap();
+        AlloyChain::new(urls, ChainLimits::default(), &client)
+    }
+
     #[test]
     fn config_is_checked() {
         let none: [&str; 0] = [];
-        assert_eq!(
-            AlloyChain::new(&none, ChainLimits::default()).err(),
-            Some(ChainConfigError::NoUrls)
-        );
+        assert_eq!(chain(&none).err(), Some(ChainConfigError::NoUrls));
         let many = vec!["http://127.0.0.1:8545"; MAX_RPC_URLS + 1];
         assert!(matches!(
-            AlloyChain::new(&many, ChainLimits::default()),
+            chain(&many),
             Err(ChainConfigError::TooManyUrls(_))
         ));
-        let err = AlloyChain::new(
-            &["https://user:secret@rpc.example/v2/KEY"],
-            ChainLimits::default(),
-        )
-        .err()
-        .unwrap();
+        let err = chain(&["wss://user:secret@rpc.example/v2/KEY"])
+            .err()
+            .unwrap();
         let text = err.to_string();
-        assert!(text.contains("only http://"), "{text}");
+        assert!(text.contains("only http:// and https://"), "{text}");
         assert!(!text.contains("secret") && !text.contains("KEY"), "{text}");
-        assert!(AlloyChain::new(&["not a url"], ChainLimits::default()).is_err());
-        assert!(AlloyChain::new(&["http://127.0.0.1:8545"], ChainLimits::default()).is_ok());
+        assert!(chain(&["not a url"]).is_err());
+        assert!(chain(&["http://127.0.0.1:8545"]).is_ok());
+        assert!(chain(&["https://user:secret@rpc.example/v2/KEY?k=1"]).is_ok());
+        assert_eq!(
+            redact("https://user:secret@rpc.example:8443/v2/KEY?k=1"),
+            "https://rpc.example:8443"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use alloy::primitives::{Address, B256, U256};
-pub use alloy_chain::{AlloyChain, ChainConfigError, ChainLimits};
+pub use alloy_chain::{provider as rpc_provider, AlloyChain, ChainConfigError, ChainLimits};
 
 /// What every [`Chain`] method returns.
 pub type ChainFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, ChainError>> + Send + 'a>>;

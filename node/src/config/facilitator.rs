@@ -8,7 +8,8 @@
 //! [[facilitator.networks]]
 //! network = "eip155:84532"         # CAIP-2; v2 kind
 //! v1_name = "base-sepolia"         # optional: also a v1 kind under this name
-//! rpc_urls = ["http://127.0.0.1:8545", "http://127.0.0.1:8546"]
+//! rpc_urls = ["https://base-sepolia.example/v2/KEY", "http://127.0.0.1:8546"]
+//! ca_file = "/etc/x402/rpc-ca.pem"  # optional: verify https:// against this CA, not the system's
 //! signer_keys_env = "X402_SIGNER_KEYS_84532"   # comma-separated 0x keys in that variable
 //! signer_key_files = ["/etc/x402/signer1.key"] # one 0x key per file
 //! receipt_timeout_ms = 20000
@@ -76,8 +77,12 @@ pub struct NetworkSettings {
     pub network: String,
     /// A v1 network name (e.g. `base-sepolia`) for the same chain: adds a v1 kind.
     pub v1_name: Option<String>,
-    /// JSON-RPC endpoints, tried in order (failover on unavailability).
+    /// JSON-RPC endpoints, tried in order (failover on unavailability): `http://` or
+    /// `https://`, an API key in the path or query included (it is never logged or shown).
     pub rpc_urls: Vec<String>,
+    /// A PEM file of the CAs that `https://` RPC URLs are verified against, instead of the
+    /// system's roots (a private CA; or a pinned one).
+    pub ca_file: Option<PathBuf>,
     /// Name of an environment variable holding comma-separated `0x` signer keys.
     pub signer_keys_env: Option<String>,
     /// Files holding one `0x` signer key each.
@@ -127,6 +132,7 @@ impl Default for NetworkSettings {
             network: String::new(),
             v1_name: None,
             rpc_urls: Vec::new(),
+            ca_file: None,
             signer_keys_env: None,
             signer_key_files: Vec::new(),
             assets: Vec::new(),
