@@ -38,9 +38,14 @@ impl TestCa {
     pub fn server_certificate(
         &self,
         names: &[&str],
+        validity: Validity,
     ) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let params = CertificateParams::new(names).expect("server parameters");
+        let mut params = CertificateParams::new(names).expect("server parameters");
+        if validity == Validity::Expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
         let key = KeyPair::generate().expect("server key");
         let issuer = self
             .params
@@ -57,6 +62,14 @@ impl TestCa {
     }
 }
 
+/// Whether a certificate is valid now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Validity {
+    Current,
+    /// Expired in 2021.
+    Expired,
+}
+
 /// A running TLS front. Dropping it stops accepting.
 pub struct TlsFront {
     pub port: u16,
@@ -70,11 +83,16 @@ pub struct TlsFront {
 impl TlsFront {
     /// Starts a front for `upstream` on `127.0.0.1`, on the current runtime.
     pub async fn start(upstream: SocketAddr) -> TlsFront {
+        Self::start_with(upstream, Validity::Current).await
+    }
+
+    /// [`TlsFront::start`] with a certificate of the given validity.
+    pub async fn start_with(upstream: SocketAddr, validity: Validity) -> TlsFront {
         let ca = TestCa::new("x402 test RPC CA");
         let dir = tempfile::tempdir().expect("tempdir");
         let ca_file = dir.path().join("rpc-ca.pem");
         std::fs::write(&ca_file, &ca.cert_pem).expect("write the CA file");
-        let (cert, key) = ca.server_certificate(&["127.0.0.1", "localhost"]);
+        let (cert, key) = ca.server_certificate(&["127.0.0.1", "localhost"], validity);
         let config = rustls::ServerConfig::builder_with_provider(x402_node::tls::provider())
             .with_safe_default_protocol_versions()
             .expect("protocol versions")

@@ -336,7 +336,8 @@ async fn fails_over_past_dead_and_hanging_endpoints() {
     assert!(!chain.code_at(token).await.unwrap().is_empty());
 
     // Only dead URLs: retryable "unavailable", naming no more than scheme, host and port.
-    let dead = AlloyChain::new(&[dead_url(), dead_url()], ChainLimits::default(), &plain()).unwrap();
+    let dead =
+        AlloyChain::new(&[dead_url(), dead_url()], ChainLimits::default(), &plain()).unwrap();
     let err = dead.chain_id().await.unwrap_err();
     assert!(
         matches!(err, ChainError::Unavailable(_)) && err.is_retryable(),

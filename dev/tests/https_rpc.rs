@@ -1,13 +1,14 @@
 //! `https://` RPC endpoints: `AlloyChain` through a TLS front (a test CA's certificate) to a
 //! real anvil. Trusted through `ca_file`, calls answer, a key in the URL's path and query
 //! included; with the system's roots the same endpoint is refused at the handshake, and the
-//! refusal names the host, never the key.
+//! refusal names the host, never the key; so is an expired certificate of a trusted CA. An
+//! https URL that fails fails over to the next URL, and its breaker counts it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use x402_dev::devchain::Anvil;
-use x402_dev::tls_front::TlsFront;
+use x402_dev::tls_front::{TlsFront, Validity};
 use x402_node::chain::{AlloyChain, Chain, ChainError, ChainLimits};
 use x402_node::tls::{rpc_http_client, Roots, TlsError};
 
@@ -113,4 +114,60 @@ fn a_ca_file_that_is_not_one_is_a_clear_error() {
         assert!(text.contains(expected), "{}: {text}", path.display());
         assert!(text.contains(&path.display().to_string()), "{text}");
     }
+}
+
+/// The error of `eth_chainId` on `url` alone, through a client with `roots`.
+async fn refusal(url: &str, roots: &Roots) -> String {
+    match chain(url, roots).chain_id().await {
+        Err(ChainError::Unavailable(text)) => text,
+        other => panic!("a refused handshake is unavailability: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_expired_certificate_of_a_trusted_ca_is_refused_and_says_so() {
+    let anvil = Anvil::start(31337).await;
+    let front = TlsFront::start_with(upstream(&anvil), Validity::Expired).await;
+    let text = refusal(&keyed_url(&front), &Roots::File(front.ca_file.clone())).await;
+    assert!(
+        text.contains("certificate expired"),
+        "the error says why: {text}"
+    );
+    assert!(text.contains("127.0.0.1") && !text.contains(KEY), "{text}");
+    assert_eq!(front.handshakes(), 0);
+}
+
+/// Counts what an endpoint's breaker is told.
+#[derive(Default)]
+struct Tally(std::sync::Mutex<Vec<(String, bool)>>);
+
+impl x402_node::chain::breaker::EndpointGate for Tally {
+    fn register(&self, _id: &x402_node::chain::breaker::EndpointId, _label: &str) {}
+    fn admits(&self, _id: &x402_node::chain::breaker::EndpointId) -> bool {
+        true
+    }
+    fn record(&self, id: &x402_node::chain::breaker::EndpointId, ok: bool) {
+        self.0.lock().unwrap().push((format!("{id:?}"), ok));
+    }
+}
+
+#[tokio::test]
+async fn a_refused_https_url_fails_over_to_the_next_and_its_breaker_counts_it() {
+    let anvil = Anvil::start(31337).await;
+    let front = TlsFront::start(upstream(&anvil)).await;
+    // The https URL first, of a CA the system does not know; then anvil in the clear.
+    let urls = [keyed_url(&front), anvil.url().to_owned()];
+    let client = rpc_http_client(&Roots::for_urls(&urls, None)).expect("client");
+    let tally = std::sync::Arc::new(Tally::default());
+    let chain = AlloyChain::new(&urls, ChainLimits::default(), &client)
+        .expect("chain")
+        .with_gate(tally.clone());
+    assert_eq!(chain.chain_id().await.expect("the http URL answers"), 31337);
+    let seen = tally.0.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "one outcome per URL tried: {seen:?}");
+    assert!(
+        !seen[0].1 && seen[1].1,
+        "the https URL failed, the http one answered: {seen:?}"
+    );
+    assert_ne!(seen[0].0, seen[1].0, "two breakers");
 }
