@@ -53,7 +53,7 @@ impl AdminClient {
         token: Option<&str>,
         config: &HttpConfig,
     ) -> Result<Self, ClientError> {
-        Self::with_http(HttpClient::new(config), base_url, token)
+        Self::with_http(HttpClient::new(config)?, base_url, token)
     }
 
     /// A client sharing `http`'s connection pool (one pool for many nodes and workers).
@@ -72,8 +72,8 @@ impl AdminClient {
             .scheme()
             .cloned()
             .ok_or_else(|| invalid("missing http://"))?;
-        if scheme != Scheme::HTTP {
-            return Err(invalid("only http:// is supported"));
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err(invalid("only http:// and https:// are supported"));
         }
         let authority = uri
             .authority()

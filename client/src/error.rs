@@ -10,13 +10,16 @@ use crate::wire::ErrorBody;
 /// Why a request to a node did not produce the expected answer.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The node URL cannot be used (only plain `http://host:port[/prefix]` is supported).
+    /// The node URL cannot be used (`http://` or `https://host:port[/prefix]` is).
     #[error("invalid node URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
     /// The admin token holds characters an HTTP header cannot carry. The token itself is not
     /// part of the message on purpose.
     #[error("the admin token is not a valid HTTP header value")]
     InvalidToken,
+    /// The TLS roots (`--cacert`) could not be read.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The request body could not be encoded as JSON.
     #[error("cannot encode the request body: {0}")]
     Encode(#[source] serde_json::Error),
@@ -59,6 +62,7 @@ impl ClientError {
         match self {
             Self::InvalidUrl { .. } => "invalid_url",
             Self::InvalidToken => "invalid_token",
+            Self::Tls(_) => "tls",
             Self::Encode(_) => "encode",
             Self::Connection { .. } => "connection",
             Self::Timeout { .. } => "timeout",

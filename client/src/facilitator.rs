@@ -28,7 +28,7 @@ pub struct FacilitatorClient {
 impl FacilitatorClient {
     /// A client with its own connection pool.
     pub fn new(base_url: &str, config: &HttpConfig) -> Result<Self, ClientError> {
-        Self::with_http(HttpClient::new(config), base_url)
+        Self::with_http(HttpClient::new(config)?, base_url)
     }
 
     /// A client sharing `http`'s connection pool.

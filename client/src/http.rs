@@ -1,6 +1,7 @@
 //! A pooled HTTP/1.1 transport on hyper-util's legacy `Client`: keep-alive connections are reused
 //! across requests and across clones, and every exchange (connect, send, read the whole answer)
-//! runs under one deadline. It knows nothing about JSON or the admin API; [`crate::admin`] does.
+//! runs under one deadline. `http://` and `https://` (rustls, verified against
+//! [`HttpConfig::roots`]). It knows nothing about JSON or the admin API; [`crate::admin`] does.
 //!
 //! One [`HttpClient`] is meant to be shared (it is a cheap `Clone`): the load generator runs all
 //! its workers on one, so connections are opened once and then reused.
@@ -11,9 +12,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::{Request, Response};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use x402_tls::Roots;
 
 use crate::error::{chain_message, ClientError};
 
@@ -33,6 +36,9 @@ pub struct HttpConfig {
     /// keep-alive (a node closes an idle HTTP/1 connection after `header_read_timeout_ms`, 30 s
     /// by default), so a request is never sent on a connection the server is closing.
     pub pool_idle_timeout: Duration,
+    /// What `https://` servers are verified against (`--cacert`); `Roots::None` refuses every
+    /// server certificate, so a client of `http://` nodes reads no CA store.
+    pub roots: Roots,
 }
 
 impl Default for HttpConfig {
@@ -43,6 +49,7 @@ impl Default for HttpConfig {
             max_idle_per_host: 32,
             max_body: 8 * 1024 * 1024,
             pool_idle_timeout: Duration::from_secs(20),
+            roots: Roots::None,
         }
     }
 }
@@ -50,7 +57,7 @@ impl Default for HttpConfig {
 /// A pooled HTTP/1.1 client with a per-request deadline. Clones share one connection pool.
 #[derive(Clone)]
 pub struct HttpClient {
-    inner: Client<HttpConnector, Full<Bytes>>,
+    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     timeout: Duration,
     max_body: usize,
 }
@@ -65,20 +72,29 @@ impl fmt::Debug for HttpClient {
 }
 
 impl HttpClient {
-    pub fn new(config: &HttpConfig) -> Self {
+    /// A client of `config`; fails only when its roots cannot be read (a bad `--cacert`).
+    pub fn new(config: &HttpConfig) -> Result<Self, ClientError> {
         let mut connector = HttpConnector::new();
         // Small JSON requests on a kept-alive connection: Nagle would add delay for nothing.
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.enforce_http(false);
+        let tls =
+            x402_tls::client_config(&config.roots).map_err(|e| ClientError::Tls(e.to_string()))?;
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let inner = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(config.max_idle_per_host)
             .pool_idle_timeout(config.pool_idle_timeout)
             .build(connector);
-        Self {
+        Ok(Self {
             inner,
             timeout: config.timeout,
             max_body: config.max_body,
-        }
+        })
     }
 
     /// The deadline applied to each exchange.

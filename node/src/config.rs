@@ -16,11 +16,13 @@ use crate::secret::Secret;
 
 pub mod access;
 pub mod facilitator;
+pub mod tls;
 pub use access::{
     ApiKeySettings, AuthSettings, BreakerSettings, IdempotencySettings, LimitScope,
     RateLimitSettings, RateRule,
 };
 pub use facilitator::{AssetSettings, FacilitatorSettings, NetworkSettings};
+pub use tls::TlsSettings;
 
 /// Shortest secret accepted: anything shorter is guessable.
 pub const MIN_SECRET_LEN: usize = 16;
@@ -61,6 +63,7 @@ pub struct Config {
     pub rate_limit: RateLimitSettings,
     pub idempotency: IdempotencySettings,
     pub breaker: BreakerSettings,
+    pub tls: TlsSettings,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -142,6 +145,7 @@ impl Default for Config {
             rate_limit: RateLimitSettings::default(),
             idempotency: IdempotencySettings::default(),
             breaker: BreakerSettings::default(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -242,7 +246,9 @@ impl Config {
         });
         let mut config: Config = figment.merge(env).extract().map_err(Box::new)?;
         if config.advertise_url.is_empty() {
-            config.advertise_url = format!("http://{}", config.listen);
+            let tls = config.tls.cert_file.is_some();
+            let scheme = if tls { "https" } else { "http" };
+            config.advertise_url = format!("{scheme}://{}", config.listen);
         }
         config.validate()?;
         Ok(config)
@@ -260,10 +266,36 @@ impl Config {
                 "raft.election_max_ms must exceed raft.election_min_ms".into(),
             ));
         }
-        if !self.advertise_url.starts_with("http://") {
+        self.tls.validate()?;
+        let api_tls = self.tls.api_files()?.is_some();
+        let scheme = if api_tls { "https://" } else { "http://" };
+        if !self.advertise_url.starts_with(scheme) {
             return Err(ConfigError::Invalid(format!(
-                "advertise_url {:?} must start with http://",
-                self.advertise_url
+                "advertise_url {:?} must start with {scheme} (TLS on the API is {})",
+                self.advertise_url,
+                if api_tls { "on" } else { "off" }
+            )));
+        }
+        if api_tls && self.peer_listen.is_none() {
+            return Err(ConfigError::Invalid(
+                "TLS on the API needs peer_listen: peers use a listener of their own".into(),
+            ));
+        }
+        let plaintext: Vec<&str> = [
+            Some(&self.listen).filter(|_| !api_tls),
+            self.peer_listen.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .filter(|address| !tls::is_loopback(address))
+        .collect();
+        if !plaintext.is_empty() && !self.tls.allow_plaintext {
+            return Err(ConfigError::Invalid(format!(
+                "{} would serve plaintext on a network address: configure [tls] (cert_file, \
+                 key_file) for the API, or set tls.allow_plaintext = true behind your own TLS \
+                 (peers speak plaintext on peer_listen until peer TLS is configured)",
+                plaintext.join(" and ")
             )));
         }
         if !self.member_url().starts_with("http://") {
@@ -311,7 +343,12 @@ impl Config {
             return self.advertise_url.clone();
         };
         let port = peer_listen.rsplit(':').next().unwrap_or_default();
+        // The peer port speaks plain HTTP whatever the API speaks (until peer TLS).
         let base = self.advertise_url.trim_end_matches('/');
+        let base = match base.strip_prefix("https://") {
+            Some(rest) => format!("http://{rest}"),
+            None => base.to_owned(),
+        };
         match base.rsplit_once(':') {
             Some((host, p)) if p.chars().all(|c| c.is_ascii_digit()) => format!("{host}:{port}"),
             _ => format!("{base}:{port}"),
@@ -507,6 +544,49 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn no_plaintext_on_a_network_address_unless_allowed_and_tls_needs_its_files_and_peer_port() {
+        let refused = |toml: &str, says: &str| {
+            let err = parse(toml).expect_err(toml).to_string();
+            assert!(err.contains(says), "{toml:?}: {err}");
+        };
+        refused(
+            "listen = \"0.0.0.0:7001\"\n",
+            "0.0.0.0:7001 would serve plaintext",
+        );
+        refused(
+            "listen = \"127.0.0.1:7001\"\npeer_listen = \"10.0.0.5:7002\"\n",
+            "10.0.0.5:7002 would serve plaintext",
+        );
+        let allowed = "listen = \"0.0.0.0:7001\"\n[tls]\nallow_plaintext = true\n";
+        assert!(parse(allowed).is_ok());
+        assert!(
+            parse("listen = \"[::1]:7001\"\n").is_ok(),
+            "loopback needs no TLS"
+        );
+
+        refused("[tls]\ncert_file = \"/x.pem\"\n", "set both or neither");
+        let tls = "listen = \"0.0.0.0:7001\"\npeer_listen = \"127.0.0.1:7002\"\n\
+                   [tls]\ncert_file = \"/x.pem\"\nkey_file = \"/x.key\"\n";
+        let config = parse(tls).expect("TLS on a network address");
+        assert_eq!(config.advertise_url, "https://0.0.0.0:7001");
+        assert_eq!(
+            config.member_url(),
+            "http://0.0.0.0:7002",
+            "peers stay plain http"
+        );
+        refused(
+            "advertise_url = \"http://a:1\"\npeer_listen = \"127.0.0.1:7002\"\n\
+             [tls]\ncert_file = \"/x.pem\"\nkey_file = \"/x.key\"\n",
+            "must start with https://",
+        );
+        refused(
+            "[tls]\ncert_file = \"/x.pem\"\nkey_file = \"/x.key\"\n",
+            "TLS on the API needs peer_listen",
+        );
+        refused("[tls]\nreload_check_ms = 0\n", "tls.reload_check_ms");
+    }
+
+    #[test]
     fn unknown_keys_are_errors_in_every_section() {
         for (section, typo) in [
             ("", "listn = \"127.0.0.1:7001\""),
@@ -518,6 +598,7 @@ pub(crate) mod tests {
             ("[rate_limit]", "lease = 1"),
             ("[idempotency]", "ttl = 1"),
             ("[breaker]", "open = 1"),
+            ("[tls]", "cert = 1"),
         ] {
             let toml = format!("{section}\n{typo}\n");
             let err = parse(&toml).expect_err(&toml);

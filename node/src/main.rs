@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
@@ -15,6 +16,7 @@ use x402_node::metrics::Metrics;
 use x402_node::node::{self, NodeSetup};
 use x402_node::seams::{SystemClock, TokioConnector};
 use x402_node::serve;
+use x402_node::tls::server::ServerTls;
 use x402_raft_store::storage::{open_sled_stores, FlushObserver, SledOptions};
 
 #[global_allocator]
@@ -193,6 +195,17 @@ async fn run(config: Config) -> Result<(), String> {
         None => None,
     };
     let (api_limits, peer_limits) = serve::ServeLimits::from_config(&config.limits);
+    let api_tls = match config.tls.api_files().map_err(|e| e.to_string())? {
+        Some(files) => {
+            let tls = ServerTls::load(files).map_err(|e| format!("[tls]: {e}"))?;
+            let every = Duration::from_millis(config.tls.reload_check_ms);
+            tokio::spawn(tls.clone().watch("api", every));
+            tokio::spawn(reload_on_sighup(vec![("api", tls.clone())]));
+            tracing::info!(listen = %config.listen, "the API is served over TLS");
+            Some(tls)
+        }
+        None => None,
+    };
     let app = node::start(NodeSetup {
         config,
         secrets,
@@ -215,17 +228,25 @@ async fn run(config: Config) -> Result<(), String> {
                 peer_listener,
                 routers.peer.clone(),
                 peer_limits,
+                None,
                 async move {
                     let _ = peers_stopped.await;
                 },
             ));
-            serve::serve(listener, routers.api.clone(), api_limits, shutdown_signal()).await;
+            serve::serve(
+                listener,
+                routers.api.clone(),
+                api_limits,
+                api_tls,
+                shutdown_signal(),
+            )
+            .await;
             let _ = stop_peers.send(());
             let _ = peers.await;
         }
         None => {
             let router = routers.single();
-            serve::serve(listener, router, api_limits, shutdown_signal()).await;
+            serve::serve(listener, router, api_limits, api_tls, shutdown_signal()).await;
         }
     }
     tracing::info!("shutting down");
@@ -249,6 +270,29 @@ async fn exit_when_raft_stops(raft: x402_raft_store::Raft) {
             std::process::exit(EXIT_RAFT_STOPPED);
         }
     }
+}
+
+/// Reads every listener's TLS files again on each `SIGHUP` (besides the file watch).
+async fn reload_on_sighup(listeners: Vec<(&'static str, Arc<ServerTls>)>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; TLS files are still watched");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            for (name, tls) in &listeners {
+                match tls.reload() {
+                    Ok(()) => tracing::info!(listener = name, "TLS certificate reloaded (SIGHUP)"),
+                    Err(e) => tracing::warn!(listener = name, error = %e,
+                        "TLS files do not load; still serving the previous certificate"),
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = listeners;
 }
 
 async fn shutdown_signal() {

@@ -13,6 +13,11 @@
 //!
 //! The peer API gets a listener of its own (`peer_listen`) with its own limits, so clients can
 //! never starve Raft of connections.
+//!
+//! Under TLS ([`x402_tls::server::ServerTls`]) the handshake runs in the connection's own task,
+//! within `header_read_timeout`, with the configuration current at that moment: a slow
+//! handshake holds one slot, not the accept loop, and a reloaded certificate serves from the
+//! next connection on.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -39,8 +44,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use tokio_rustls::TlsAcceptor;
+use x402_tls::server::ServerTls;
+
 use crate::access::ClientAddr;
 use crate::http::error::ApiError;
+use crate::seams::BoxedStream;
 
 /// How one listener limits its connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,16 +234,17 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     }
 }
 
-/// Serves `router` on `listener` under `limits` until `shutdown` completes. HTTP/1.1 and HTTP/2
-/// (prior knowledge, used between nodes) share the port.
+/// Serves `router` on `listener` under `limits` until `shutdown` completes, over TLS when `tls`
+/// is given. HTTP/1.1 and HTTP/2 (prior knowledge or ALPN, used between nodes) share the port.
 pub async fn serve<L>(
     mut listener: L,
     router: Router,
     limits: ServeLimits,
+    tls: Option<Arc<ServerTls>>,
     shutdown: impl Future<Output = ()>,
 ) where
     L: axum::serve::Listener,
-    L::Io: Unpin,
+    L::Io: Unpin + Send + 'static,
     L::Addr: 'static,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -287,7 +297,25 @@ pub async fn serve<L>(
                     },
                 ));
         let service = TowerToHyperService::new(router);
+        let tls = tls.clone();
         tokio::spawn(async move {
+            let io: BoxedStream = match tls {
+                None => Box::new(tracked),
+                Some(tls) => {
+                    let handshake = TlsAcceptor::from(tls.config()).accept(tracked);
+                    match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                        Ok(Ok(stream)) => Box::new(stream),
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
@@ -299,7 +327,7 @@ pub async fn serve<L>(
                 .initial_stream_window_size(8 << 20)
                 .initial_connection_window_size(32 << 20)
                 .max_concurrent_streams(1024);
-            let connection = builder.serve_connection(TokioIo::new(tracked), service);
+            let connection = builder.serve_connection(TokioIo::new(io), service);
             tokio::pin!(connection);
             let mut closing: Option<Instant> = None;
             loop {

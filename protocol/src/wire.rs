@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 
 /// Environment variable naming the node URLs, comma separated (written by `deploy/local/up.sh`).
 pub const ENV_NODES: &str = "X402_NODES";
+/// The PEM file of the CA that `https://` node URLs are verified against (`--cacert`).
+pub const ENV_CACERT: &str = "X402_CACERT";
 /// Environment variable holding the admin bearer token.
 pub const ENV_ADMIN_TOKEN: &str = "X402_ADMIN_TOKEN";
 

@@ -679,6 +679,7 @@ async fn run_node(config: Config, disk: Disk) -> turmoil::Result {
         listener,
         x402_node::http::Routers::new(app).single(),
         limits,
+        None,
         std::future::pending::<()>(),
     )
     .await;

@@ -59,6 +59,8 @@ pub struct ClusterOptions {
     pub env: Vec<(String, String)>,
     /// TOML fragments added to every node's config, in order (see [`ClusterOptions::toml`]).
     pub toml: Vec<String>,
+    /// Serve every node's API over TLS (see [`ClusterOptions::tls`]).
+    pub tls: bool,
 }
 
 impl ClusterOptions {
@@ -69,6 +71,14 @@ impl ClusterOptions {
         ClusterOptions::default()
             .toml(chain.facilitator_toml())
             .env(SIGNER_KEYS_ENV, signer_keys_csv())
+    }
+
+    /// Serves every node's API over TLS: a cluster CA and node certificates are issued into
+    /// `<root>/tls` (as `x402ctl tls init` does), node URLs are `https://`, and the harness's
+    /// client and `x402ctl` trust that CA (`X402_CACERT`). Peers keep their plaintext port.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
     }
 
     /// Adds one environment setting for every node.
@@ -140,6 +150,15 @@ impl LocalCluster {
         write_secret(&root.join("cluster-secret"), &cluster_secret);
         write_secret(&root.join("admin-token"), &admin_token);
 
+        // Spare certificates for nodes a test adds later (`start_extra_node`).
+        let roots = if options.tls {
+            let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
+            let issued = x402_tls::issue::init(&root.join("tls"), n + 2, &hosts)
+                .expect("issue the cluster's certificates");
+            x402_tls::Roots::File(issued.ca_cert)
+        } else {
+            x402_tls::Roots::None
+        };
         let mut cluster = Self {
             dir: Some(dir),
             root,
@@ -153,8 +172,10 @@ impl LocalCluster {
                 connect_timeout: Duration::from_secs(2),
                 // Below the shortest keep-alive a test gives its nodes.
                 pool_idle_timeout: Duration::from_secs(1),
+                roots,
                 ..HttpConfig::default()
-            }),
+            })
+            .expect("the cluster's client reads its CA"),
         };
         // Each node listens for clients and for peers on ports of their own, as in production;
         // members know each other by their peer URLs.
@@ -296,6 +317,15 @@ impl LocalCluster {
     // ---------------------------------------------------------------------------------------
     // Processes.
 
+    /// The process id of running node `id` (to send it a signal).
+    pub fn pid(&self, id: u64) -> u32 {
+        self.node(id)
+            .child
+            .as_ref()
+            .unwrap_or_else(|| panic!("node {id} is not running"))
+            .id()
+    }
+
     /// SIGKILLs node `id` and reaps it: nothing is flushed, nothing is said to peers.
     pub fn kill9(&mut self, id: u64) {
         let node = self.nodes.get_mut(&id).expect("known node");
@@ -434,6 +464,9 @@ impl LocalCluster {
             .args(args)
             .env("X402_NODES", self.urls_csv(nodes))
             .env("X402_ADMIN_TOKEN", &self.admin_token);
+        if self.options.tls {
+            command.env("X402_CACERT", self.root.join("tls").join("ca.pem"));
+        }
         run_with_timeout(command, Duration::from_secs(60)).await
     }
 
@@ -580,7 +613,8 @@ impl LocalCluster {
     ) {
         let dir = self.root.join(format!("node{id}"));
         fs::create_dir_all(&dir).expect("create node directory");
-        let url = format!("http://127.0.0.1:{port}");
+        let scheme = if self.options.tls { "https" } else { "http" };
+        let url = format!("{scheme}://127.0.0.1:{port}");
         let data_dir = dir.join("data");
         let config = dir.join("config.toml");
         let mut toml = format!(
@@ -598,6 +632,15 @@ impl LocalCluster {
                 toml.push('\n');
             }
             toml.push('\n');
+        }
+        if self.options.tls {
+            let tls = self.root.join("tls");
+            let _ = writeln!(
+                toml,
+                "[tls]\ncert_file = {}\nkey_file = {}\nreload_check_ms = 200\n",
+                toml_str(&tls.join(format!("node{id}.pem")).to_string_lossy()),
+                toml_str(&tls.join(format!("node{id}.key")).to_string_lossy()),
+            );
         }
         toml.push_str("[bootstrap]\n");
         for (member, member_url) in bootstrap {

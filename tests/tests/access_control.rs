@@ -80,6 +80,7 @@ fn load_client(timeout: Duration) -> HttpClient {
         max_idle_per_host: 32,
         ..HttpConfig::default()
     })
+    .expect("an http:// client reads no roots")
 }
 
 /// Node `id`'s `/metrics` lines that start with `prefix`.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::bench::claims::DEFAULT_ASSET;
-use crate::wire::{ENV_ADMIN_TOKEN, ENV_NODES};
+use crate::wire::{ENV_ADMIN_TOKEN, ENV_CACERT, ENV_NODES};
 use crate::x402::payment::{DEFAULT_RESOURCE, DEFAULT_TOKEN_NAME, DEFAULT_TOKEN_VERSION};
 use crate::x402::{Address, U256};
 
@@ -31,6 +31,11 @@ pub struct Cli {
     /// Node base URLs, comma separated (e.g. http://127.0.0.1:7001,http://127.0.0.1:7002)
     #[arg(long, env = ENV_NODES, value_delimiter = ',', global = true, value_name = "URLS")]
     pub nodes: Vec<String>,
+
+    /// PEM file of the CA that https:// node URLs are verified against (default: the system's
+    /// CA store)
+    #[arg(long, env = ENV_CACERT, global = true, value_name = "PEM")]
+    pub cacert: Option<std::path::PathBuf>,
 
     /// Admin bearer token (prefer the environment variable: arguments show up in `ps`)
     #[arg(long, env = ENV_ADMIN_TOKEN, hide_env_values = true, global = true)]
@@ -100,6 +105,24 @@ pub enum Command {
     /// API keys for the nodes' [auth] section
     #[command(subcommand, name = "api-key")]
     ApiKey(ApiKeyCommand),
+    /// Certificates for the nodes' [tls] section
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Subcommand, Debug, PartialEq)]
+pub enum TlsCommand {
+    /// Write a CA and a certificate per node into DIR (ca.pem, ca.key, nodeN.pem, nodeN.key),
+    /// for a test or small cluster; with your own PKI, give each node a certificate naming its
+    /// hosts instead. Here `--nodes N` is how many nodes (ids 1..=N, default 3)
+    Init {
+        /// Directory to write into (created; existing certificates are never overwritten)
+        dir: std::path::PathBuf,
+        /// A DNS name or IP address every node certificate names (repeat it); default
+        /// 127.0.0.1 and localhost
+        #[arg(long = "host", value_name = "NAME_OR_IP")]
+        hosts: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug, PartialEq)]

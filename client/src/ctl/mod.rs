@@ -12,6 +12,7 @@ mod pay;
 mod payment;
 mod snapshot;
 mod status;
+mod tls;
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -21,7 +22,7 @@ use tokio::task::JoinSet;
 pub use args::{
     ApiKeyCommand, BenchCommand, ClaimsArgs, Cli, ClusterCommand, Command, MemberArg,
     MembersCommand, PayArgs, PayerArgs, PaymentBenchArgs, RequirementArgs, RunArgs,
-    SupportedBenchArgs, Token, ENV_PAYER_KEY,
+    SupportedBenchArgs, TlsCommand, Token, ENV_PAYER_KEY,
 };
 
 use crate::admin::AdminClient;
@@ -29,9 +30,11 @@ use crate::bench::payments::Endpoint;
 use crate::bench::BenchError;
 use crate::error::ClientError;
 use crate::facilitator::FacilitatorClient;
+
 use crate::http::{HttpClient, HttpConfig};
 use crate::wire::{UnreachableNode, ENV_NODES};
 use crate::x402::payment::PaymentError;
+use x402_tls::Roots;
 
 /// Why a command could not do its job at all (partial failures are part of its output instead).
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +110,9 @@ pub async fn execute(cli: Cli) -> Result<Output, CtlError> {
         Command::WaitLeader { wait } => status::wait_leader(clients(&cli, &operator)?, *wait).await,
         Command::ApiKey(ApiKeyCommand::New { id }) => Ok(Output::ok(api_key::new(id))),
         Command::ApiKey(ApiKeyCommand::Hash) => api_key::hash_stdin().map(Output::ok),
+        Command::Tls(TlsCommand::Init { dir, hosts }) => {
+            tls::init(dir, tls::node_count(&cli.node_urls())?, hosts, cli.json).map(Output::ok)
+        }
         Command::Pay(args) => {
             let verify = facilitators(&cli, &operator)?;
             let settle = HttpConfig {
@@ -146,13 +152,22 @@ async fn payment_bench(
     bench::payments(nodes, args, endpoint, payer_env, cli.json).await
 }
 
+/// `config` verifying https:// nodes against `--cacert`, or the system's store when a node URL
+/// is https:// and no CA is named.
+fn with_roots(cli: &Cli, urls: &[String], config: &HttpConfig) -> HttpConfig {
+    HttpConfig {
+        roots: Roots::for_urls(urls, cli.cacert.as_deref()),
+        ..config.clone()
+    }
+}
+
 /// One client per node, all sharing one connection pool.
 fn clients(cli: &Cli, config: &HttpConfig) -> Result<Vec<AdminClient>, CtlError> {
     let urls = cli.node_urls();
     if urls.is_empty() {
         return Err(CtlError::NoNodes);
     }
-    let http = HttpClient::new(config);
+    let http = HttpClient::new(&with_roots(cli, &urls, config))?;
     let token = cli.token.as_ref().map(Token::expose);
     urls.iter()
         .map(|url| Ok(AdminClient::with_http(http.clone(), url, token)?))
@@ -165,7 +180,7 @@ fn facilitators(cli: &Cli, config: &HttpConfig) -> Result<Vec<FacilitatorClient>
     if urls.is_empty() {
         return Err(CtlError::NoNodes);
     }
-    let http = HttpClient::new(config);
+    let http = HttpClient::new(&with_roots(cli, &urls, config))?;
     urls.iter()
         .map(|url| Ok(FacilitatorClient::with_http(http.clone(), url)?))
         .collect()

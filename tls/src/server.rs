@@ -1,0 +1,196 @@
+//! A server's TLS configuration, from files, reloaded when they change.
+//!
+//! Every new connection takes the configuration current at its handshake
+//! ([`ServerTls::config`]); connections already open keep theirs. A reload reads all files
+//! first and swaps only a configuration that builds: a half-written or mismatched certificate
+//! and key leave the old one serving (and the error is logged), so a rotation can never take a
+//! listener down. Reloads happen when asked ([`ServerTls::reload`], the node's SIGHUP) and when
+//! a file's modification time or size changes ([`ServerTls::watch`], polled: it also sees a
+//! Kubernetes secret volume swap its symlink, which inotify on the file would miss).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::ServerConfig;
+
+use crate::{provider, Roots, TlsError};
+
+/// The files a server's TLS is made of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerFiles {
+    /// PEM certificate chain, the server's own certificate first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// When set, clients must present a certificate this PEM file's CAs signed (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl ServerFiles {
+    fn paths(&self) -> impl Iterator<Item = &Path> {
+        [
+            Some(&self.cert_file),
+            Some(&self.key_file),
+            self.client_ca_file.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(PathBuf::as_path)
+    }
+
+    /// Reads every file and builds the configuration they describe.
+    pub fn build(&self) -> Result<ServerConfig, TlsError> {
+        let chain = read_chain(&self.cert_file)?;
+        let key = read_key(&self.key_file)?;
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Client(e.to_string()))?;
+        let builder = match &self.client_ca_file {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let roots = Roots::File(ca.clone()).store()?;
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                        .build()
+                        .map_err(|e| TlsError::ClientCa {
+                            path: ca.clone(),
+                            reason: e.to_string(),
+                        })?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(chain, key)
+            .map_err(|e| TlsError::BadPair {
+                cert: self.cert_file.clone(),
+                key: self.key_file.clone(),
+                reason: e.to_string(),
+            })?;
+        // HTTP/2 for peers (prior knowledge in the clear; ALPN under TLS), HTTP/1.1 for clients.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
+    }
+
+    /// Modification time and length of every file: what [`ServerTls::watch`] compares.
+    fn stamp(&self) -> Vec<Option<(SystemTime, u64)>> {
+        self.paths()
+            .map(|p| {
+                std::fs::metadata(p)
+                    .ok()
+                    .and_then(|m| Some((m.modified().ok()?, m.len())))
+            })
+            .collect()
+    }
+}
+
+fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+        what: "the certificate file",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let chain: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|_| TlsError::Missing {
+            what: "certificate (it does not parse)",
+            path: path.to_path_buf(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::Missing {
+            what: "certificate",
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(chain)
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+        what: "the key file",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // The parse error is not shown: it could quote part of the key.
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|_| TlsError::Missing {
+        what: "private key",
+        path: path.to_path_buf(),
+    })
+}
+
+/// A server's current TLS configuration and the files it came from. Shared by the listener
+/// (which reads it per handshake) and the reloaders.
+pub struct ServerTls {
+    files: ServerFiles,
+    current: RwLock<Arc<ServerConfig>>,
+    stamp: Mutex<Vec<Option<(SystemTime, u64)>>>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// Reads `files`; an error here is a start-up error.
+    pub fn load(files: ServerFiles) -> Result<Arc<ServerTls>, TlsError> {
+        let stamp = files.stamp();
+        let config = files.build()?;
+        Ok(Arc::new(ServerTls {
+            files,
+            current: RwLock::new(Arc::new(config)),
+            stamp: Mutex::new(stamp),
+        }))
+    }
+
+    /// The configuration for a new connection.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads the files again and serves what they hold from the next handshake on; on an
+    /// error the configuration in use stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let stamp = self.files.stamp();
+        let config = self.files.build()?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
+        *self.stamp.lock().unwrap_or_else(PoisonError::into_inner) = stamp;
+        Ok(())
+    }
+
+    /// [`ServerTls::reload`] if a file changed since the last load; whether it reloaded.
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
+        let now = self.files.stamp();
+        if *self.stamp.lock().unwrap_or_else(PoisonError::into_inner) == now {
+            return Ok(false);
+        }
+        self.reload().map(|()| true)
+    }
+
+    /// Polls the files every `every` and reloads when one changed; logs each outcome. A file
+    /// caught half-written fails to build and is tried again at the next poll.
+    pub async fn watch(self: Arc<Self>, name: &'static str, every: Duration) {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match self.reload_if_changed() {
+                Ok(true) => {
+                    tracing::info!(listener = name, "TLS certificate reloaded (file changed)")
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(listener = name, error = %e,
+                    "TLS files changed but do not load; still serving the previous certificate"),
+            }
+        }
+    }
+}
