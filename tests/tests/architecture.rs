@@ -88,6 +88,19 @@ fn dependency_edges_point_down() {
         "the protocol crate holds what node and clients agree on, no transport, no CLI",
     );
     forbid(
+        "x402-tls",
+        &[
+            "x402-raft-store",
+            "x402-protocol",
+            "x402-node",
+            "x402-client",
+            "axum",
+            "hyper",
+            "alloy",
+        ],
+        "the TLS crate is configuration of rustls, shared by server and clients",
+    );
+    forbid(
         "x402-client",
         &["x402-node", "x402-raft-store", "axum"],
         "clients talk to a cluster over HTTP, they never link the server",
@@ -220,5 +233,45 @@ fn the_node_domain_knows_neither_the_node_nor_http() {
         found.is_empty(),
         "domain code names what sits above it:\n{}",
         found.join("\n")
+    );
+}
+
+/// One TLS stack: nothing in the build links OpenSSL, native-tls or a second rustls provider.
+#[test]
+fn one_tls_stack_rustls_with_ring() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // What this machine builds (features applied, normal and build dependencies of every
+    // workspace crate): the lock file also lists optional crates that nothing enables.
+    let output = Command::new(cargo)
+        .args(["tree", "--workspace", "--offline", "-e", "normal,build"])
+        .args(["--prefix", "none", "--format", "{p}"])
+        .current_dir(workspace_root())
+        .output()
+        .expect("cargo tree runs");
+    assert!(
+        output.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    let names: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    for forbidden in [
+        "openssl",
+        "openssl-sys",
+        "native-tls",
+        "aws-lc-rs",
+        "aws-lc-sys",
+    ] {
+        assert!(
+            !names.contains(forbidden),
+            "{forbidden} is in the build: every TLS connection is rustls with ring (x402-tls)"
+        );
+    }
+    assert!(
+        names.contains("ring") && names.contains("rustls"),
+        "{names:?}"
     );
 }
