@@ -13,7 +13,7 @@
 # X402_V1_NETWORK, X402_TOKEN, X402_TOKEN_NAME, X402_TOKEN_VERSION, X402_PAY_TO, X402_PAYER,
 # X402_PAYER_KEY, X402_SIGNER_KEYS. Every key is one of anvil's public dev keys: test use only.
 #
-# Environment: as up.sh (X402_BASE_PORT, X402_BIN_DIR, X402_NODE_ENV, X402_NODE_TOML — which must
+# Environment: as up.sh (X402_BASE_PORT, X402_BIN_DIR, X402_TLS, X402_NODE_ENV, X402_NODE_TOML — which must
 # not hold a [facilitator] section of its own), plus X402_DEVCHAIN_PORT (anvil's port, default
 # 8545) and X402_DEVCHAIN_CHAIN_ID (default 31337).
 set -euo pipefail

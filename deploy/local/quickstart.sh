@@ -9,7 +9,8 @@
 #       --pay-to "$X402_PAY_TO" --amount 10000
 #   deploy/local/down.sh DIR --wipe
 #
-# Needs only the Rust toolchain, node and npm: anvil comes from the npm package
+# X402_TLS=1 serves the nodes over https:// (a CA made under DIR/tls; the SDK trusts it through
+# NODE_EXTRA_CA_CERTS). Needs only the Rust toolchain, node and npm: anvil comes from the npm package
 # @foundry-rs/anvil-linux-amd64 (contracts/), the SDK from deploy/local/demo/.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)

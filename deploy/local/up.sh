@@ -22,6 +22,11 @@
 #                    keys (X402_SIGNER_KEYS) and add its exports to DIR/env. x402-devchain is
 #                    built too, or taken from X402_BIN_DIR. anvil comes from X402_ANVIL or
 #                    contracts/node_modules (`cd contracts && npm ci`).
+#   X402_TLS         1: serve every node's API over TLS: `x402ctl tls init DIR/tls` makes a CA
+#                    (DIR/tls/ca.pem) and node certificates for 127.0.0.1 and localhost, node
+#                    URLs in DIR/urls are https://, and DIR/env exports X402_CACERT (x402ctl)
+#                    (demo.sh hands it to the official SDK's node processes). Peers keep
+#                    their own plaintext port on 127.0.0.1.
 #   X402_DEVCHAIN_PORT      anvil's port (default 8545)
 #   X402_DEVCHAIN_CHAIN_ID  its chain id (default 31337)
 set -euo pipefail
@@ -37,6 +42,10 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 base_port=${X402_BASE_PORT:-7101}
 devchain=${X402_DEVCHAIN:-}
 case "$devchain" in ''|0) devchain="" ;; 1) ;; *) echo "X402_DEVCHAIN must be 0 or 1" >&2; exit 2 ;; esac
+tls=${X402_TLS:-}
+case "$tls" in ''|0) tls="" ;; 1) ;; *) echo "X402_TLS must be 0 or 1" >&2; exit 2 ;; esac
+scheme=http
+[ -n "$tls" ] && scheme=https
 node_toml=${X402_NODE_TOML:-}
 if [ -n "$node_toml" ] && [ ! -f "$node_toml" ]; then
   echo "X402_NODE_TOML: no file $node_toml" >&2; exit 1
@@ -70,6 +79,10 @@ umask 077
 [ -f "$dir/cluster-secret" ] || random_secret > "$dir/cluster-secret"
 [ -f "$dir/admin-token" ] || random_secret > "$dir/admin-token"
 
+if [ -n "$tls" ] && [ ! -f "$dir/tls/ca.pem" ]; then
+  "$bin_dir/x402ctl" tls init "$dir/tls" --nodes "$n" --host 127.0.0.1 --host localhost >/dev/null
+fi
+
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 bootstrap=""
@@ -85,7 +98,7 @@ for i in $(seq 1 "$n"); do
   done
   # Members know each other by their peer URLs.
   bootstrap="$bootstrap$i = \"http://127.0.0.1:$peer_port\"\n"
-  echo "http://127.0.0.1:$port" >> "$dir/urls"
+  echo "$scheme://127.0.0.1:$port" >> "$dir/urls"
 done
 
 # What goes into every config between the node's own keys and [bootstrap]: X402_NODE_TOML, then
@@ -110,22 +123,31 @@ for i in $(seq 1 "$n"); do
   peer_port=$((base_port + 100 + i - 1))
   node_dir="$dir/node$i"
   mkdir -p "$node_dir"
+  tls_toml=""
+  if [ -n "$tls" ]; then
+    tls_toml="[tls]
+cert_file = \"$dir/tls/node$i.pem\"
+key_file = \"$dir/tls/node$i.key\"
+
+"
+  fi
   cat > "$node_dir/config.toml" <<TOML
 node_id = $i
 listen = "127.0.0.1:$port"
-advertise_url = "http://127.0.0.1:$port"
+advertise_url = "$scheme://127.0.0.1:$port"
 peer_listen = "127.0.0.1:$peer_port"
 data_dir = "$node_dir/data"
 cluster_secret_file = "$dir/cluster-secret"
 admin_token_file = "$dir/admin-token"
 
-${extra_toml}[bootstrap]
+${extra_toml}${tls_toml}[bootstrap]
 $(printf "$bootstrap")
 TOML
   # shellcheck disable=SC2086
-  env ${X402_NODE_ENV:-} nohup "$bin_dir/x402-node" --config "$node_dir/config.toml" \
+  # X402_TLS is this script's switch, not the node's [tls] section (X402_ names config keys).
+  env -u X402_TLS ${X402_NODE_ENV:-} nohup "$bin_dir/x402-node" --config "$node_dir/config.toml" \
     >> "$node_dir/node.log" 2>&1 < /dev/null &
-  echo "$i $! http://127.0.0.1:$port" >> "$dir/pids"
+  echo "$i $! $scheme://127.0.0.1:$port" >> "$dir/pids"
 done
 
 cat > "$dir/env" <<ENV
@@ -133,11 +155,16 @@ export X402_NODES=$(paste -sd, "$dir/urls")
 export X402_ADMIN_TOKEN=$(cat "$dir/admin-token")
 export PATH="$bin_dir:\$PATH"
 ENV
+if [ -n "$tls" ]; then
+  printf 'export X402_CACERT=%s\n' "$dir/tls/ca.pem" >> "$dir/env"
+fi
 if [ -n "$devchain" ]; then cat "$dir/devchain/devchain.env" >> "$dir/env"; fi
 
 # Wait until every node answers and names the same leader.
-if X402_NODES=$(paste -sd, "$dir/urls") X402_ADMIN_TOKEN=$(cat "$dir/admin-token") \
-  "$bin_dir/x402ctl" wait-leader --wait 30 >/dev/null; then
+cacert=""
+[ -n "$tls" ] && cacert="$dir/tls/ca.pem"
+if env X402_NODES="$(paste -sd, "$dir/urls")" X402_ADMIN_TOKEN="$(cat "$dir/admin-token")" \
+  ${cacert:+X402_CACERT="$cacert"} "$bin_dir/x402ctl" wait-leader --wait 30 >/dev/null; then
   echo "x402-cluster of $n nodes is up; data in $dir"
   echo "  . $dir/env && x402ctl status"
   if [ -n "$devchain" ]; then

@@ -8,8 +8,12 @@
 //! spread over three resource servers that each ask another node (v2 with `@x402/express` 2.27,
 //! v1 with `x402-express` 1.2): exactly one request gets the resource, the others 402, and the
 //! chain shows one transfer.
+//!
+//! And over TLS: the same SDK pays through `https://` node URLs, trusting the cluster's CA
+//! through `NODE_EXTRA_CA_CERTS` (what `X402_TLS=1 deploy/local/quickstart.sh` sets up).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::Command;
 
 use alloy::primitives::B256;
@@ -23,8 +27,17 @@ use x402_tests::{ClusterOptions, LocalCluster};
 
 /// Runs demo.sh against `nodes`; its stdout.
 fn pay_through(chain: &DevChain, nodes: &str) -> String {
+    pay_through_trusting(chain, nodes, None)
+}
+
+/// [`pay_through`] with `X402_CACERT` (the CA of https:// nodes) when given.
+fn pay_through_trusting(chain: &DevChain, nodes: &str, cacert: Option<&Path>) -> String {
     let demo = workspace_root().join("deploy/local/demo/demo.sh");
-    let output = Command::new("bash")
+    let mut command = Command::new("bash");
+    if let Some(ca) = cacert {
+        command.env("X402_CACERT", ca);
+    }
+    let output = command
         .arg(demo)
         .env("X402_NODES", nodes)
         .env("X402_NETWORK", chain.network())
@@ -87,6 +100,32 @@ async fn the_official_middleware_gets_paid_through_any_node() {
     let tx = paid_tx(&pay_through(&chain, &nodes));
     let transfers = chain.token.transfer_logs(0).await;
     assert_eq!(transfers.len(), transfers_before + 2);
+    assert_eq!(transfers.last().map(|t| t.tx_hash.to_string()), Some(tx));
+}
+
+#[tokio::test]
+async fn the_official_middleware_pays_through_https_nodes() {
+    let chain = DevChain::start(31337).await;
+    let toml = facilitator_toml(
+        &[(&chain.network(), None, chain.anvil.url(), &chain.token)],
+        SIGNER_KEYS_ENV,
+    );
+    let cluster = LocalCluster::start_with(
+        3,
+        ClusterOptions::default()
+            .tls()
+            .toml(toml)
+            .env(SIGNER_KEYS_ENV, signer_keys_csv()),
+    )
+    .await;
+    let nodes = cluster.urls_csv(&[1, 2, 3]);
+    assert!(nodes.starts_with("https://"), "{nodes}");
+    let ca = cluster.root().join("tls").join("ca.pem");
+    let before = chain.token.transfer_logs(0).await.len();
+    // demo.sh hands X402_CACERT to node as NODE_EXTRA_CA_CERTS, as DIR/env does for a user.
+    let tx = paid_tx(&pay_through_trusting(&chain, &nodes, Some(&ca)));
+    let transfers = chain.token.transfer_logs(0).await;
+    assert_eq!(transfers.len(), before + 1, "{transfers:?}");
     assert_eq!(transfers.last().map(|t| t.tx_hash.to_string()), Some(tx));
 }
 

@@ -7,7 +7,8 @@
 # Environment: X402_NETWORK, X402_TOKEN, X402_TOKEN_NAME, X402_TOKEN_VERSION, X402_PAY_TO,
 # X402_PAYER_KEY, and X402_FACILITATOR_URL or X402_NODES (comma-separated node URLs; the server
 # uses the first and fails over to the others). Optional: X402_RPC_URL (pay.mjs then checks the
-# receipt on chain), PORT (default 4021), X402_PRICE (default 10000 atomic units).
+# receipt on chain), PORT (default 4021), X402_PRICE (default 10000 atomic units), X402_CACERT
+# (the CA of https:// node URLs; added to node's NODE_EXTRA_CA_CERTS).
 # Exits with pay.mjs's status: 0 when the payment settled.
 set -euo pipefail
 
@@ -42,16 +43,29 @@ startup_s=${X402_STARTUP_TIMEOUT_S:-60}
 export X402_STARTUP_TIMEOUT_S=$startup_s
 
 log=$(mktemp "${TMPDIR:-/tmp}/x402-demo-server.XXXXXX")
+bundle=""
 server_pid=""
 cleanup() {
   if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
     kill "$server_pid" 2>/dev/null || true
     wait "$server_pid" 2>/dev/null || true
   fi
-  rm -f "$log"
+  rm -f "$log" ${bundle:+"$bundle"}
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+
+# node reads extra CAs from one file named at start-up: the cluster's CA, plus whatever the
+# environment already named there (many machines set NODE_EXTRA_CA_CERTS for a proxy).
+if [ -n "${X402_CACERT:-}" ]; then
+  if [ -n "${NODE_EXTRA_CA_CERTS:-}" ] && [ "$NODE_EXTRA_CA_CERTS" != "$X402_CACERT" ]; then
+    bundle=$(mktemp "${TMPDIR:-/tmp}/x402-demo-ca.XXXXXX")
+    cat "$NODE_EXTRA_CA_CERTS" "$X402_CACERT" > "$bundle"
+    export NODE_EXTRA_CA_CERTS=$bundle
+  else
+    export NODE_EXTRA_CA_CERTS=$X402_CACERT
+  fi
+fi
 
 node server.mjs > "$log" 2>&1 &
 server_pid=$!
