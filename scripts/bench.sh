@@ -16,7 +16,9 @@
 #                                      prints Raft entries committed per request
 #
 # Environment: CONCURRENCY (default 128), X402_BASE_PORT (default 7101), BENCH_DIR (default
-# .local/bench, wiped first), X402_BIN_DIR (binaries to run instead of a fresh release build).
+# .local/bench, wiped first), X402_BIN_DIR (binaries to run instead of a fresh release build),
+# X402_TLS=1 (the nodes serve their API over TLS, the load generator speaks https: compare it
+# with a plaintext run, alternated).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-claims}

@@ -311,8 +311,13 @@ mod tests {
             c.uri("/admin/claims").unwrap().to_string(),
             "http://lb.example:80/node1/admin/claims"
         );
+        let c = client("https://node1.example:7001").unwrap();
+        assert_eq!(
+            c.uri("/admin/status").unwrap().to_string(),
+            "https://node1.example:7001/admin/status"
+        );
         for bad in [
-            "https://a:1",
+            "ftp://a:1",
             "127.0.0.1:7001",
             "http://a:1/?x=1",
             "not a url",
