@@ -190,7 +190,7 @@ pub struct SupportedBenchArgs {
 }
 
 /// How a load-generator run goes: shared by every `bench` command.
-#[derive(Args, Debug, PartialEq)]
+#[derive(Args, Clone, Debug, PartialEq)]
 pub struct RunArgs {
     /// Concurrent workers, spread round-robin over the nodes
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
@@ -205,6 +205,10 @@ pub struct RunArgs {
     /// Pause after an error before a worker tries the next node
     #[arg(long, default_value_t = 20, value_name = "MS")]
     pub retry_pause_ms: u64,
+    /// Open a new connection for every request (no keep-alive): measures how many connections
+    /// (TLS handshakes, against https:// nodes) the nodes accept per second
+    #[arg(long)]
+    pub new_connection_per_request: bool,
 }
 
 impl RunArgs {

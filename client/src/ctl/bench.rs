@@ -43,12 +43,18 @@ pub(super) fn request_timeout(run: &RunArgs, endpoint: Option<Endpoint>) -> Dura
 }
 
 /// Transport settings for a run: the per-operation deadline, and a pool large enough that every
-/// worker keeps its own kept-alive connection to every node instead of reconnecting.
+/// worker keeps its own kept-alive connection to every node instead of reconnecting (none at
+/// all with `--new-connection-per-request`).
 pub(super) fn http_config(run: &RunArgs, timeout: Duration) -> HttpConfig {
+    let pooled = usize::try_from(run.concurrency).unwrap_or(usize::MAX);
     HttpConfig {
         timeout,
         connect_timeout: timeout.min(Duration::from_secs(1)),
-        max_idle_per_host: usize::try_from(run.concurrency).unwrap_or(usize::MAX),
+        max_idle_per_host: if run.new_connection_per_request {
+            0
+        } else {
+            pooled
+        },
         ..HttpConfig::default()
     }
 }
@@ -271,9 +277,18 @@ mod tests {
             duration: Duration::from_secs(1),
             request_timeout_ms: None,
             retry_pause_ms: 20,
+            new_connection_per_request: false,
         };
         let config = http_config(&run, request_timeout(&run, None));
         assert_eq!(config.max_idle_per_host, 300);
+        let fresh = RunArgs {
+            new_connection_per_request: true,
+            ..run.clone()
+        };
+        assert_eq!(
+            http_config(&fresh, Duration::from_secs(1)).max_idle_per_host,
+            0
+        );
         assert_eq!(config.timeout, Duration::from_secs(2));
         assert_eq!(config.connect_timeout, Duration::from_secs(1));
         assert_eq!(
@@ -299,6 +314,7 @@ mod tests {
                 duration,
                 request_timeout_ms: None,
                 retry_pause_ms: 20,
+                new_connection_per_request: false,
             },
             requirements: RequirementArgs {
                 network: "eip155:31337".into(),
