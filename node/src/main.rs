@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
 use x402_node::cluster::breakers::ClusterBreakers;
@@ -186,6 +187,7 @@ async fn run(config: Config) -> Result<(), String> {
     let bind = |address: String| async move {
         tokio::net::TcpListener::bind(&address)
             .await
+            .map(|l| l.tap_io(no_delay as fn(&mut tokio::net::TcpStream)))
             .map_err(|e| format!("cannot listen on {address}: {e}"))
     };
     // Listening before Raft starts: peers that find nobody listening back off.
@@ -269,6 +271,15 @@ async fn exit_when_raft_stops(raft: x402_raft_store::Raft) {
             tracing::error!("the Raft core is gone; exiting");
             std::process::exit(EXIT_RAFT_STOPPED);
         }
+    }
+}
+
+/// Nagle off on every accepted connection: a TLS handshake is several small writes in a row,
+/// and with Nagle each waited for the client's delayed ACK (40 ms per new TLS connection,
+/// measured: 840 new connections/s instead of thousands).
+fn no_delay(tcp: &mut tokio::net::TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot switch Nagle off on a connection");
     }
 }
 
