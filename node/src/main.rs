@@ -204,7 +204,10 @@ async fn run(config: Config) -> Result<(), String> {
             tokio::spawn(tls.clone().watch("api", every));
             tokio::spawn(reload_on_sighup(vec![("api", tls.clone())]));
             tracing::info!(listen = %config.listen, "the API is served over TLS");
-            Some(tls)
+            Some(serve::ListenerTls {
+                config: tls,
+                handshakes: metrics.tls_handshakes.clone(),
+            })
         }
         None => None,
     };

@@ -46,6 +46,9 @@ pub struct Metrics {
     pub breaker_epoch: IntGaugeVec,
     /// Raft messages from peers refused before openraft saw them, by reason.
     pub peer_refused: IntCounterVec,
+    /// TLS handshakes on the API listener by result: `ok`, `refused` (the client gave up or
+    /// refused our certificate, or spoke no TLS), `timeout`.
+    pub tls_handshakes: IntCounterVec,
 }
 
 impl Metrics {
@@ -107,6 +110,10 @@ impl Metrics {
             &["reason"],
         )?;
         registry.register(Box::new(peer_refused.clone()))?;
+        let tls_handshakes = by_result(
+            "tls_handshakes_total",
+            "TLS handshakes on the API listener, by result (ok, refused, timeout)",
+        )?;
         let by_endpoint = |name: &str, help: &str| -> Result<IntGaugeVec, prometheus::Error> {
             let g = IntGaugeVec::new(Opts::new(name, help), &["endpoint"])?;
             registry.register(Box::new(g.clone()))?;
@@ -149,6 +156,7 @@ impl Metrics {
             rate_limited,
             leases_taken,
             peer_refused,
+            tls_handshakes,
             breaker_state,
             breaker_epoch,
             registry,

@@ -234,13 +234,20 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     }
 }
 
+/// A listener's TLS: its configuration, and where its handshakes are counted (by result).
+#[derive(Clone)]
+pub struct ListenerTls {
+    pub config: Arc<ServerTls>,
+    pub handshakes: prometheus::IntCounterVec,
+}
+
 /// Serves `router` on `listener` under `limits` until `shutdown` completes, over TLS when `tls`
 /// is given. HTTP/1.1 and HTTP/2 (prior knowledge or ALPN, used between nodes) share the port.
 pub async fn serve<L>(
     mut listener: L,
     router: Router,
     limits: ServeLimits,
-    tls: Option<Arc<ServerTls>>,
+    tls: Option<ListenerTls>,
     shutdown: impl Future<Output = ()>,
 ) where
     L: axum::serve::Listener,
@@ -302,14 +309,20 @@ pub async fn serve<L>(
             let io: BoxedStream = match tls {
                 None => Box::new(tracked),
                 Some(tls) => {
-                    let handshake = TlsAcceptor::from(tls.config()).accept(tracked);
+                    let handshake = TlsAcceptor::from(tls.config.config()).accept(tracked);
+                    let counted = |result: &str| tls.handshakes.with_label_values(&[result]).inc();
                     match tokio::time::timeout(limits.header_read_timeout, handshake).await {
-                        Ok(Ok(stream)) => Box::new(stream),
+                        Ok(Ok(stream)) => {
+                            counted("ok");
+                            Box::new(stream)
+                        }
                         Ok(Err(e)) => {
+                            counted("refused");
                             tracing::debug!(error = %e, "TLS handshake refused");
                             return;
                         }
                         Err(_) => {
+                            counted("timeout");
                             tracing::debug!("TLS handshake timed out");
                             return;
                         }

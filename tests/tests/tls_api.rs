@@ -97,6 +97,27 @@ async fn the_api_speaks_https_to_x402ctl_and_the_client_and_refuses_strangers() 
         .await
         .expect("GET /supported over https");
     assert_eq!(supported.status(), 200);
+
+    // Node 1 counted the refused handshakes (the client without the CA, the plaintext one).
+    let metrics = cluster
+        .raw(1, Method::GET, "/metrics", &[], Vec::new())
+        .await
+        .expect("GET /metrics over https");
+    let text = String::from_utf8_lossy(metrics.body()).into_owned();
+    let count = |result: &str| -> f64 {
+        text.lines()
+            .find(|l| {
+                l.starts_with("x402_tls_handshakes_total")
+                    && l.contains(&format!("result=\"{result}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(count("ok") >= 1.0, "{text}");
+    assert!(
+        count("refused") >= 2.0,
+        "two refused handshakes counted: {text}"
+    );
 }
 
 /// Replaces `dst` with `src`'s bytes atomically (write beside, rename), as secret managers do.
