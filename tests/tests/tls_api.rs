@@ -7,6 +7,8 @@
 //! - certificates rotated on a node (new files from another CA, swapped atomically) serve from
 //!   the next connection on, with SIGHUP and without it (the file watch), and requests sent all
 //!   through the rotation, by a client trusting both CAs, all succeed;
+//! - connections that never send a ClientHello are closed at the handshake deadline
+//!   (`header_read_timeout_ms`) and counted, and other clients are served meanwhile;
 //! - `x402ctl tls init` writes the files it says, keys owner-only, and refuses to overwrite.
 
 use std::os::unix::fs::PermissionsExt;
@@ -118,6 +120,61 @@ async fn the_api_speaks_https_to_x402ctl_and_the_client_and_refuses_strangers() 
         count("refused") >= 2.0,
         "two refused handshakes counted: {text}"
     );
+}
+
+#[tokio::test]
+async fn connections_that_never_finish_a_handshake_hold_nothing_and_are_counted() {
+    let cluster = LocalCluster::start_with(
+        1,
+        ClusterOptions::default()
+            .tls()
+            .toml("[limits]\nheader_read_timeout_ms = 3000\n"),
+    )
+    .await;
+    let address = cluster.url(1).trim_start_matches("https://").to_owned();
+    // Sockets that connect and never say a word (no ClientHello).
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(
+            tokio::net::TcpStream::connect(&address)
+                .await
+                .expect("connect"),
+        );
+    }
+    // Meanwhile a real client is served: before the silent ones time out (they are all still
+    // open after its answer), so it did not wait behind them.
+    cluster.status(1).await;
+    let mut byte = [0u8; 1];
+    let still_open = silent[0].try_read(&mut byte);
+    assert!(
+        matches!(&still_open, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the silent connections were still waiting: {still_open:?}"
+    );
+    // Each silent one is closed by the node at the handshake deadline, and counted.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    for mut socket in silent {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::io::AsyncReadExt::read(&mut socket, &mut byte),
+        )
+        .await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "the node closed it: {read:?}"
+        );
+    }
+    let metrics = cluster
+        .raw(1, Method::GET, "/metrics", &[], Vec::new())
+        .await
+        .expect("metrics");
+    let text = String::from_utf8_lossy(metrics.body()).into_owned();
+    let timeouts: f64 = text
+        .lines()
+        .find(|l| l.starts_with("x402_tls_handshakes_total") && l.contains("result=\"timeout\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0);
+    assert!(timeouts >= 20.0, "20 handshake timeouts counted: {text}");
 }
 
 /// Replaces `dst` with `src`'s bytes atomically (write beside, rename), as secret managers do.
