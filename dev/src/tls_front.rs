@@ -8,15 +8,16 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use rcgen::{BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-/// A CA made for one test run, and the PEM file that names it.
+use crate::devchain::Anvil;
+
+/// A CA made for one test run.
 pub struct TestCa {
-    pub cert_pem: String,
-    params: CertificateParams,
+    cert: Certificate,
     key: KeyPair,
 }
 
@@ -26,12 +27,13 @@ impl TestCa {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
         let key = KeyPair::generate().expect("CA key");
-        let cert = params.clone().self_signed(&key).expect("self-signed CA");
-        TestCa {
-            cert_pem: cert.pem(),
-            params,
-            key,
-        }
+        let cert = params.self_signed(&key).expect("self-signed CA");
+        TestCa { cert, key }
+    }
+
+    /// The CA's certificate, PEM: what a client's `ca_file` holds.
+    pub fn cert_pem(&self) -> String {
+        self.cert.pem()
     }
 
     /// A server certificate for `names` (DNS names or IP addresses) and its PKCS#8 key.
@@ -47,13 +49,8 @@ impl TestCa {
             params.not_after = rcgen::date_time_ymd(2021, 1, 1);
         }
         let key = KeyPair::generate().expect("server key");
-        let issuer = self
-            .params
-            .clone()
-            .self_signed(&self.key)
-            .expect("CA certificate");
         let cert = params
-            .signed_by(&key, &issuer, &self.key)
+            .signed_by(&key, &self.cert, &self.key)
             .expect("signed server certificate");
         (
             cert.der().clone(),
@@ -81,17 +78,19 @@ pub struct TlsFront {
 }
 
 impl TlsFront {
-    /// Starts a front for `upstream` on `127.0.0.1`, on the current runtime.
-    pub async fn start(upstream: SocketAddr) -> TlsFront {
-        Self::start_with(upstream, Validity::Current).await
+    /// Starts a front for `anvil` on `127.0.0.1`, with a current certificate, on the current
+    /// runtime.
+    pub async fn in_front_of(anvil: &Anvil) -> TlsFront {
+        Self::start_with(anvil, Validity::Current).await
     }
 
-    /// [`TlsFront::start`] with a certificate of the given validity.
-    pub async fn start_with(upstream: SocketAddr, validity: Validity) -> TlsFront {
+    /// [`TlsFront::in_front_of`] with a certificate of the given validity.
+    pub async fn start_with(anvil: &Anvil, validity: Validity) -> TlsFront {
+        let upstream = anvil_address(anvil);
         let ca = TestCa::new("x402 test RPC CA");
         let dir = tempfile::tempdir().expect("tempdir");
         let ca_file = dir.path().join("rpc-ca.pem");
-        std::fs::write(&ca_file, &ca.cert_pem).expect("write the CA file");
+        std::fs::write(&ca_file, ca.cert_pem()).expect("write the CA file");
         let (cert, key) = ca.server_certificate(&["127.0.0.1", "localhost"], validity);
         let config = rustls::ServerConfig::builder_with_provider(x402_node::tls::provider())
             .with_safe_default_protocol_versions()
@@ -128,15 +127,25 @@ impl TlsFront {
         }
     }
 
-    /// `https://127.0.0.1:PORT` followed by `path_and_query`.
-    pub fn url(&self, path_and_query: &str) -> String {
-        format!("https://127.0.0.1:{}{path_and_query}", self.port)
+    /// The front's URL carrying `key` the ways RPC providers take one: in the user info and in
+    /// the query (anvil answers only on `/`, so not in the path).
+    pub fn keyed_url(&self, key: &str) -> String {
+        format!("https://user:{key}@127.0.0.1:{}/?apikey={key}", self.port)
     }
 
     /// TLS handshakes completed so far (connections that trusted the certificate).
     pub fn handshakes(&self) -> u64 {
         self.handshakes.load(Ordering::Relaxed)
     }
+}
+
+/// The socket address of `anvil`'s `http://` URL.
+fn anvil_address(anvil: &Anvil) -> SocketAddr {
+    anvil
+        .url()
+        .trim_start_matches("http://")
+        .parse()
+        .expect("anvil listens on a socket address")
 }
 
 impl Drop for TlsFront {

@@ -4,7 +4,6 @@
 //! refusal names the host, never the key; so is an expired certificate of a trusted CA. An
 //! https URL that fails fails over to the next URL, and its breaker counts it.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use x402_dev::devchain::Anvil;
@@ -13,22 +12,6 @@ use x402_node::chain::{AlloyChain, Chain, ChainError, ChainLimits};
 use x402_node::tls::{rpc_http_client, Roots, TlsError};
 
 const KEY: &str = "k3y-0f-the-rpc-provider";
-
-fn upstream(anvil: &Anvil) -> SocketAddr {
-    anvil
-        .url()
-        .trim_start_matches("http://")
-        .parse()
-        .expect("anvil listens on an address")
-}
-
-/// The front's URL with the key in the query and in the user info (anvil answers only on `/`;
-/// a key in the path is redacted by the same code, tested in `node`'s `alloy_chain`).
-fn keyed_url(front: &TlsFront) -> String {
-    front
-        .url(&format!("/?apikey={KEY}"))
-        .replacen("https://", &format!("https://user:{KEY}@"), 1)
-}
 
 fn chain(url: &str, roots: &Roots) -> AlloyChain {
     let client = rpc_http_client(roots).expect("client");
@@ -45,8 +28,8 @@ fn chain(url: &str, roots: &Roots) -> AlloyChain {
 #[tokio::test]
 async fn an_https_rpc_behind_a_private_ca_answers_through_ca_file() {
     let anvil = Anvil::start(31337).await;
-    let front = TlsFront::start(upstream(&anvil)).await;
-    let url = keyed_url(&front);
+    let front = TlsFront::in_front_of(&anvil).await;
+    let url = front.keyed_url(KEY);
     let chain = chain(&url, &Roots::File(front.ca_file.clone()));
     assert_eq!(chain.chain_id().await.expect("eth_chainId over TLS"), 31337);
     chain
@@ -62,8 +45,8 @@ async fn an_https_rpc_behind_a_private_ca_answers_through_ca_file() {
 #[tokio::test]
 async fn the_system_roots_refuse_a_private_ca_and_the_error_hides_the_key() {
     let anvil = Anvil::start(31337).await;
-    let front = TlsFront::start(upstream(&anvil)).await;
-    let url = keyed_url(&front);
+    let front = TlsFront::in_front_of(&anvil).await;
+    let url = front.keyed_url(KEY);
     let roots = Roots::for_urls(&[&url], None);
     assert_eq!(
         roots,
@@ -127,8 +110,8 @@ async fn refusal(url: &str, roots: &Roots) -> String {
 #[tokio::test]
 async fn an_expired_certificate_of_a_trusted_ca_is_refused_and_says_so() {
     let anvil = Anvil::start(31337).await;
-    let front = TlsFront::start_with(upstream(&anvil), Validity::Expired).await;
-    let text = refusal(&keyed_url(&front), &Roots::File(front.ca_file.clone())).await;
+    let front = TlsFront::start_with(&anvil, Validity::Expired).await;
+    let text = refusal(&front.keyed_url(KEY), &Roots::File(front.ca_file.clone())).await;
     assert!(
         text.contains("certificate expired"),
         "the error says why: {text}"
@@ -154,9 +137,9 @@ impl x402_node::chain::breaker::EndpointGate for Tally {
 #[tokio::test]
 async fn a_refused_https_url_fails_over_to_the_next_and_its_breaker_counts_it() {
     let anvil = Anvil::start(31337).await;
-    let front = TlsFront::start(upstream(&anvil)).await;
+    let front = TlsFront::in_front_of(&anvil).await;
     // The https URL first, of a CA the system does not know; then anvil in the clear.
-    let urls = [keyed_url(&front), anvil.url().to_owned()];
+    let urls = [front.keyed_url(KEY), anvil.url().to_owned()];
     let client = rpc_http_client(&Roots::for_urls(&urls, None)).expect("client");
     let tally = std::sync::Arc::new(Tally::default());
     let chain = AlloyChain::new(&urls, ChainLimits::default(), &client)

@@ -393,18 +393,8 @@ async fn shown(cluster: &LocalCluster, id: u64) -> String {
 #[tokio::test]
 async fn settles_through_an_https_rpc_with_its_key_in_the_url_and_never_shows_the_key() {
     let chain = DevChain::start(31337).await;
-    let upstream = chain
-        .anvil
-        .url()
-        .trim_start_matches("http://")
-        .parse()
-        .expect("anvil address");
-    let front = TlsFront::start(upstream).await;
-    let url = front.url(&format!("/?apikey={RPC_KEY}")).replacen(
-        "https://",
-        &format!("https://user:{RPC_KEY}@"),
-        1,
-    );
+    let front = TlsFront::in_front_of(&chain.anvil).await;
+    let url = front.keyed_url(RPC_KEY);
     let ca = format!("ca_file = {:?}", front.ca_file.display().to_string());
     let cluster = cluster_at(&chain, &url, &ca).await;
 
@@ -439,14 +429,8 @@ async fn settles_through_an_https_rpc_with_its_key_in_the_url_and_never_shows_th
 #[tokio::test]
 async fn an_https_rpc_of_an_unknown_ca_is_refused_and_the_refusal_says_why() {
     let chain = DevChain::start(31337).await;
-    let upstream = chain
-        .anvil
-        .url()
-        .trim_start_matches("http://")
-        .parse()
-        .expect("anvil address");
-    let front = TlsFront::start(upstream).await;
-    let url = front.url(&format!("/?apikey={RPC_KEY}"));
+    let front = TlsFront::in_front_of(&chain.anvil).await;
+    let url = front.keyed_url(RPC_KEY);
     // No ca_file: the system's roots, which do not know the front's CA.
     let cluster = cluster_at(&chain, &url, "").await;
     let (body, _, _) = payment(&chain, 2);
