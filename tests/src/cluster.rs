@@ -317,6 +317,15 @@ impl LocalCluster {
     // ---------------------------------------------------------------------------------------
     // Processes.
 
+    /// Node `id`'s `/metrics` text.
+    pub async fn metrics_text(&self, id: u64) -> String {
+        let reply = self
+            .raw(id, Method::GET, "/metrics", &[], Vec::new())
+            .await
+            .unwrap_or_else(|e| panic!("GET /metrics on node {id}: {e}"));
+        String::from_utf8_lossy(reply.body()).into_owned()
+    }
+
     /// The process id of running node `id` (to send it a signal).
     pub fn pid(&self, id: u64) -> u32 {
         self.node(id)

@@ -7,6 +7,7 @@
 //! - [`devchain`]: anvil with our EIP-3009 TestUSDC, the dev accounts, and the `[facilitator]`
 //!   TOML that points nodes at it (the `x402-dev` crate's, here for the tests' paths).
 //! - [`http`]: plain requests to a node, answered with status, headers and JSON.
+//! - [`metrics`]: samples of a node's `/metrics`.
 //! - [`resource_server`]: the official SDK's resource servers and paying scripts
 //!   (`deploy/local/demo`) as processes.
 //!
@@ -15,6 +16,7 @@
 
 pub mod cluster;
 pub mod http;
+pub mod metrics;
 pub mod resource_server;
 pub mod rpc_proxy;
 pub mod single_node;

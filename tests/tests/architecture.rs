@@ -8,27 +8,33 @@ use std::process::Command;
 
 use x402_tests::devchain::workspace_root;
 
-/// Each workspace crate and the crates it depends on outside tests (normal dependencies).
-fn normal_dependencies() -> BTreeMap<String, BTreeSet<String>> {
+/// What `cargo ARGS` prints, run in the workspace (it must succeed).
+fn cargo(args: &[&str]) -> String {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = Command::new(cargo)
-        .args([
-            "metadata",
-            "--no-deps",
-            "--offline",
-            "--format-version",
-            "1",
-        ])
+        .args(args)
         .current_dir(workspace_root())
         .output()
-        .expect("cargo metadata runs");
+        .unwrap_or_else(|e| panic!("cargo {args:?} does not run: {e}"));
     assert!(
         output.status.success(),
-        "cargo metadata failed: {}",
+        "cargo {args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Each workspace crate and the crates it depends on outside tests (normal dependencies).
+fn normal_dependencies() -> BTreeMap<String, BTreeSet<String>> {
+    let stdout = cargo(&[
+        "metadata",
+        "--no-deps",
+        "--offline",
+        "--format-version",
+        "1",
+    ]);
     let metadata: serde_json::Value =
-        serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
+        serde_json::from_str(&stdout).expect("cargo metadata prints JSON");
     let packages = metadata["packages"].as_array().expect("a package list");
     packages
         .iter()
@@ -239,21 +245,19 @@ fn the_node_domain_knows_neither_the_node_nor_http() {
 /// One TLS stack: nothing in the build links OpenSSL, native-tls or a second rustls provider.
 #[test]
 fn one_tls_stack_rustls_with_ring() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // What this machine builds (features applied, normal and build dependencies of every
     // workspace crate): the lock file also lists optional crates that nothing enables.
-    let output = Command::new(cargo)
-        .args(["tree", "--workspace", "--offline", "-e", "normal,build"])
-        .args(["--prefix", "none", "--format", "{p}"])
-        .current_dir(workspace_root())
-        .output()
-        .expect("cargo tree runs");
-    assert!(
-        output.status.success(),
-        "cargo tree failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8_lossy(&output.stdout);
+    let text = cargo(&[
+        "tree",
+        "--workspace",
+        "--offline",
+        "-e",
+        "normal,build",
+        "--prefix",
+        "none",
+        "--format",
+        "{p}",
+    ]);
     let names: BTreeSet<&str> = text
         .lines()
         .filter_map(|l| l.split_whitespace().next())

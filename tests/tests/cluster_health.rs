@@ -8,20 +8,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use x402_protocol::wire::Readiness;
+use x402_tests::metrics::sample;
 use x402_tests::workload;
 use x402_tests::LocalCluster;
-
-/// The value of the first sample of `name` (`name{labels} value` or `name value`).
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 async fn get(cluster: &LocalCluster, id: u64, path: &str) -> (StatusCode, Bytes) {
     let response = cluster
@@ -72,12 +61,12 @@ async fn readiness_and_metrics() {
             );
         }
         assert_eq!(
-            metric(&text, "x402_raft_term"),
+            sample(&text, "x402_raft_term", &[]),
             Some(s.term as f64),
             "node {}",
             s.id
         );
-        let applied = metric(&text, "x402_raft_applied_index").unwrap();
+        let applied = sample(&text, "x402_raft_applied_index", &[]).unwrap();
         assert!(
             applied >= s.applied.unwrap() as f64,
             "node {}: metric applied {applied} < status applied {:?}",
@@ -85,10 +74,10 @@ async fn readiness_and_metrics() {
             s.applied
         );
         // Every node made its log durable at least once per write batch.
-        let fsyncs = metric(&text, "x402_fsync_seconds_count").unwrap_or(0.0);
+        let fsyncs = sample(&text, "x402_fsync_seconds_count", &[]).unwrap_or(0.0);
         assert!(fsyncs >= 1.0, "node {} counted {fsyncs} fsyncs", s.id);
         // Every node took claims (claim_many spreads them), so each timed proposals.
-        let proposals = metric(&text, "x402_proposal_seconds_count").unwrap_or(0.0);
+        let proposals = sample(&text, "x402_proposal_seconds_count", &[]).unwrap_or(0.0);
         assert!(
             proposals >= 1.0,
             "node {} timed {proposals} proposals",

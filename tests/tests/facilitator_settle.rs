@@ -378,14 +378,10 @@ async fn wait_log(cluster: &LocalCluster, id: u64, text: &str) {
 
 /// Everything a node shows about itself: its log, `/metrics`, its status.
 async fn shown(cluster: &LocalCluster, id: u64) -> String {
-    let metrics = cluster
-        .raw(id, Method::GET, "/metrics", &[], Vec::new())
-        .await
-        .expect("metrics");
     format!(
         "{}\n{}\n{:?}",
         cluster.log_text(id),
-        String::from_utf8_lossy(metrics.body()),
+        cluster.metrics_text(id).await,
         cluster.status(id).await
     )
 }

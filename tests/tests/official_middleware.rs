@@ -106,18 +106,7 @@ async fn the_official_middleware_gets_paid_through_any_node() {
 #[tokio::test]
 async fn the_official_middleware_pays_through_https_nodes() {
     let chain = DevChain::start(31337).await;
-    let toml = facilitator_toml(
-        &[(&chain.network(), None, chain.anvil.url(), &chain.token)],
-        SIGNER_KEYS_ENV,
-    );
-    let cluster = LocalCluster::start_with(
-        3,
-        ClusterOptions::default()
-            .tls()
-            .toml(toml)
-            .env(SIGNER_KEYS_ENV, signer_keys_csv()),
-    )
-    .await;
+    let cluster = LocalCluster::start_with(3, ClusterOptions::on(&chain).tls()).await;
     let nodes = cluster.urls_csv(&[1, 2, 3]);
     assert!(nodes.starts_with("https://"), "{nodes}");
     let ca = cluster.root().join("tls").join("ca.pem");

@@ -19,8 +19,14 @@ use std::time::{Duration, Instant};
 use hyper::Method;
 use x402_client::http::{HttpClient, HttpConfig};
 use x402_client::AdminClient;
+use x402_tests::metrics::sample;
 use x402_tests::{ClusterOptions, LocalCluster};
 use x402_tls::Roots;
+
+/// `x402_tls_handshakes_total{result}` of a `/metrics` text (0 before the first one).
+fn handshakes(metrics: &str, result: &str) -> f64 {
+    sample(metrics, "x402_tls_handshakes_total", &[("result", result)]).unwrap_or(0.0)
+}
 
 fn client(ca_file: &Path) -> HttpClient {
     HttpClient::new(&HttpConfig {
@@ -101,20 +107,8 @@ async fn the_api_speaks_https_to_x402ctl_and_the_client_and_refuses_strangers() 
     assert_eq!(supported.status(), 200);
 
     // Node 1 counted the refused handshakes (the client without the CA, the plaintext one).
-    let metrics = cluster
-        .raw(1, Method::GET, "/metrics", &[], Vec::new())
-        .await
-        .expect("GET /metrics over https");
-    let text = String::from_utf8_lossy(metrics.body()).into_owned();
-    let count = |result: &str| -> f64 {
-        text.lines()
-            .find(|l| {
-                l.starts_with("x402_tls_handshakes_total")
-                    && l.contains(&format!("result=\"{result}\""))
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0)
-    };
+    let text = cluster.metrics_text(1).await;
+    let count = |result| handshakes(&text, result);
     assert!(count("ok") >= 1.0, "{text}");
     assert!(
         count("refused") >= 2.0,
@@ -164,16 +158,8 @@ async fn connections_that_never_finish_a_handshake_hold_nothing_and_are_counted(
             "the node closed it: {read:?}"
         );
     }
-    let metrics = cluster
-        .raw(1, Method::GET, "/metrics", &[], Vec::new())
-        .await
-        .expect("metrics");
-    let text = String::from_utf8_lossy(metrics.body()).into_owned();
-    let timeouts: f64 = text
-        .lines()
-        .find(|l| l.starts_with("x402_tls_handshakes_total") && l.contains("result=\"timeout\""))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0);
+    let text = cluster.metrics_text(1).await;
+    let timeouts = handshakes(&text, "timeout");
     assert!(timeouts >= 20.0, "20 handshake timeouts counted: {text}");
 }
 
