@@ -119,6 +119,9 @@ pub struct Facilitator {
     /// v1 names, built-in plus configured.
     pub names: NetworkRegistry,
     pub settings: FacilitatorSettings,
+    /// The JSON-RPC clients [`Facilitator::from_settings`] built, by network, for the start-up
+    /// probe (none when the chains were given: simulations and seam tests).
+    rpc_clients: Vec<(String, u64, Arc<AlloyChain>)>,
 }
 
 /// One RPC URL's answer to `eth_chainId` ([`Facilitator::probe_rpc_urls`]).
@@ -151,26 +154,28 @@ impl Facilitator {
         gate: Arc<dyn EndpointGate>,
     ) -> Result<Self, ConfigError> {
         let mut chains = BTreeMap::new();
+        let mut rpc_clients = Vec::new();
         for n in &settings.networks {
-            let chain = alloy_chain(n)?.with_gate(gate.clone());
-            chains.insert(n.chain_id()?, Arc::new(chain) as SharedChain);
+            let chain_id = n.chain_id()?;
+            let chain = Arc::new(alloy_chain(n)?.with_gate(gate.clone()));
+            rpc_clients.push((n.network.clone(), chain_id, chain.clone()));
+            chains.insert(chain_id, chain as SharedChain);
         }
-        Self::with_chains(settings, chains)
+        let mut facilitator = Self::with_chains(settings, chains)?;
+        facilitator.rpc_clients = rpc_clients;
+        Ok(facilitator)
     }
 
-    /// Asks every RPC URL of every network of `settings` for its chain id, on its own: one
-    /// report per URL, for the start-up log (a wrong chain, a refused certificate, a dead URL).
-    pub async fn probe_rpc_urls(settings: &FacilitatorSettings) -> Vec<RpcUrlReport> {
+    /// Asks every RPC URL of every network for its chain id, on its own: one report per URL,
+    /// for the start-up log (a wrong chain, a refused certificate, a dead URL).
+    pub async fn probe_rpc_urls(&self) -> Vec<RpcUrlReport> {
         let mut reports = Vec::new();
-        for n in &settings.networks {
-            let (Ok(expected), Ok(chain)) = (n.chain_id(), alloy_chain(n)) else {
-                continue; // refused by `from_settings` already
-            };
+        for (network, expected, chain) in &self.rpc_clients {
             for (endpoint, answer) in chain.probe().await {
                 reports.push(RpcUrlReport {
-                    network: n.network.clone(),
+                    network: network.clone(),
                     endpoint,
-                    expected,
+                    expected: *expected,
                     answer,
                 });
             }
@@ -220,6 +225,7 @@ impl Facilitator {
             networks,
             names: settings.network_registry()?,
             settings: settings.clone(),
+            rpc_clients: Vec::new(),
         })
     }
 

@@ -135,8 +135,8 @@ fn main() -> ExitCode {
 
 /// Logs, once at start-up, what each RPC URL answers to `eth_chainId`: a wrong chain, a refused
 /// certificate or a dead URL is named here rather than found in the first refused payment.
-async fn report_rpc_urls(settings: x402_node::config::FacilitatorSettings) {
-    for r in Facilitator::probe_rpc_urls(&settings).await {
+async fn report_rpc_urls(facilitator: Arc<Facilitator>) {
+    for r in facilitator.probe_rpc_urls().await {
         match r.answer {
             Ok(id) if id == r.expected => {
                 tracing::info!(network = %r.network, rpc = %r.endpoint, "RPC URL answers")
@@ -161,8 +161,10 @@ async fn run(config: Config) -> Result<(), String> {
         "starting x402-node"
     );
     let breakers = Arc::new(ClusterBreakers::new(config.breaker.clone()));
-    let facilitator = Facilitator::from_settings(&config.facilitator, breakers.clone())
-        .map_err(|e| e.to_string())?;
+    let facilitator = Arc::new(
+        Facilitator::from_settings(&config.facilitator, breakers.clone())
+            .map_err(|e| e.to_string())?,
+    );
     for n in facilitator.networks.values() {
         tracing::info!(
             network = %n.caip2,
@@ -172,7 +174,7 @@ async fn run(config: Config) -> Result<(), String> {
             "facilitator network"
         );
     }
-    tokio::spawn(report_rpc_urls(config.facilitator.clone()));
+    tokio::spawn(report_rpc_urls(facilitator.clone()));
     let metrics = Metrics::new(config.node_id).map_err(|e| e.to_string())?;
     let fsync = metrics.fsync_seconds.clone();
     let observer: FlushObserver = Arc::new(move |d| fsync.observe(d.as_secs_f64()));
@@ -219,7 +221,7 @@ async fn run(config: Config) -> Result<(), String> {
         metrics,
         log,
         state_machine,
-        facilitator: Arc::new(facilitator),
+        facilitator,
         breakers,
     })
     .await
