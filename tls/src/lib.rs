@@ -19,22 +19,23 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 
-/// Most certificates one CA file may hold (a bundle of a private CA and its intermediates is a
-/// handful; the Mozilla bundle is ~150).
-pub const MAX_CA_CERTIFICATES: usize = 1024;
+/// Most certificates one PEM file may hold (a bundle of a private CA and its intermediates, or
+/// a chain, is a handful; the Mozilla bundle is ~150).
+pub const MAX_PEM_CERTIFICATES: usize = 1024;
 
 /// Why a TLS configuration could not be built. Never quotes a certificate or a key.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot read the CA file {path}: {source}")]
-    ReadCa {
+    #[error("{file} {path} holds no PEM certificate")]
+    NoCertificate { file: &'static str, path: PathBuf },
+    #[error("{file} {path} holds more than {MAX_PEM_CERTIFICATES} certificates")]
+    TooManyCertificates { file: &'static str, path: PathBuf },
+    #[error("{file} {path}: certificate #{index} is not valid PEM")]
+    BadPem {
+        file: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        index: usize,
     },
-    #[error("the CA file {path} holds no PEM certificate")]
-    EmptyCa { path: PathBuf },
-    #[error("the CA file {path} holds more than {MAX_CA_CERTIFICATES} certificates")]
-    TooManyCas { path: PathBuf },
     #[error("the CA file {path}: certificate #{index} is not a valid X.509 CA certificate")]
     BadCa { path: PathBuf, index: usize },
     #[error(
@@ -112,7 +113,8 @@ impl Roots {
                 }
             }
             Roots::File(path) => {
-                for (index, cert) in read_certificates(path)?.into_iter().enumerate() {
+                let certs = read_certificates(path, "the CA file")?;
+                for (index, cert) in certs.into_iter().enumerate() {
                     store.add(cert).map_err(|_| TlsError::BadCa {
                         path: path.clone(),
                         index: index + 1,
@@ -130,27 +132,35 @@ pub fn is_https(url: &str) -> bool {
         .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
 }
 
-/// The certificates of a PEM file (anything else in it is ignored).
-pub fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = std::fs::read(path).map_err(|source| TlsError::ReadCa {
+/// The certificates of a PEM file (anything else in it is ignored); `file` names its role in
+/// errors ("the CA file").
+pub fn read_certificates(
+    path: &Path,
+    file: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+        what: file,
         path: path.to_path_buf(),
         source,
     })?;
     let mut certs = Vec::new();
     for (index, cert) in CertificateDer::pem_slice_iter(&pem).enumerate() {
-        let cert = cert.map_err(|_| TlsError::BadCa {
+        let cert = cert.map_err(|_| TlsError::BadPem {
+            file,
             path: path.to_path_buf(),
             index: index + 1,
         })?;
-        if certs.len() == MAX_CA_CERTIFICATES {
-            return Err(TlsError::TooManyCas {
+        if certs.len() == MAX_PEM_CERTIFICATES {
+            return Err(TlsError::TooManyCertificates {
+                file,
                 path: path.to_path_buf(),
             });
         }
         certs.push(cert);
     }
     if certs.is_empty() {
-        return Err(TlsError::EmptyCa {
+        return Err(TlsError::NoCertificate {
+            file,
             path: path.to_path_buf(),
         });
     }

@@ -13,11 +13,11 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::PrivateKeyDer;
 use rustls::server::WebPkiClientVerifier;
 use rustls::ServerConfig;
 
-use crate::{provider, Roots, TlsError};
+use crate::{provider, read_certificates, Roots, TlsError};
 
 /// The files a server's TLS is made of.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,7 +44,7 @@ impl ServerFiles {
 
     /// Reads every file and builds the configuration they describe.
     pub fn build(&self) -> Result<ServerConfig, TlsError> {
-        let chain = read_chain(&self.cert_file)?;
+        let chain = read_certificates(&self.cert_file, "the certificate file")?;
         let key = read_key(&self.key_file)?;
         let builder = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -85,27 +85,6 @@ impl ServerFiles {
             })
             .collect()
     }
-}
-
-fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
-        what: "the certificate file",
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let chain: Vec<_> = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<_, _>>()
-        .map_err(|_| TlsError::Missing {
-            what: "certificate (it does not parse)",
-            path: path.to_path_buf(),
-        })?;
-    if chain.is_empty() {
-        return Err(TlsError::Missing {
-            what: "certificate",
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(chain)
 }
 
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
