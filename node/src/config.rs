@@ -246,7 +246,7 @@ impl Config {
         });
         let mut config: Config = figment.merge(env).extract().map_err(Box::new)?;
         if config.advertise_url.is_empty() {
-            let tls = config.tls.cert_file.is_some();
+            let tls = matches!(config.tls.api_files(), Ok(Some(_)));
             let scheme = if tls { "https" } else { "http" };
             config.advertise_url = format!("{scheme}://{}", config.listen);
         }

@@ -18,6 +18,7 @@ use std::future::Future;
 use std::process::ExitCode;
 
 use tokio::task::JoinSet;
+use x402_tls::Roots;
 
 pub use args::{
     ApiKeyCommand, BenchCommand, ClaimsArgs, Cli, ClusterCommand, Command, MemberArg,
@@ -30,11 +31,9 @@ use crate::bench::payments::Endpoint;
 use crate::bench::BenchError;
 use crate::error::ClientError;
 use crate::facilitator::FacilitatorClient;
-
 use crate::http::{HttpClient, HttpConfig};
 use crate::wire::{UnreachableNode, ENV_NODES};
 use crate::x402::payment::PaymentError;
-use x402_tls::Roots;
 
 /// Why a command could not do its job at all (partial failures are part of its output instead).
 #[derive(Debug, thiserror::Error)]
