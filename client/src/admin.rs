@@ -122,6 +122,7 @@ impl AdminClient {
         let req = AddLearnerRequest {
             id,
             url: url.to_owned(),
+            holds_cluster_id: None,
         };
         self.call(Method::POST, "/admin/members/add", Some(encode(&req)?))
             .await

@@ -79,6 +79,7 @@ async fn status(State(fake): State<Arc<Fake>>, headers: HeaderMap) -> Answer<Nod
     Ok(Json(NodeStatus {
         id: 1,
         url: "http://fake:1".into(),
+        cluster_id: None,
         role: Role::Leader,
         term: 7,
         leader_id: Some(1),

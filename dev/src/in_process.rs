@@ -108,6 +108,7 @@ impl InProcessNode {
             },
             clock,
             connector: Arc::new(NoPeers),
+            peer_tls: None,
             log: MemLogStore::default(),
             state_machine: StateMachineStore::open(MemSnapshotVault::default())
                 .expect("a memory state machine opens"),

@@ -36,6 +36,29 @@ impl TestCa {
         self.cert.pem()
     }
 
+    /// A certificate for `names` and its key written as PEM files `<stem>.pem` and `<stem>.key`
+    /// into `dir` (for a process, or a client certificate of this CA).
+    pub fn certificate_files(
+        &self,
+        names: &[&str],
+        dir: &std::path::Path,
+        stem: &str,
+    ) -> (PathBuf, PathBuf) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let params = CertificateParams::new(names).expect("certificate parameters");
+        let key = KeyPair::generate().expect("key");
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .expect("signed certificate");
+        let (cert_file, key_file) = (
+            dir.join(format!("{stem}.pem")),
+            dir.join(format!("{stem}.key")),
+        );
+        std::fs::write(&cert_file, cert.pem()).expect("write the certificate");
+        std::fs::write(&key_file, key.serialize_pem()).expect("write the key");
+        (cert_file, key_file)
+    }
+
     /// A server certificate for `names` (DNS names or IP addresses) and its PKCS#8 key.
     pub fn server_certificate(
         &self,

@@ -4,6 +4,7 @@
 pub mod batcher;
 pub mod breakers;
 pub mod expiry;
+pub mod identity;
 pub mod membership;
 pub mod network;
 pub mod peer_client;

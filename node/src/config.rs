@@ -268,6 +268,7 @@ impl Config {
         }
         self.tls.validate()?;
         let api_tls = self.tls.api_files()?.is_some();
+        let peer_tls = self.tls.peer_files()?.is_some();
         let scheme = if api_tls { "https://" } else { "http://" };
         if !self.advertise_url.starts_with(scheme) {
             return Err(ConfigError::Invalid(format!(
@@ -276,14 +277,14 @@ impl Config {
                 if api_tls { "on" } else { "off" }
             )));
         }
-        if api_tls && self.peer_listen.is_none() {
+        if (api_tls || peer_tls) && self.peer_listen.is_none() {
             return Err(ConfigError::Invalid(
-                "TLS on the API needs peer_listen: peers use a listener of their own".into(),
+                "TLS needs peer_listen: peers use a listener of their own".into(),
             ));
         }
         let plaintext: Vec<&str> = [
             Some(&self.listen).filter(|_| !api_tls),
-            self.peer_listen.as_ref(),
+            self.peer_listen.as_ref().filter(|_| !peer_tls),
         ]
         .into_iter()
         .flatten()
@@ -292,16 +293,18 @@ impl Config {
         .collect();
         if !plaintext.is_empty() && !self.tls.allow_plaintext {
             return Err(ConfigError::Invalid(format!(
-                "{} would serve plaintext on a network address: configure [tls] (cert_file, \
-                 key_file) for the API, or set tls.allow_plaintext = true behind your own TLS \
-                 (peers speak plaintext on peer_listen until peer TLS is configured)",
+                "{} would serve plaintext on a network address: configure [tls] (cert_file and \
+                 key_file for the API, peer_ca_file for peers), or set tls.allow_plaintext = \
+                 true behind your own TLS",
                 plaintext.join(" and ")
             )));
         }
-        if !self.member_url().starts_with("http://") {
+        let peer_scheme = if peer_tls { "https://" } else { "http://" };
+        if !self.member_url().starts_with(peer_scheme) {
             return Err(ConfigError::Invalid(format!(
-                "advertise_peer_url {:?} must start with http://",
-                self.member_url()
+                "advertise_peer_url {:?} must start with {peer_scheme} (TLS between peers is {})",
+                self.member_url(),
+                if peer_tls { "on" } else { "off" }
             )));
         }
         let l = &self.limits;
@@ -343,12 +346,17 @@ impl Config {
             return self.advertise_url.clone();
         };
         let port = peer_listen.rsplit(':').next().unwrap_or_default();
-        // The peer port speaks plain HTTP whatever the API speaks (until peer TLS).
-        let base = self.advertise_url.trim_end_matches('/');
-        let base = match base.strip_prefix("https://") {
-            Some(rest) => format!("http://{rest}"),
-            None => base.to_owned(),
+        // The peer port speaks TLS when peer TLS is on, whatever the API speaks.
+        let scheme = match self.tls.peer_ca_file {
+            Some(_) => "https://",
+            None => "http://",
         };
+        let base = self.advertise_url.trim_end_matches('/');
+        let rest = base
+            .strip_prefix("https://")
+            .or_else(|| base.strip_prefix("http://"))
+            .unwrap_or(base);
+        let base = format!("{scheme}{rest}");
         match base.rsplit_once(':') {
             Some((host, p)) if p.chars().all(|c| c.is_ascii_digit()) => format!("{host}:{port}"),
             _ => format!("{base}:{port}"),
@@ -572,7 +580,7 @@ pub(crate) mod tests {
         assert_eq!(
             config.member_url(),
             "http://0.0.0.0:7002",
-            "peers stay plain http"
+            "peers speak plain http without peer_ca_file"
         );
         refused(
             "advertise_url = \"http://a:1\"\npeer_listen = \"127.0.0.1:7002\"\n\
@@ -581,9 +589,41 @@ pub(crate) mod tests {
         );
         refused(
             "[tls]\ncert_file = \"/x.pem\"\nkey_file = \"/x.key\"\n",
-            "TLS on the API needs peer_listen",
+            "TLS needs peer_listen",
         );
         refused("[tls]\nreload_check_ms = 0\n", "tls.reload_check_ms");
+
+        // Mutual TLS between peers: https member URLs, and no plaintext refusal for the peer port.
+        let peers = "listen = \"0.0.0.0:7001\"\npeer_listen = \"0.0.0.0:7002\"\n\
+                     [tls]\ncert_file = \"/x.pem\"\nkey_file = \"/x.key\"\n\
+                     peer_ca_file = \"/ca.pem\"\n";
+        let config = parse(peers).expect("TLS on both listeners");
+        assert_eq!(config.member_url(), "https://0.0.0.0:7002");
+        let files = config.tls.peer_files().unwrap().expect("peer TLS");
+        assert_eq!(files.cert_file, std::path::Path::new("/x.pem"));
+        assert_eq!(
+            files.client_ca_file.as_deref(),
+            Some(std::path::Path::new("/ca.pem"))
+        );
+        let own = format!("{peers}peer_cert_file = \"/p.pem\"\npeer_key_file = \"/p.key\"\n");
+        let files = parse(&own).unwrap().tls.peer_files().unwrap().unwrap();
+        assert_eq!(files.key_file, std::path::Path::new("/p.key"));
+        refused(
+            "peer_listen = \"127.0.0.1:7002\"\n[tls]\npeer_ca_file = \"/ca.pem\"\n",
+            "needs a node certificate and key",
+        );
+        refused(
+            "[tls]\npeer_cert_file = \"/p.pem\"\n",
+            "need tls.peer_ca_file",
+        );
+        refused(
+            "[tls]\npeer_ca_file = \"/ca.pem\"\npeer_cert_file = \"/p\"\npeer_key_file = \"/k\"\n",
+            "TLS needs peer_listen",
+        );
+        refused(
+            &peers.replace("[tls]", "advertise_peer_url = \"http://a:7002\"\n[tls]"),
+            "must start with https://",
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use x402_node::metrics::Metrics;
 use x402_node::node::{self, NodeSetup};
 use x402_node::seams::{SystemClock, TokioConnector};
 use x402_node::serve;
-use x402_node::tls::server::ServerTls;
+use x402_node::tls::server::{ServerFiles, ServerTls};
 use x402_raft_store::storage::{open_sled_stores, FlushObserver, SledOptions};
 
 #[global_allocator]
@@ -199,25 +199,37 @@ async fn run(config: Config) -> Result<(), String> {
         None => None,
     };
     let (api_limits, peer_limits) = serve::ServeLimits::from_config(&config.limits);
-    let api_tls = match config.tls.api_files().map_err(|e| e.to_string())? {
-        Some(files) => {
-            let tls = ServerTls::load(files).map_err(|e| format!("[tls]: {e}"))?;
-            let every = Duration::from_millis(config.tls.reload_check_ms);
-            tokio::spawn(tls.clone().watch("api", every));
-            tokio::spawn(reload_on_sighup(vec![("api", tls.clone())]));
-            tracing::info!(listen = %config.listen, "the API is served over TLS");
-            Some(serve::ListenerTls {
-                config: tls,
-                handshakes: metrics.tls_handshakes.clone(),
-            })
-        }
-        None => None,
+    let every = Duration::from_millis(config.tls.reload_check_ms);
+    let mut reloaded = Vec::new();
+    let mut listener_tls = |name: &'static str, files: Option<ServerFiles>| {
+        let Some(files) = files else {
+            return Ok(None);
+        };
+        let tls =
+            ServerTls::load(files).map_err(|e| format!("[tls] for the {name} listener: {e}"))?;
+        tokio::spawn(tls.clone().watch(name, every));
+        reloaded.push((name, tls.clone()));
+        Ok::<_, String>(Some(serve::ListenerTls {
+            name,
+            config: tls,
+            handshakes: metrics.tls_handshakes.clone(),
+        }))
     };
+    let api_tls = listener_tls("api", config.tls.api_files().map_err(|e| e.to_string())?)?;
+    let peer_tls = listener_tls("peer", config.tls.peer_files().map_err(|e| e.to_string())?)?;
+    tokio::spawn(reload_on_sighup(reloaded));
+    if api_tls.is_some() {
+        tracing::info!(listen = %config.listen, "the API is served over TLS");
+    }
+    if peer_tls.is_some() {
+        tracing::info!(peer_listen = ?config.peer_listen, "peers speak mutual TLS");
+    }
     let app = node::start(NodeSetup {
         config,
         secrets,
         clock: Arc::new(SystemClock),
         connector: Arc::new(TokioConnector),
+        peer_tls: peer_tls.as_ref().map(|tls| tls.config.clone()),
         metrics,
         log,
         state_machine,
@@ -235,7 +247,7 @@ async fn run(config: Config) -> Result<(), String> {
                 peer_listener,
                 routers.peer.clone(),
                 peer_limits,
-                None,
+                peer_tls,
                 async move {
                     let _ = peers_stopped.await;
                 },

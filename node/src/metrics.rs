@@ -46,8 +46,9 @@ pub struct Metrics {
     pub breaker_epoch: IntGaugeVec,
     /// Raft messages from peers refused before openraft saw them, by reason.
     pub peer_refused: IntCounterVec,
-    /// TLS handshakes on the API listener by result: `ok`, `refused` (the client gave up or
-    /// refused our certificate, or spoke no TLS), `timeout`.
+    /// TLS handshakes by listener (`api`, `peer`) and result: `ok`, `refused` (the client gave
+    /// up or refused our certificate, spoke no TLS, or had no certificate the peer listener
+    /// accepts), `timeout`.
     pub tls_handshakes: IntCounterVec,
 }
 
@@ -105,15 +106,19 @@ impl Metrics {
         let peer_refused = IntCounterVec::new(
             Opts::new(
                 "peer_refused_total",
-                "Raft messages from peers refused before Raft saw them, by reason",
+                "Peer requests refused before Raft or a handler saw them, by reason",
             ),
             &["reason"],
         )?;
         registry.register(Box::new(peer_refused.clone()))?;
-        let tls_handshakes = by_result(
-            "tls_handshakes_total",
-            "TLS handshakes on the API listener, by result (ok, refused, timeout)",
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new(
+                "tls_handshakes_total",
+                "TLS handshakes by listener (api, peer) and result (ok, refused, timeout)",
+            ),
+            &["listener", "result"],
         )?;
+        registry.register(Box::new(tls_handshakes.clone()))?;
         let by_endpoint = |name: &str, help: &str| -> Result<IntGaugeVec, prometheus::Error> {
             let g = IntGaugeVec::new(Opts::new(name, help), &["endpoint"])?;
             registry.register(Box::new(g.clone()))?;

@@ -8,15 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::storage::RaftLogStorage;
-use openraft::BasicNode;
-use x402_raft_store::storage::{SnapshotVault, StateMachineStore, StateView};
+use x402_raft_store::storage::{ClusterIdStore, SnapshotVault, StateMachineStore, StateView};
 use x402_raft_store::types::{LogId, NodeId, Raft, TypeConfig};
 
 use crate::access::{leases, Access};
 use crate::cluster::batcher::{BatchLimits, Batcher};
 use crate::cluster::breakers::ClusterBreakers;
 use crate::cluster::expiry::{self, Expiry};
-use crate::cluster::membership::Members;
+use crate::cluster::identity::ClusterIdentity;
+use crate::cluster::membership::{Members, MembershipError};
 use crate::cluster::network::Network;
 use crate::cluster::peer_client::PeerClient;
 use crate::cluster::proposer::{known_leader, Proposer};
@@ -27,6 +27,7 @@ use crate::facilitator::context::Context;
 use crate::facilitator::{reconcile, Facilitator};
 use crate::metrics::Metrics;
 use crate::seams::{SharedClock, SharedConnector};
+use crate::tls::server::ServerTls;
 
 /// Reads the highest committed log id the log store recorded.
 pub type CommittedReader =
@@ -40,6 +41,8 @@ pub struct NodeSetup<LS, V: SnapshotVault> {
     pub secrets: Secrets,
     pub clock: SharedClock,
     pub connector: SharedConnector,
+    /// The node's peer TLS (certificate, key, cluster CA), for `https://` members.
+    pub peer_tls: Option<Arc<ServerTls>>,
     pub metrics: Metrics,
     pub log: LS,
     pub state_machine: StateMachineStore<V>,
@@ -102,7 +105,7 @@ pub enum StartError {
 /// RPCs at once, and a peer that finds nobody listening backs off for a while.
 pub async fn start<LS, V>(setup: NodeSetup<LS, V>) -> Result<Arc<App>, StartError>
 where
-    LS: RaftLogStorage<TypeConfig> + Clone,
+    LS: RaftLogStorage<TypeConfig> + ClusterIdStore + Clone,
     V: SnapshotVault,
 {
     let NodeSetup {
@@ -110,6 +113,7 @@ where
         secrets,
         clock,
         connector,
+        peer_tls,
         metrics,
         log,
         state_machine,
@@ -117,8 +121,11 @@ where
         breakers,
     } = setup;
     let id = config.node_id;
+    let identity = ClusterIdentity::new(Arc::new(log.clone()));
     let peers = PeerClient::new(
         connector,
+        peer_tls,
+        identity,
         secrets.cluster_secret.clone(),
         config.limits.max_peer_body_bytes,
     );
@@ -221,7 +228,7 @@ where
         app.payments.clone(),
         app.metrics.unfinished_settlements.clone(),
     ));
-    bootstrap_if_first(&app).await;
+    tokio::spawn(bootstrap_if_first(app.clone()));
     Ok(app)
 }
 
@@ -234,28 +241,50 @@ async fn refresh_breaker_metrics(app: Arc<App>) {
     }
 }
 
-/// On first start, the lowest-id bootstrap member forms the cluster; the others are contacted.
-async fn bootstrap_if_first(app: &App) {
+/// How often the first bootstrap member tries again to reach the others.
+const BOOTSTRAP_RETRY: Duration = Duration::from_millis(300);
+
+/// On first start, the lowest-id bootstrap member forms the cluster once every bootstrap
+/// member answers (each must take the cluster id first, see `Members::init`).
+async fn bootstrap_if_first(app: Arc<App>) {
     let Some((&first, _)) = app.bootstrap.first_key_value() else {
         return;
     };
     if first != app.id {
         return;
     }
-    match app.raft.is_initialized().await {
-        Ok(false) => {
-            let members: BTreeMap<NodeId, BasicNode> = app
-                .bootstrap
-                .iter()
-                .map(|(id, url)| (*id, BasicNode::new(url)))
-                .collect();
-            match app.raft.initialize(members).await {
-                Ok(()) => tracing::info!("formed the cluster from the bootstrap members"),
-                Err(e) => tracing::warn!(error = %e, "bootstrap initialization refused"),
+    let mut told = false;
+    loop {
+        match app.raft.is_initialized().await {
+            Ok(false) => {}
+            Ok(true) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot tell whether the cluster is initialized");
+                return;
             }
         }
-        Ok(true) => {}
-        Err(e) => tracing::error!(error = %e, "cannot tell whether the cluster is initialized"),
+        match app.members.init(BTreeMap::new()).await {
+            Ok(_) => {
+                tracing::info!(
+                    cluster_id = ?app.peers.identity().current(),
+                    "formed the cluster from the bootstrap members"
+                );
+                return;
+            }
+            Err(MembershipError::NotJoined { id, url, error }) => {
+                if !told {
+                    tracing::info!(member = id, %url, %error,
+                        "waiting for every bootstrap member before forming the cluster");
+                    told = true;
+                }
+                tokio::time::sleep(BOOTSTRAP_RETRY).await;
+            }
+            Err(MembershipError::AlreadyInitialized(_)) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "bootstrap initialization refused");
+                return;
+            }
+        }
     }
 }
 

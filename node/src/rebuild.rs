@@ -10,7 +10,9 @@
 //! 2. the peer takes a fresh snapshot (it includes the removal, so the rebuilt node knows it is not
 //!    a voter and never campaigns) and the node's store is replaced by it; the broken directory is
 //!    moved aside, never deleted;
-//! 3. the node is added back as a learner; the leader sends it the rest of the log once it runs;
+//! 3. the node is added back as a learner, its new store holding the peer's cluster id (it is
+//!    the same node of the same cluster, rebuilt); the leader sends it the rest of the log once
+//!    it runs;
 //! 4. the operator starts it and, once it has caught up, runs `x402ctl members promote <id>`.
 
 use std::path::PathBuf;
@@ -18,9 +20,11 @@ use std::time::Duration;
 
 use hyper::Method;
 use x402_protocol::wire::{AddLearnerRequest, MemberIdRequest, NodeStatus};
-use x402_raft_store::storage::rebuild_from_snapshot;
+use x402_raft_store::storage::{rebuild_from_snapshot, ClusterId};
 use x402_raft_store::types::Vote;
+use x402_tls::server::ServerTls;
 
+use crate::cluster::identity::ClusterIdentity;
 use crate::cluster::peer_client::{PeerClient, JSON};
 use crate::config::Config;
 use crate::seams::TokioConnector;
@@ -47,14 +51,24 @@ pub enum RebuildError {
     },
     #[error("{0}")]
     Store(#[from] x402_raft_store::storage::OpenError),
+    #[error("{0}")]
+    Tls(#[from] x402_tls::TlsError),
+    #[error("peer {peer} reports no cluster id (it belongs to no cluster, or is older)")]
+    NoClusterId { peer: String },
 }
 
 /// Rebuilds the store of the node described by `config` from the peer at `peer_url`. Returns
 /// where the old data directory was moved.
 pub async fn rebuild(config: &Config, peer_url: &str) -> Result<PathBuf, RebuildError> {
     let secrets = config.secrets()?;
+    let tls = match config.tls.peer_files()? {
+        Some(files) => Some(ServerTls::load(files)?),
+        None => None,
+    };
     let peers = PeerClient::new(
         std::sync::Arc::new(TokioConnector),
+        tls,
+        ClusterIdentity::of_tool(None),
         secrets.cluster_secret.clone(),
         MAX_SNAPSHOT_BYTES,
     );
@@ -74,6 +88,13 @@ pub async fn rebuild(config: &Config, peer_url: &str) -> Result<PathBuf, Rebuild
             .await
             .map_err(peer_err)?,
     )?;
+    let cluster_id: ClusterId = status
+        .cluster_id
+        .as_deref()
+        .and_then(|id| id.parse().ok())
+        .ok_or_else(|| RebuildError::NoClusterId {
+            peer: peer_url.to_string(),
+        })?;
     if status.members.iter().any(|m| m.id == config.node_id) {
         let body = member_body(config.node_id);
         post("/admin/members/remove", body, MEMBERSHIP_DEADLINE)
@@ -88,10 +109,11 @@ pub async fn rebuild(config: &Config, peer_url: &str) -> Result<PathBuf, Rebuild
         .map_err(peer_err)?;
     // No vote at all: the node is not a voter of the membership in the snapshot, and a learner
     // must accept the leader's vote, whatever its term.
-    let moved = rebuild_from_snapshot(&config.data_dir, &snapshot, Vote::default())?;
+    let moved = rebuild_from_snapshot(&config.data_dir, &snapshot, Vote::default(), cluster_id)?;
     let body = serde_json::to_vec(&AddLearnerRequest {
         id: config.node_id,
         url: config.member_url(),
+        holds_cluster_id: Some(cluster_id.to_string()),
     })
     .unwrap_or_default();
     post("/admin/members/add", body, MEMBERSHIP_DEADLINE)

@@ -234,12 +234,21 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
     }
 }
 
-/// A listener's TLS: its configuration, and where its handshakes are counted (by result).
+/// A listener's TLS: its configuration, and where its handshakes are counted (by listener
+/// name and result).
 #[derive(Clone)]
 pub struct ListenerTls {
+    /// `api` or `peer`: the `listener` label of the handshake counter.
+    pub name: &'static str,
     pub config: Arc<ServerTls>,
     pub handshakes: prometheus::IntCounterVec,
 }
+
+/// The node id the client certificate of a mutual-TLS connection names
+/// ([`x402_tls::peer::node_id_of`]); `None` on a connection without one. Every request of the
+/// connection carries it as an extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerCertificate(pub Option<u64>);
 
 /// Serves `router` on `listener` under `limits` until `shutdown` completes, over TLS when `tls`
 /// is given. HTTP/1.1 and HTTP/2 (prior knowledge or ALPN, used between nodes) share the port.
@@ -289,32 +298,25 @@ pub async fn serve<L>(
             activity: activity.clone(),
         };
         let counting = activity.clone();
-        let router =
-            router
-                .clone()
-                .layer(Extension(ClientAddr(ip)))
-                .layer(axum::middleware::from_fn(
-                    move |request: Request, next: Next| {
-                        let in_flight = InFlight::new(counting.clone());
-                        async move {
-                            let response = next.run(request).await;
-                            drop(in_flight);
-                            response
-                        }
-                    },
-                ));
-        let service = TowerToHyperService::new(router);
+        let router = router.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            let io: BoxedStream = match tls {
-                None => Box::new(tracked),
+            let (io, certificate): (BoxedStream, _) = match tls {
+                None => (Box::new(tracked), PeerCertificate(None)),
                 Some(tls) => {
                     let handshake = TlsAcceptor::from(tls.config.config()).accept(tracked);
-                    let counted = |result: &str| tls.handshakes.with_label_values(&[result]).inc();
+                    let counted =
+                        |result: &str| tls.handshakes.with_label_values(&[tls.name, result]).inc();
                     match tokio::time::timeout(limits.header_read_timeout, handshake).await {
                         Ok(Ok(stream)) => {
                             counted("ok");
-                            Box::new(stream)
+                            let node = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|chain| chain.first())
+                                .and_then(x402_tls::peer::node_id_of);
+                            (Box::new(stream), PeerCertificate(node))
                         }
                         Ok(Err(e)) => {
                             counted("refused");
@@ -329,6 +331,20 @@ pub async fn serve<L>(
                     }
                 }
             };
+            let router = router
+                .layer(Extension(ClientAddr(ip)))
+                .layer(Extension(certificate))
+                .layer(axum::middleware::from_fn(
+                    move |request: Request, next: Next| {
+                        let in_flight = InFlight::new(counting.clone());
+                        async move {
+                            let response = next.run(request).await;
+                            drop(in_flight);
+                            response
+                        }
+                    },
+                ));
+            let service = TowerToHyperService::new(router);
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()

@@ -51,6 +51,9 @@ pub struct Member {
 pub struct NodeStatus {
     pub id: u64,
     pub url: String,
+    /// The cluster this node belongs to (32 hex digits); none before it forms or joins one.
+    #[serde(default)]
+    pub cluster_id: Option<String>,
     pub role: Role,
     pub term: u64,
     pub leader_id: Option<u64>,
@@ -111,6 +114,11 @@ pub struct InitRequest {
 pub struct AddLearnerRequest {
     pub id: u64,
     pub url: String,
+    /// The cluster id the new member already holds, when it cannot be asked to take it
+    /// (`x402-node rebuild` wrote it into the store of a node not running yet). Without it the
+    /// leader gives the member the cluster's id first, and a member it cannot reach is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holds_cluster_id: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

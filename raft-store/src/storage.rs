@@ -8,6 +8,7 @@
 //!   against its store mark, so a sled that lost data refuses to open), and replacing one that
 //!   will not open with a peer's snapshot.
 
+mod cluster_id;
 mod flusher;
 mod log_mem;
 mod log_sled;
@@ -19,6 +20,7 @@ mod state_machine;
 #[cfg(test)]
 mod tests;
 
+pub use cluster_id::{AdoptError, BadClusterId, ClusterId, ClusterIdStore};
 pub use log_mem::MemLogStore;
 pub use log_sled::SledLogStore;
 pub use mark::{read_store_mark, StoreId, StoreMark, MARK_FILE, MARK_INTERVAL};

@@ -667,6 +667,7 @@ async fn run_node(config: Config, disk: Disk) -> turmoil::Result {
         secrets: secrets(),
         clock: Arc::new(disk.clock),
         connector: Arc::new(TurmoilConnector),
+        peer_tls: None,
         metrics,
         log: disk.log,
         state_machine,

@@ -551,6 +551,7 @@ impl FaultRunner {
         let add = AddLearnerRequest {
             id: spare,
             url: node_url(spare),
+            holds_cluster_id: None,
         };
         let authority = node_authority(leader);
         let add = serde_json::to_vec(&add).expect("encodes");

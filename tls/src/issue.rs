@@ -31,10 +31,7 @@ pub const NODE_VALIDITY_DAYS: i64 = 397;
 /// How long the CA is valid.
 pub const CA_VALIDITY_DAYS: i64 = 3650;
 
-/// The DNS name every certificate of node `id` carries: how a peer's certificate names its id.
-pub fn node_name(id: u64) -> String {
-    format!("node-{id}.x402-cluster")
-}
+pub use crate::peer::node_name;
 
 /// What [`init`] wrote.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -6,13 +6,14 @@
 //!   the certificates of one PEM file only (a private CA, or a pinned one). A client of
 //!   `http://` URLs only reads none, so it runs where no CA store is installed.
 //! - Servers ([`server::ServerTls`]) serve a certificate chain and key from files, optionally
-//!   requiring client certificates of a CA (mutual TLS), and read the files again when they
+//!   requiring node certificates of the cluster CA (mutual TLS between nodes, [`peer`]), and read the files again when they
 //!   change, so certificates rotate without a restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Once};
 
 pub mod issue;
+pub mod peer;
 pub mod server;
 
 use rustls::pki_types::pem::PemObject;

@@ -15,8 +15,9 @@ use std::time::{Duration, SystemTime};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivateKeyDer;
 use rustls::server::WebPkiClientVerifier;
-use rustls::ServerConfig;
+use rustls::{ClientConfig, ServerConfig};
 
+use crate::peer::NodeCertVerifier;
 use crate::{provider, read_certificates, Roots, TlsError};
 
 /// The files a server's TLS is made of.
@@ -26,7 +27,9 @@ pub struct ServerFiles {
     pub cert_file: PathBuf,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1).
     pub key_file: PathBuf,
-    /// When set, clients must present a certificate this PEM file's CAs signed (mutual TLS).
+    /// When set, clients must present a node certificate ([`crate::peer`]) this PEM file's CAs
+    /// signed (mutual TLS between nodes), and [`ServerTls::client_config`] gives the node's
+    /// own connections to its peers: the same certificate, verifying servers against this CA.
     pub client_ca_file: Option<PathBuf>,
 }
 
@@ -42,8 +45,9 @@ impl ServerFiles {
         .map(PathBuf::as_path)
     }
 
-    /// Reads every file and builds the configuration they describe.
-    pub fn build(&self) -> Result<ServerConfig, TlsError> {
+    /// Reads every file and builds the server configuration and, with a client CA, the
+    /// client configuration they describe.
+    pub fn build(&self) -> Result<(ServerConfig, Option<ClientConfig>), TlsError> {
         let chain = read_certificates(&self.cert_file, "the certificate file")?;
         let key = read_key(&self.key_file)?;
         let builder = ServerConfig::builder_with_provider(provider())
@@ -60,19 +64,32 @@ impl ServerFiles {
                             path: ca.clone(),
                             reason: e.to_string(),
                         })?;
-                builder.with_client_cert_verifier(verifier)
+                builder.with_client_cert_verifier(Arc::new(NodeCertVerifier::new(verifier)))
             }
         };
-        let mut config = builder
-            .with_single_cert(chain, key)
-            .map_err(|e| TlsError::BadPair {
-                cert: self.cert_file.clone(),
-                key: self.key_file.clone(),
-                reason: e.to_string(),
-            })?;
+        let bad_pair = |e: rustls::Error| TlsError::BadPair {
+            cert: self.cert_file.clone(),
+            key: self.key_file.clone(),
+            reason: e.to_string(),
+        };
+        let client = match &self.client_ca_file {
+            None => None,
+            Some(ca) => {
+                let mut client = ClientConfig::builder_with_provider(provider())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| TlsError::Client(e.to_string()))?
+                    .with_root_certificates(Roots::File(ca.clone()).store()?)
+                    .with_client_auth_cert(chain.clone(), key.clone_key())
+                    .map_err(bad_pair)?;
+                // Peers speak HTTP/2 only.
+                client.alpn_protocols = vec![b"h2".to_vec()];
+                Some(client)
+            }
+        };
+        let mut config = builder.with_single_cert(chain, key).map_err(bad_pair)?;
         // HTTP/2 for peers (prior knowledge in the clear; ALPN under TLS), HTTP/1.1 for clients.
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(config)
+        Ok((config, client))
     }
 
     /// Modification time and length of every file: what [`ServerTls::watch`] compares.
@@ -105,6 +122,7 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 pub struct ServerTls {
     files: ServerFiles,
     current: RwLock<Arc<ServerConfig>>,
+    client: RwLock<Option<Arc<ClientConfig>>>,
     stamp: Mutex<Vec<Option<(SystemTime, u64)>>>,
 }
 
@@ -120,10 +138,11 @@ impl ServerTls {
     /// Reads `files`; an error here is a start-up error.
     pub fn load(files: ServerFiles) -> Result<Arc<ServerTls>, TlsError> {
         let stamp = files.stamp();
-        let config = files.build()?;
+        let (config, client) = files.build()?;
         Ok(Arc::new(ServerTls {
             files,
             current: RwLock::new(Arc::new(config)),
+            client: RwLock::new(client.map(Arc::new)),
             stamp: Mutex::new(stamp),
         }))
     }
@@ -136,12 +155,21 @@ impl ServerTls {
             .clone()
     }
 
-    /// Reads the files again and serves what they hold from the next handshake on; on an
-    /// error the configuration in use stays.
+    /// The configuration of a new connection to a peer, when the files name a client CA.
+    pub fn client_config(&self) -> Option<Arc<ClientConfig>> {
+        self.client
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Reads the files again and uses what they hold from the next handshake on (served and
+    /// made); on an error the configurations in use stay.
     pub fn reload(&self) -> Result<(), TlsError> {
         let stamp = self.files.stamp();
-        let config = self.files.build()?;
+        let (config, client) = self.files.build()?;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(config);
+        *self.client.write().unwrap_or_else(PoisonError::into_inner) = client.map(Arc::new);
         *self.stamp.lock().unwrap_or_else(PoisonError::into_inner) = stamp;
         Ok(())
     }

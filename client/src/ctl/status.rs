@@ -91,6 +91,25 @@ fn render(status: &ClusterStatus) -> String {
     for node in &status.unreachable {
         out.push_str(&format!("unreachable: {}: {}\n", node.url, node.error));
     }
+    let ids: std::collections::BTreeSet<&str> = status
+        .nodes
+        .iter()
+        .filter_map(|n| n.cluster_id.as_deref())
+        .collect();
+    match ids.len() {
+        0 => {}
+        1 if status.nodes.iter().all(|n| n.cluster_id.is_some()) => {
+            out.push_str(&format!("cluster: {}\n", ids.first().unwrap_or(&"")));
+        }
+        _ => {
+            let each: Vec<String> = status
+                .nodes
+                .iter()
+                .map(|n| format!("{}={}", n.id, n.cluster_id.as_deref().unwrap_or("none")))
+                .collect();
+            out.push_str(&format!("cluster ids differ: {}\n", each.join(" ")));
+        }
+    }
     let breakers: Vec<Vec<String>> = status
         .nodes
         .iter()
@@ -147,6 +166,7 @@ mod tests {
         NodeStatus {
             id,
             url: format!("http://n{id}:700{id}"),
+            cluster_id: Some("ab".repeat(16)),
             role,
             term: 3,
             leader_id: Some(1),
@@ -177,6 +197,7 @@ ID  URL             ROLE      TERM  LEADER  COMMITTED  APPLIED  LAST_LOG  CLAIMS
 1   http://n1:7001  leader    3     1       10         9        -         42
 2   http://n2:7002  follower  3     1       10         9        -         42
 unreachable: http://n3:7003: connection refused
+cluster: abababababababababababababababab
 ";
         assert_eq!(render(&status), expected);
     }

@@ -2,6 +2,10 @@
 //! has caught up, removing a member. Each change runs on the leader (the HTTP layer passes an
 //! operator's request on to it) and is one Raft membership entry; the errors say what an
 //! operator can do about them.
+//!
+//! A node takes part only once it holds the cluster's id ([`super::identity`]): forming the
+//! cluster gives it to every initial member before Raft starts, adding a learner gives it to
+//! the learner before the membership names it (`POST /raft/join`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -12,14 +16,26 @@ use tokio::time::Instant;
 use x402_protocol::wire::{Member, MembershipResponse, NodeStatus};
 use x402_raft_store::types::{Node, NodeId, Raft};
 
-use super::peer_client::{authority_of, PeerClient};
+use serde::{Deserialize, Serialize};
+use x402_raft_store::codec;
+use x402_raft_store::storage::ClusterId;
+
+use super::network::paths;
+use super::peer_client::{scheme_and_authority, PeerClient, PeerError};
 
 /// How long a promotion waits for the learner to catch up before giving up.
 const PROMOTE_CATCH_UP: Duration = Duration::from_secs(30);
 /// A learner this close to the leader's last log index counts as caught up.
 const CATCH_UP_SLACK: u64 = 1_000;
-/// How long a new member is given to tell its URL.
+/// How long a new member is given to tell its URL, or to take the cluster id.
 const STATUS_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The body of `POST /raft/join`: take this cluster id, if you are node `node_id`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub node_id: NodeId,
+    pub cluster_id: ClusterId,
+}
 
 /// Why a membership change was not made.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +65,17 @@ pub enum MembershipError {
     Refused(String),
     #[error("raft stopped: {0}")]
     RaftStopped(String),
+    #[error(
+        "node {id} at {url} did not take the cluster id: {error} (start it before adding it; \
+         a node of another cluster must be emptied first)"
+    )]
+    NotJoined {
+        id: NodeId,
+        url: String,
+        error: String,
+    },
+    #[error("this node cannot record the cluster id: {0}")]
+    Identity(String),
 }
 
 /// The cluster's membership, changed through this node's Raft. Cheap to clone.
@@ -96,7 +123,22 @@ impl Members {
             return Err(MembershipError::WithoutThisNode(self.id));
         }
         for url in members.values() {
-            authority_of(url).map_err(|e| MembershipError::BadUrl(e.to_string()))?;
+            scheme_and_authority(url).map_err(|e| MembershipError::BadUrl(e.to_string()))?;
+        }
+        if self.raft.is_initialized().await.unwrap_or(false) {
+            return Err(MembershipError::AlreadyInitialized(
+                "this node already belongs to a cluster".into(),
+            ));
+        }
+        // Every initial member holds the id before Raft sends it anything.
+        let cluster = self
+            .peers
+            .identity()
+            .form()
+            .await
+            .map_err(|e| MembershipError::Identity(e.to_string()))?;
+        for (id, url) in members.iter().filter(|(id, _)| **id != self.id) {
+            self.join(*id, url, cluster).await?;
         }
         let nodes: BTreeMap<NodeId, BasicNode> = members
             .iter()
@@ -127,9 +169,22 @@ impl Members {
         &self,
         id: NodeId,
         url: &str,
+        holds_cluster_id: Option<&str>,
     ) -> Result<MembershipResponse, MembershipError> {
-        authority_of(url).map_err(|e| MembershipError::BadUrl(e.to_string()))?;
+        scheme_and_authority(url).map_err(|e| MembershipError::BadUrl(e.to_string()))?;
         let url = self.member_url_of(id, url).await?;
+        let cluster = self
+            .peers
+            .identity()
+            .current()
+            .ok_or_else(|| MembershipError::Identity("this node holds no cluster id".into()))?;
+        let holds_ours = holds_cluster_id.is_some_and(|held| held == cluster.to_string());
+        match self.join(id, &url, cluster).await {
+            Ok(()) => {}
+            // Rebuilt offline: it holds the id already and will answer once started.
+            Err(MembershipError::NotJoined { .. }) if holds_ours => {}
+            Err(e) => return Err(e),
+        }
         let written = self
             .raft
             .add_learner(id, BasicNode::new(&url), false)
@@ -210,6 +265,29 @@ impl Members {
             });
         }
         Ok(status.url)
+    }
+
+    /// Gives node `id` at `url` the cluster id `cluster` (it records it durably and answers).
+    async fn join(&self, id: NodeId, url: &str, cluster: ClusterId) -> Result<(), MembershipError> {
+        let not_joined = |error: String| MembershipError::NotJoined {
+            id,
+            url: url.to_owned(),
+            error,
+        };
+        let body = codec::encode(&JoinRequest {
+            node_id: id,
+            cluster_id: cluster,
+        })
+        .map_err(|e| not_joined(e.to_string()))?;
+        match self
+            .peers
+            .post(url, paths::JOIN, body, STATUS_DEADLINE)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(PeerError::Status { body, .. }) => Err(not_joined(body)),
+            Err(e) => Err(not_joined(e.to_string())),
+        }
     }
 
     /// Waits until the leader has replicated (almost) its whole log to `id`.

@@ -57,6 +57,8 @@ pub mod paths {
     pub const SNAPSHOT: &str = "/raft/snapshot";
     pub const PROPOSE: &str = "/raft/propose";
     pub const READ_INDEX: &str = "/raft/read-index";
+    /// Take the cluster id (the only peer call a node without one answers).
+    pub const JOIN: &str = "/raft/join";
 }
 
 /// Pause before retrying an unreachable peer. openraft's default is 500 ms; a restarted node

@@ -4,6 +4,13 @@
 //! thousands of writes a second costs no connection set-up and no head-of-line blocking between
 //! Raft heartbeats and bulk traffic. Every call has a deadline: a partition can swallow a
 //! response while the connection still looks open, and a call without one would hang forever.
+//!
+//! Every call carries the cluster secret and this node's cluster id ([`identity`]); an answer
+//! from a node of another cluster is an error. `https://` members are dialled over mutual TLS
+//! with the node's own certificate ([`ServerTls::client_config`], current at each new
+//! connection, so rotated files are used without a restart).
+//!
+//! [`identity`]: super::identity
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,8 +22,11 @@ use hyper::client::conn::http2::SendRequest;
 use hyper::{header, Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::Mutex;
+use tokio_rustls::TlsConnector;
+use x402_tls::server::ServerTls;
 
-use crate::seams::SharedConnector;
+use super::identity::{self, ClusterIdentity};
+use crate::seams::{BoxedStream, SharedConnector};
 use crate::secret::Secret;
 
 /// Content type of peer RPC bodies (bincode).
@@ -31,8 +41,21 @@ const CONNECTION_WINDOW_BYTES: u32 = 32 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
-    #[error("peer URL {0:?} is not http://host:port")]
+    #[error("peer URL {0:?} is not http://host:port or https://host:port")]
     BadUrl(String),
+    #[error("{0} is an https:// member but this node has no peer TLS (tls.peer_ca_file)")]
+    NoTls(String),
+    #[error("TLS with {authority} failed: {source}")]
+    Tls {
+        authority: String,
+        source: std::io::Error,
+    },
+    #[error("{authority} belongs to cluster {theirs}, this node to cluster {ours}")]
+    OtherCluster {
+        authority: String,
+        theirs: String,
+        ours: String,
+    },
     #[error("cannot connect to {authority}: {source}")]
     Connect {
         authority: String,
@@ -53,7 +76,13 @@ pub enum PeerError {
 impl PeerError {
     /// Whether the request certainly did not reach the peer (safe to send elsewhere).
     pub fn not_delivered(&self) -> bool {
-        matches!(self, PeerError::BadUrl(_) | PeerError::Connect { .. })
+        matches!(
+            self,
+            PeerError::BadUrl(_)
+                | PeerError::NoTls(_)
+                | PeerError::Connect { .. }
+                | PeerError::Tls { .. }
+        )
     }
 }
 
@@ -65,6 +94,9 @@ pub struct PeerClient {
 
 struct Inner {
     connector: SharedConnector,
+    /// The node's peer TLS, for `https://` members.
+    tls: Option<Arc<ServerTls>>,
+    identity: ClusterIdentity,
     secret: Secret,
     max_response_bytes: usize,
     slots: std::sync::Mutex<HashMap<String, Slot>>,
@@ -73,15 +105,28 @@ struct Inner {
 type Slot = Arc<Mutex<Option<SendRequest<Full<Bytes>>>>>;
 
 impl PeerClient {
-    pub fn new(connector: SharedConnector, secret: Secret, max_response_bytes: usize) -> Self {
+    pub fn new(
+        connector: SharedConnector,
+        tls: Option<Arc<ServerTls>>,
+        identity: ClusterIdentity,
+        secret: Secret,
+        max_response_bytes: usize,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 connector,
+                tls,
+                identity,
                 secret,
                 max_response_bytes,
                 slots: std::sync::Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// The cluster id this client carries (this node's).
+    pub fn identity(&self) -> &ClusterIdentity {
+        &self.inner.identity
     }
 
     /// POSTs `body` to `base_url` + `path` with the cluster secret and returns the response body
@@ -119,29 +164,48 @@ impl PeerClient {
         body: Vec<u8>,
         deadline: Duration,
     ) -> Result<Bytes, PeerError> {
-        let authority = authority_of(base_url)?;
+        let (scheme, authority) = scheme_and_authority(base_url)?;
         let transport = |e: &dyn std::fmt::Display| PeerError::Transport {
             authority: authority.to_string(),
             message: e.to_string(),
         };
-        let request = Request::builder()
+        let mut request = Request::builder()
             .method(method)
-            .uri(format!("http://{authority}{path}"))
+            .uri(format!("{scheme}://{authority}{path}"))
             .header(
                 header::AUTHORIZATION,
                 format!("Bearer {}", self.inner.secret.expose()),
             )
-            .header(header::CONTENT_TYPE, content_type)
+            .header(header::CONTENT_TYPE, content_type);
+        if let Some(id) = self.inner.identity.current() {
+            request = request.header(identity::HEADER, id.to_string());
+        }
+        let request = request
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| transport(&e))?;
-        let slot = self.slot(authority);
+        let slot = self.slot(base_url);
         let call = async {
-            let mut sender = self.connection(&slot, authority).await?;
+            let mut sender = self.connection(&slot, scheme, authority).await?;
             let response = sender
                 .send_request(request)
                 .await
                 .map_err(|e| transport(&e))?;
             let status = response.status();
+            if let Some(theirs) = response.headers().get(identity::HEADER) {
+                if let Err(why) = self.inner.identity.check(Some(theirs.as_bytes())) {
+                    if !matches!(why, identity::Refusal::NotJoined { .. }) {
+                        return Err(PeerError::OtherCluster {
+                            authority: authority.to_string(),
+                            theirs: String::from_utf8_lossy(theirs.as_bytes()).into_owned(),
+                            ours: self
+                                .inner
+                                .identity
+                                .current()
+                                .map_or_else(|| "none".into(), |id| id.to_string()),
+                        });
+                    }
+                }
+            }
             let body = Limited::new(response.into_body(), self.inner.max_response_bytes)
                 .collect()
                 .await
@@ -173,20 +237,22 @@ impl PeerClient {
         result
     }
 
-    /// The connection slot of one peer; its own lock, so a slow connect to a dead peer never
-    /// delays calls to the others.
-    fn slot(&self, authority: &str) -> Slot {
+    /// The connection slot of one peer URL; its own lock, so a slow connect to a dead peer
+    /// never delays calls to the others.
+    fn slot(&self, base_url: &str) -> Slot {
         let mut slots = self
             .inner
             .slots
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        slots.entry(authority.to_string()).or_default().clone()
+        let key = base_url.trim_end_matches('/');
+        slots.entry(key.to_string()).or_default().clone()
     }
 
     async fn connection(
         &self,
         slot: &Slot,
+        scheme: Scheme,
         authority: &str,
     ) -> Result<SendRequest<Full<Bytes>>, PeerError> {
         let mut guard = slot.lock().await;
@@ -207,6 +273,10 @@ impl PeerClient {
                 authority: authority.to_string(),
                 source,
             })?;
+        let stream = match scheme {
+            Scheme::Http => stream,
+            Scheme::Https => self.tls_handshake(stream, authority).await?,
+        };
         let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
             .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
@@ -225,18 +295,72 @@ impl PeerClient {
         *guard = Some(sender.clone());
         Ok(sender)
     }
+
+    /// Mutual TLS over `stream`, the server verified against the cluster CA by the URL's host.
+    async fn tls_handshake(
+        &self,
+        stream: BoxedStream,
+        authority: &str,
+    ) -> Result<BoxedStream, PeerError> {
+        let config = self
+            .inner
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.client_config())
+            .ok_or_else(|| PeerError::NoTls(authority.to_string()))?;
+        let failed = |source| PeerError::Tls {
+            authority: authority.to_string(),
+            source,
+        };
+        let host = host_of(authority);
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| failed(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?;
+        let stream = TlsConnector::from(config)
+            .connect(name, stream)
+            .await
+            .map_err(failed)?;
+        Ok(Box::new(stream))
+    }
 }
 
-/// `http://host:port[/]` → `host:port`.
-pub fn authority_of(url: &str) -> Result<&str, PeerError> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| PeerError::BadUrl(url.to_string()))?;
+/// How a member is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl std::fmt::Display for Scheme {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        })
+    }
+}
+
+/// `http://host:port[/]` or `https://host:port[/]` → the scheme and `host:port`.
+pub fn scheme_and_authority(url: &str) -> Result<(Scheme, &str), PeerError> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("http://") {
+        (Scheme::Http, rest)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (Scheme::Https, rest)
+    } else {
+        return Err(PeerError::BadUrl(url.to_string()));
+    };
     let authority = rest.trim_end_matches('/');
     if authority.is_empty() || authority.contains('/') || !authority.contains(':') {
         return Err(PeerError::BadUrl(url.to_string()));
     }
-    Ok(authority)
+    Ok((scheme, authority))
+}
+
+/// `host:port` → the host (`[::1]:7002` → `::1`).
+fn host_of(authority: &str) -> &str {
+    let host = authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 #[cfg(test)]
@@ -245,13 +369,17 @@ mod tests {
 
     #[test]
     fn authority_parsing() {
+        let parsed = |url| scheme_and_authority(url).unwrap();
         assert_eq!(
-            authority_of("http://127.0.0.1:7001").unwrap(),
-            "127.0.0.1:7001"
+            parsed("http://127.0.0.1:7001"),
+            (Scheme::Http, "127.0.0.1:7001")
         );
-        assert_eq!(authority_of("http://node-1:7001/").unwrap(), "node-1:7001");
-        assert!(authority_of("https://a:1").is_err());
-        assert!(authority_of("http://a").is_err());
-        assert!(authority_of("http://a:1/x").is_err());
+        assert_eq!(parsed("http://node-1:7001/"), (Scheme::Http, "node-1:7001"));
+        assert_eq!(parsed("https://a:1"), (Scheme::Https, "a:1"));
+        assert!(scheme_and_authority("ftp://a:1").is_err());
+        assert!(scheme_and_authority("http://a").is_err());
+        assert!(scheme_and_authority("http://a:1/x").is_err());
+        assert_eq!(host_of("[::1]:7002"), "::1");
+        assert_eq!(host_of("10.0.0.1:7002"), "10.0.0.1");
     }
 }

@@ -54,6 +54,10 @@ pub struct PeerView {
     pub max_entries: u64,
     /// Most bytes a snapshot may have (offset plus chunk).
     pub max_snapshot_bytes: u64,
+    /// The node id the sender's certificate names, under mutual TLS between peers: a message
+    /// must then speak for that node (a leader's or candidate's id is its own), so one node's
+    /// key cannot campaign or lead as another.
+    pub certified_sender: Option<NodeId>,
 }
 
 /// Why a peer message was refused.
@@ -65,6 +69,10 @@ pub enum Refused {
     IndexTooLarge { index: u64 },
     #[error("node {0} cannot send this to itself")]
     FromSelf(NodeId),
+    #[error(
+        "the sender's certificate names node {certified}, the message speaks for node {claimed}"
+    )]
+    NotCertifiedSender { certified: NodeId, claimed: NodeId },
     #[error("a vote request cannot carry a committed vote")]
     CommittedVoteRequest,
     #[error("an append or snapshot must carry a committed vote")]
@@ -107,6 +115,7 @@ impl Refused {
             Refused::TermTooLarge { .. } => "term_too_large",
             Refused::IndexTooLarge { .. } => "index_too_large",
             Refused::FromSelf(_) => "from_self",
+            Refused::NotCertifiedSender { .. } => "not_certified_sender",
             Refused::CommittedVoteRequest => "committed_vote_request",
             Refused::UncommittedLeader => "uncommitted_leader",
             Refused::NotAVoter { .. } => "not_a_voter",
@@ -168,6 +177,16 @@ fn check_membership(m: &Membership<NodeId, Node>) -> Result<(), Refused> {
 /// The leader's vote of an append or snapshot: committed, another node's, within the bound,
 /// and from a known member unless within a small jump of this node's term (or carried along
 /// with a membership that names it).
+/// Under mutual TLS, the node a message speaks for is the one its sender's certificate names.
+fn check_certified(claimed: NodeId, view: &PeerView) -> Result<(), Refused> {
+    match view.certified_sender {
+        Some(certified) if certified != claimed => {
+            Err(Refused::NotCertifiedSender { certified, claimed })
+        }
+        _ => Ok(()),
+    }
+}
+
 fn check_leader(
     vote: &Vote<NodeId>,
     view: &PeerView,
@@ -178,6 +197,7 @@ fn check_leader(
     if sender == view.self_id {
         return Err(Refused::FromSelf(sender));
     }
+    check_certified(sender, view)?;
     if !vote.committed {
         return Err(Refused::UncommittedLeader);
     }
@@ -248,6 +268,7 @@ pub fn check_vote(req: &VoteRequest<NodeId>, view: &PeerView) -> Result<(), Refu
     if candidate == view.self_id {
         return Err(Refused::FromSelf(candidate));
     }
+    check_certified(candidate, view)?;
     if req.vote.committed {
         return Err(Refused::CommittedVoteRequest);
     }
@@ -320,7 +341,39 @@ mod tests {
             voters: BTreeSet::from([1, 2, 3]),
             max_entries: 64,
             max_snapshot_bytes: 1 << 20,
+            certified_sender: None,
         }
+    }
+
+    #[test]
+    fn under_mutual_tls_a_message_speaks_only_for_the_certified_node() {
+        let certified = PeerView {
+            certified_sender: Some(2),
+            ..view()
+        };
+        let from_2 = append(committed(6, 2), vec![]);
+        assert_eq!(check_append(&from_2, &certified), Ok(()));
+        let as_3 = append(committed(6, 3), vec![]);
+        assert_eq!(
+            check_append(&as_3, &certified),
+            Err(Refused::NotCertifiedSender {
+                certified: 2,
+                claimed: 3
+            })
+        );
+        let campaign_as_3 = VoteRequest {
+            vote: Vote::new(6, 3),
+            last_log_id: None,
+        };
+        assert!(matches!(
+            check_vote(&campaign_as_3, &certified),
+            Err(Refused::NotCertifiedSender { .. })
+        ));
+        assert_eq!(
+            check_append(&as_3, &view()),
+            Ok(()),
+            "plaintext: no binding"
+        );
     }
 
     fn committed(term: u64, node: NodeId) -> Vote<NodeId> {

@@ -96,6 +96,7 @@ async fn status(State(app): State<Arc<App>>) -> Result<Json<NodeStatus>, ApiErro
     Ok(Json(NodeStatus {
         id: app.id,
         url: app.url.clone(),
+        cluster_id: app.peers.identity().current().map(|id| id.to_string()),
         role,
         term: m.current_term,
         leader_id: m.current_leader,
@@ -143,7 +144,14 @@ async fn add_learner(
     if let Some(answer) = pass_to_leader(&app, "/admin/members/add", &request).await? {
         return Ok(answer);
     }
-    let answer = app.members.add_learner(request.id, &request.url).await?;
+    let answer = app
+        .members
+        .add_learner(
+            request.id,
+            &request.url,
+            request.holds_cluster_id.as_deref(),
+        )
+        .await?;
     Ok(Json(answer).into_response())
 }
 

@@ -113,7 +113,10 @@ impl From<MembershipError> for ApiError {
             MembershipError::LearnerBehind { .. } => (StatusCode::CONFLICT, "learner_behind"),
             MembershipError::LeaderChanged => (StatusCode::SERVICE_UNAVAILABLE, "no_leader"),
             MembershipError::Refused(_) => (StatusCode::CONFLICT, "membership_refused"),
-            MembershipError::RaftStopped(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            MembershipError::RaftStopped(_) | MembershipError::Identity(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
+            MembershipError::NotJoined { .. } => (StatusCode::CONFLICT, "not_joined"),
         };
         Self::new(status, code, e.to_string())
     }

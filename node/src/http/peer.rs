@@ -1,6 +1,8 @@
 //! The peer API (`/raft/*`): what other nodes call. Bodies are bincode, decoded with a size limit;
-//! callers authenticate with the shared cluster secret, and every Raft message passes
-//! [`crate::cluster::peer_guard`] before openraft sees it.
+//! callers authenticate with the shared cluster secret and carry this cluster's id (checked by
+//! [`crate::cluster::identity`]; `/raft/join`, which gives a node the id, is the one call
+//! without it), and every Raft message passes [`crate::cluster::peer_guard`] before openraft
+//! sees it.
 //!
 //! Raft RPC handlers answer the whole `Result` of the local `Raft` call, so the caller can tell a
 //! Raft-level refusal (a higher term, a conflict) from a transport failure.
@@ -13,7 +15,7 @@ use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::Router;
+use axum::{Extension, Router};
 use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::de::DeserializeOwned;
@@ -23,12 +25,17 @@ use x402_raft_store::state::MAX_OPS_PER_COMMAND;
 use x402_raft_store::types::{NodeId, TypeConfig};
 
 use super::error::ApiError;
+use x402_raft_store::storage::AdoptError;
+
+use crate::cluster::identity;
+use crate::cluster::membership::JoinRequest;
 use crate::cluster::network::paths;
 use crate::cluster::peer_guard::{self, PeerView};
 use crate::cluster::proposer::ProposeRequest;
 use crate::cluster::read_barrier::ReadIndexReply;
 use crate::node::App;
 use crate::secret::bearer_matches;
+use crate::serve::PeerCertificate;
 
 pub fn routes(app: &Arc<App>) -> Router<Arc<App>> {
     Router::new()
@@ -37,6 +44,7 @@ pub fn routes(app: &Arc<App>) -> Router<Arc<App>> {
         .route(paths::SNAPSHOT, post(snapshot))
         .route(paths::PROPOSE, post(propose))
         .route(paths::READ_INDEX, post(read_index))
+        .route(paths::JOIN, post(join))
         .layer(DefaultBodyLimit::max(app.limits.max_peer_body_bytes))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_peer))
 }
@@ -46,10 +54,100 @@ async fn require_peer(State(app): State<Arc<App>>, request: Request, next: Next)
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    if bearer_matches(&app.secrets.cluster_secret, header) {
-        next.run(request).await
-    } else {
-        ApiError::unauthorized().into_response()
+    if !bearer_matches(&app.secrets.cluster_secret, header) {
+        return ApiError::unauthorized().into_response();
+    }
+    let identity = app.peers.identity();
+    if request.uri().path() != paths::JOIN {
+        let offered = request
+            .headers()
+            .get(identity::HEADER)
+            .map(|v| v.as_bytes());
+        if let Err(why) = identity.check(offered) {
+            app.metrics
+                .peer_refused
+                .with_label_values(&[why.label()])
+                .inc();
+            if identity.should_log(&why) {
+                tracing::warn!(%why, path = request.uri().path(), "refused a peer request");
+            }
+            return ApiError::new(StatusCode::FORBIDDEN, why.label(), why.to_string())
+                .into_response();
+        }
+    }
+    // Under mutual TLS only members may speak Raft (anyone the cluster CA certified may ask to
+    // join, or use the admin API with the secret).
+    let certified = request
+        .extensions()
+        .get::<PeerCertificate>()
+        .and_then(|c| c.0);
+    if let Some(node) = certified {
+        let path = request.uri().path();
+        if path.starts_with("/raft/") && path != paths::JOIN && !is_member_or_unknown(&app, node) {
+            app.metrics
+                .peer_refused
+                .with_label_values(&["not_a_member"])
+                .inc();
+            tracing::debug!(
+                node,
+                path,
+                "refused a peer request from a node outside the membership"
+            );
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "not_a_member",
+                format!("node {node} is not a member of this node's membership"),
+            )
+            .into_response();
+        }
+    }
+    let mut response = next.run(request).await;
+    // The caller checks the answer came from its own cluster too.
+    if let Some(id) = identity.current() {
+        if let Ok(value) = header::HeaderValue::from_str(&id.to_string()) {
+            response.headers_mut().insert(identity::HEADER, value);
+        }
+    }
+    response
+}
+
+/// Whether `node` is in the membership this node knows (or it knows none yet: a node being
+/// added hears from the leader before it learns the membership that names them both).
+fn is_member_or_unknown(app: &App, node: NodeId) -> bool {
+    let metrics = app.raft.metrics();
+    let metrics = metrics.borrow();
+    let membership = metrics.membership_config.membership();
+    let mut nodes = membership.nodes().peekable();
+    nodes.peek().is_none() || membership.get_node(&node).is_some()
+}
+
+/// `POST /raft/join`: take the cluster id a member gives (forming the cluster, or adding this
+/// node). A node that holds another id refuses and changes nothing.
+async fn join(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+    let request: JoinRequest = decode(&body)?;
+    if request.node_id != app.id {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "wrong_node",
+            format!("this is node {}, not node {}", app.id, request.node_id),
+        ));
+    }
+    match app.peers.identity().join(request.cluster_id).await {
+        Ok(()) => Ok(reply(&())),
+        Err(AdoptError::OtherCluster { held, offered }) => {
+            let why = identity::Refusal::OtherCluster { held, offered };
+            app.metrics
+                .peer_refused
+                .with_label_values(&[why.label()])
+                .inc();
+            tracing::warn!(%why, "refused to join another cluster");
+            Err(ApiError::new(
+                StatusCode::CONFLICT,
+                why.label(),
+                why.to_string(),
+            ))
+        }
+        Err(e) => Err(ApiError::internal(e.to_string())),
     }
 }
 
@@ -65,7 +163,12 @@ fn reply<T: Serialize>(value: &T) -> Response {
 }
 
 /// What this node knows when it checks a peer's message.
-fn peer_view(app: &App) -> PeerView {
+/// The node id the connection's certificate names (none without mutual TLS).
+fn certified(sender: Option<Extension<PeerCertificate>>) -> Option<NodeId> {
+    sender.and_then(|Extension(PeerCertificate(id))| id)
+}
+
+fn peer_view(app: &App, certified_sender: Option<NodeId>) -> PeerView {
     let receiver = app.raft.metrics();
     let metrics = receiver.borrow();
     let membership = metrics.membership_config.membership();
@@ -76,6 +179,7 @@ fn peer_view(app: &App) -> PeerView {
         voters: membership.voter_ids().collect(),
         max_entries: app.raft.config().max_payload_entries,
         max_snapshot_bytes: codec::MAX_STATE_BYTES as u64,
+        certified_sender,
     }
 }
 
@@ -89,22 +193,35 @@ fn refuse(app: &App, what: &str, why: peer_guard::Refused) -> ApiError {
     ApiError::bad_request(format!("{what} refused: {why}"))
 }
 
-async fn append(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+async fn append(
+    State(app): State<Arc<App>>,
+    sender: Option<Extension<PeerCertificate>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let request: AppendEntriesRequest<TypeConfig> = decode(&body)?;
-    peer_guard::check_append(&request, &peer_view(&app))
+    peer_guard::check_append(&request, &peer_view(&app, certified(sender)))
         .map_err(|why| refuse(&app, "append", why))?;
     Ok(reply(&app.raft.append_entries(request).await))
 }
 
-async fn vote(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+async fn vote(
+    State(app): State<Arc<App>>,
+    sender: Option<Extension<PeerCertificate>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let request: VoteRequest<NodeId> = decode(&body)?;
-    peer_guard::check_vote(&request, &peer_view(&app)).map_err(|why| refuse(&app, "vote", why))?;
+    peer_guard::check_vote(&request, &peer_view(&app, certified(sender)))
+        .map_err(|why| refuse(&app, "vote", why))?;
     Ok(reply(&app.raft.vote(request).await))
 }
 
-async fn snapshot(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+async fn snapshot(
+    State(app): State<Arc<App>>,
+    sender: Option<Extension<PeerCertificate>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let request: InstallSnapshotRequest<TypeConfig> = decode(&body)?;
-    peer_guard::check_snapshot(&request, &peer_view(&app))
+    peer_guard::check_snapshot(&request, &peer_view(&app, certified(sender)))
         .map_err(|why| refuse(&app, "snapshot", why))?;
     Ok(reply(&app.raft.install_snapshot(request).await))
 }

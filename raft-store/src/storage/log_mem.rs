@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::OptionalSend;
 
+use super::cluster_id::{AdoptError, AdoptFuture, ClusterId, ClusterIdStore};
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 /// The simulated disk.
@@ -23,6 +24,7 @@ struct MemLog {
     vote: Option<Vote>,
     committed: Option<LogId>,
     last_purged: Option<LogId>,
+    cluster_id: Option<ClusterId>,
 }
 
 /// The Raft log in memory. Clones share the same log.
@@ -40,6 +42,12 @@ impl MemLogStore {
         // Every method leaves the log consistent at each statement that could panic (inserts
         // and removals of whole entries), so a poisoned lock holds a usable log.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Gives the store `id` (replacing any): for an in-memory identity built with what a tool
+    /// learned, and for tests.
+    pub fn record_cluster_id(&self, id: ClusterId) {
+        self.lock().cluster_id = Some(id);
     }
 
     /// Appends `entries`; in memory they are durable at once. Same API as
@@ -147,5 +155,24 @@ impl RaftLogStorage<TypeConfig> for MemLogStore {
             None => BTreeMap::new(),
         };
         Ok(())
+    }
+}
+
+impl ClusterIdStore for MemLogStore {
+    fn cluster_id(&self) -> Option<ClusterId> {
+        self.lock().cluster_id
+    }
+
+    fn adopt_cluster_id(&self, id: ClusterId) -> AdoptFuture<'_> {
+        Box::pin(async move {
+            let mut log = self.lock();
+            match log.cluster_id {
+                Some(held) if held != id => Err(AdoptError::OtherCluster { held, offered: id }),
+                _ => {
+                    log.cluster_id = Some(id);
+                    Ok(())
+                }
+            }
+        })
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Layout: tree `log` maps big-endian `u64` indexes (so sled's key order is log order) to
 //! `encode_record(entry)`; tree `meta` holds the store id (written once, when the store is
-//! created), the vote, the committed log id and the last purged log id, each an `encode_record`
+//! created), the cluster id (once, when the store forms or joins a cluster), the vote, the committed log id and the last purged log id, each an `encode_record`
 //! value. The store mark outside sled ([`super::mark`]) is kept by the flusher from what this
 //! store records in its [`MarkState`].
 //!
@@ -26,6 +26,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::{AnyError, OptionalSend, StorageIOError};
 use serde::de::DeserializeOwned;
 
+use super::cluster_id::{AdoptError, AdoptFuture, ClusterId, ClusterIdStore};
 use super::flusher::{sled_io_error, Flusher};
 use super::mark::{MarkState, Recorded, StoreId, StoreMark};
 use super::open::{OpenError, SledOptions};
@@ -43,6 +44,7 @@ const KEY_VOTE: &[u8] = b"vote";
 const KEY_COMMITTED: &[u8] = b"committed";
 pub(crate) const KEY_LAST_PURGED: &[u8] = b"last_purged";
 pub(crate) const KEY_STORE_ID: &[u8] = b"store_id";
+const KEY_CLUSTER_ID: &[u8] = b"cluster_id";
 /// Log entries one purge step removes at most (see `purge`).
 const MAX_REMOVALS_PER_BATCH: usize = 1024;
 
@@ -62,6 +64,10 @@ struct Inner {
     path: PathBuf,
     /// The vote and committed id last written, for the flusher's rewrites of the store mark.
     marks: Arc<MarkState>,
+    /// The cluster id as stored: set once, read on every peer request.
+    cluster_id: std::sync::OnceLock<ClusterId>,
+    /// Serialises adoptions, so two racing ones cannot both write.
+    adopting: tokio::sync::Mutex<()>,
 }
 
 impl Debug for SledLogStore {
@@ -214,6 +220,10 @@ impl SledLogStore {
                 path: path.to_path_buf(),
                 source,
             })?;
+        let cluster_id = std::sync::OnceLock::new();
+        if let Some(id) = read_meta_in::<ClusterId>(&meta, KEY_CLUSTER_ID).map_err(corrupt_store)? {
+            let _ = cluster_id.set(id);
+        }
         let store = Self {
             inner: Arc::new(Inner {
                 flusher,
@@ -221,6 +231,8 @@ impl SledLogStore {
                 meta,
                 path: path.to_path_buf(),
                 marks,
+                cluster_id,
+                adopting: tokio::sync::Mutex::new(()),
             }),
         };
         store.check_and_repair().map_err(corrupt_store)?;
@@ -361,6 +373,14 @@ impl SledLogStore {
             batch.remove(key);
         }
         self.inner.log.apply_batch(batch).map_err(sled_io_error)
+    }
+
+    /// Records the cluster id without waiting for it to be durable: for a rebuild, whose
+    /// seeding flush follows (see `open::rebuild_from_snapshot`).
+    pub(crate) fn record_cluster_id(&self, id: ClusterId) -> io::Result<()> {
+        self.write_meta(KEY_CLUSTER_ID, &id)?;
+        let _ = self.inner.cluster_id.set(id);
+        Ok(())
     }
 
     /// Waits for a flush covering every write made so far; with `mark`, the store mark is
@@ -551,5 +571,27 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
         self.remove_up_to(log_id.index)
             .map(|_| ())
             .map_err(write_err)
+    }
+}
+
+impl ClusterIdStore for SledLogStore {
+    fn cluster_id(&self) -> Option<ClusterId> {
+        self.inner.cluster_id.get().copied()
+    }
+
+    fn adopt_cluster_id(&self, id: ClusterId) -> AdoptFuture<'_> {
+        Box::pin(async move {
+            let _one_at_a_time = self.inner.adopting.lock().await;
+            match self.cluster_id() {
+                Some(held) if held == id => return Ok(()),
+                Some(held) => return Err(AdoptError::OtherCluster { held, offered: id }),
+                None => {}
+            }
+            self.write_meta(KEY_CLUSTER_ID, &id)?;
+            self.flush(false).await?;
+            // Published only once durable: nobody acts on an id a crash could take back.
+            let _ = self.inner.cluster_id.set(id);
+            Ok(())
+        })
     }
 }

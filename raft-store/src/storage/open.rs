@@ -14,6 +14,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use super::cluster_id::{ClusterId, ClusterIdStore};
 use super::log_sled::SledLogStore;
 use super::mark::{check_against_mark, read_store_mark, write_store_mark, MARK_FILE};
 use super::snapshot_vault::{decode_snapshot_file, sync_dir, FileSnapshotVault, SnapshotVault};
@@ -251,6 +252,7 @@ pub fn rebuild_from_snapshot(
     data_dir: &Path,
     snapshot_file: &[u8],
     vote: Vote,
+    cluster_id: ClusterId,
 ) -> Result<PathBuf, OpenError> {
     let (meta, data) =
         decode_snapshot_file(snapshot_file).map_err(OpenError::InvalidSnapshotFile)?;
@@ -273,6 +275,9 @@ pub fn rebuild_from_snapshot(
             .save(&meta, &data)
             .map_err(io_error(&snapshot_dir))?;
         let sled_dir = fresh.join(SLED_DIR);
+        // The store belongs to the cluster it is rebuilt from (made durable by the seeding).
+        log.record_cluster_id(cluster_id)
+            .map_err(io_error(&sled_dir))?;
         // Also brings the mark to the vote and to committed = the snapshot's last log id.
         log.seed_blocking(meta.last_log_id, &vote)
             .map_err(io_error(&sled_dir))?;
@@ -309,11 +314,13 @@ pub fn rebuild_from_snapshot(
     let (log, state_machine) = open_sled_stores(data_dir, SledOptions::default())?;
     let applied = state_machine.view().last_applied();
     let purged = log.last_purged().map_err(io_error(data_dir))?;
-    if applied != meta.last_log_id || purged != meta.last_log_id {
+    let held = log.cluster_id();
+    if applied != meta.last_log_id || purged != meta.last_log_id || held != Some(cluster_id) {
         return Err(OpenError::Corrupt {
             path: data_dir.to_path_buf(),
             reason: format!(
-                "rebuilt store reads applied {applied:?} / purged {purged:?}, expected {:?}",
+                "rebuilt store reads applied {applied:?} / purged {purged:?} / cluster {held:?}, \
+                 expected {:?} / {cluster_id}",
                 meta.last_log_id
             ),
         });

@@ -439,7 +439,7 @@ async fn rebuild_from_snapshot_yields_a_store_matching_the_snapshot() {
     std::fs::write(data_dir.join("marker"), b"old").unwrap();
 
     assert!(matches!(
-        rebuild_from_snapshot(&data_dir, b"not a snapshot", Vote::new(7, 2)),
+        rebuild_from_snapshot(&data_dir, b"not a snapshot", Vote::new(7, 2), CLUSTER),
         Err(OpenError::InvalidSnapshotFile(_))
     ));
     assert!(
@@ -447,7 +447,7 @@ async fn rebuild_from_snapshot_yields_a_store_matching_the_snapshot() {
         "a refused rebuild changed nothing"
     );
 
-    let moved = rebuild_from_snapshot(&data_dir, &file, Vote::new(7, 2)).unwrap();
+    let moved = rebuild_from_snapshot(&data_dir, &file, Vote::new(7, 2), CLUSTER).unwrap();
     assert!(moved
         .to_string_lossy()
         .starts_with(&format!("{}.broken-", data_dir.display())));
@@ -463,6 +463,11 @@ async fn rebuild_from_snapshot_yields_a_store_matching_the_snapshot() {
 
     let (mut log, mut sm) = open(&data_dir);
     assert_eq!(log.store_id(), Some(mark.store_id));
+    assert_eq!(
+        log.cluster_id(),
+        Some(CLUSTER),
+        "the rebuilt store joined the cluster"
+    );
     let state = log.get_log_state().await.unwrap();
     assert_eq!(state.last_purged_log_id, meta.last_log_id);
     assert_eq!(state.last_log_id, meta.last_log_id);
@@ -476,10 +481,49 @@ async fn rebuild_from_snapshot_yields_a_store_matching_the_snapshot() {
 
     // Rebuilding a directory that does not exist yet works too and moves nothing.
     let fresh = root.path().join("node-3");
-    let moved = rebuild_from_snapshot(&fresh, &file, Vote::new(7, 3)).unwrap();
+    let moved = rebuild_from_snapshot(&fresh, &file, Vote::new(7, 3), CLUSTER).unwrap();
     assert_eq!(moved, std::path::PathBuf::new());
     let (_log, sm) = open(&fresh);
     assert_eq!(sm.view().last_applied(), meta.last_log_id);
+}
+
+const CLUSTER: ClusterId = ClusterId([7; 16]);
+
+#[tokio::test]
+async fn a_sled_store_keeps_the_one_cluster_id_it_adopted() {
+    let root = tempfile::tempdir().unwrap();
+    {
+        let (log, _sm) = open(root.path());
+        assert_eq!(log.cluster_id(), None, "a new store belongs to no cluster");
+        log.adopt_cluster_id(CLUSTER).await.unwrap();
+        log.adopt_cluster_id(CLUSTER).await.unwrap();
+        let other = ClusterId([8; 16]);
+        assert!(matches!(
+            log.adopt_cluster_id(other).await,
+            Err(AdoptError::OtherCluster { held, offered }) if held == CLUSTER && offered == other
+        ));
+        assert_eq!(log.cluster_id(), Some(CLUSTER));
+    }
+    let (log, _sm) = open(root.path());
+    assert_eq!(log.cluster_id(), Some(CLUSTER), "durable across a reopen");
+}
+
+#[tokio::test]
+async fn a_memory_store_keeps_the_one_cluster_id_it_adopted() {
+    let a = MemLogStore::default();
+    let b = a.clone();
+    a.adopt_cluster_id(CLUSTER).await.unwrap();
+    assert_eq!(b.cluster_id(), Some(CLUSTER));
+    assert!(b.adopt_cluster_id(ClusterId([9; 16])).await.is_err());
+    assert_eq!(a.cluster_id(), Some(CLUSTER));
+}
+
+#[test]
+fn cluster_ids_read_back_from_their_text() {
+    let id = ClusterId([0xab; 16]);
+    assert_eq!(id.to_string().parse::<ClusterId>().unwrap(), id);
+    assert!("abc".parse::<ClusterId>().is_err());
+    assert!("zz".repeat(16).parse::<ClusterId>().is_err());
 }
 
 #[tokio::test]
