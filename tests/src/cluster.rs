@@ -59,7 +59,7 @@ pub struct ClusterOptions {
     pub env: Vec<(String, String)>,
     /// TOML fragments added to every node's config, in order (see [`ClusterOptions::toml`]).
     pub toml: Vec<String>,
-    /// Serve every node's API over TLS (see [`ClusterOptions::tls`]).
+    /// Serve every node's API over TLS and peers over mutual TLS (see [`ClusterOptions::tls`]).
     pub tls: bool,
 }
 
@@ -75,7 +75,8 @@ impl ClusterOptions {
 
     /// Serves every node's API over TLS: a cluster CA and node certificates are issued into
     /// `<root>/tls` (as `x402ctl tls init` does), node URLs are `https://`, and the harness's
-    /// client and `x402ctl` trust that CA (`X402_CACERT`). Peers keep their plaintext port.
+    /// client and `x402ctl` trust that CA (`X402_CACERT`). Peers speak mutual TLS with the
+    /// same certificates (`peer_ca_file`), and their member URLs are `https://` too.
     pub fn tls(mut self) -> Self {
         self.tls = true;
         self
@@ -183,7 +184,7 @@ impl LocalCluster {
         let pairs: Vec<(u16, u16)> = ports.chunks(2).map(|p| (p[0], p[1])).collect();
         let bootstrap: BTreeMap<u64, String> = (1..=n)
             .zip(&pairs)
-            .map(|(id, (_, peer))| (id, format!("http://127.0.0.1:{peer}")))
+            .map(|(id, (_, peer))| (id, format!("{}://127.0.0.1:{peer}", cluster.scheme())))
             .collect();
         for (id, ports) in (1..=n).zip(pairs) {
             cluster.add_node(id, ports, &bootstrap);
@@ -193,6 +194,15 @@ impl LocalCluster {
         }
         cluster.wait_leader().await;
         cluster
+    }
+
+    /// `https` when the cluster speaks TLS, else `http`.
+    fn scheme(&self) -> &'static str {
+        if self.options.tls {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// Starts a node `id` with no bootstrap members (it waits to be added to the cluster) and
@@ -622,7 +632,7 @@ impl LocalCluster {
     ) {
         let dir = self.root.join(format!("node{id}"));
         fs::create_dir_all(&dir).expect("create node directory");
-        let scheme = if self.options.tls { "https" } else { "http" };
+        let scheme = self.scheme();
         let url = format!("{scheme}://127.0.0.1:{port}");
         let data_dir = dir.join("data");
         let config = dir.join("config.toml");
@@ -646,9 +656,10 @@ impl LocalCluster {
             let tls = self.root.join("tls");
             let _ = writeln!(
                 toml,
-                "[tls]\ncert_file = {}\nkey_file = {}\nreload_check_ms = 200\n",
+                "[tls]\ncert_file = {}\nkey_file = {}\npeer_ca_file = {}\nreload_check_ms = 200\n",
                 toml_str(&tls.join(format!("node{id}.pem")).to_string_lossy()),
                 toml_str(&tls.join(format!("node{id}.key")).to_string_lossy()),
+                toml_str(&tls.join("ca.pem").to_string_lossy()),
             );
         }
         toml.push_str("[bootstrap]\n");
@@ -660,7 +671,7 @@ impl LocalCluster {
             id,
             NodeProc {
                 url,
-                peer_url: format!("http://127.0.0.1:{peer_port}"),
+                peer_url: format!("{scheme}://127.0.0.1:{peer_port}"),
                 config,
                 data_dir,
                 log: dir.join("node.log"),

@@ -32,6 +32,8 @@ struct Case {
     code: Option<&'static str>,
     /// Text the `ErrorBody.error` must contain (names the offending field).
     mentions: Option<&'static str>,
+    /// The `x402-cluster-id` header (peer calls carry the cluster's own unless a case says).
+    cluster: Option<String>,
 }
 
 fn claim_json(asset: &str, payer: &str, nonce: &str, fingerprint: &str) -> Vec<u8> {
@@ -42,7 +44,7 @@ fn claim_json(asset: &str, payer: &str, nonce: &str, fingerprint: &str) -> Vec<u
     .into_bytes()
 }
 
-fn cases(admin: &str, secret: &str) -> Vec<Case> {
+fn cases(admin: &str, secret: &str, cluster_id: &str) -> Vec<Case> {
     let admin = format!("Bearer {admin}");
     let peer = format!("Bearer {secret}");
     let asset = to_hex(&ASSET);
@@ -68,6 +70,7 @@ fn cases(admin: &str, secret: &str) -> Vec<Case> {
             status,
             code,
             mentions,
+            cluster: None,
         };
     let peer_call = |name, path, auth: Option<String>, body: &[u8], status, code| Case {
         name,
@@ -80,6 +83,7 @@ fn cases(admin: &str, secret: &str) -> Vec<Case> {
         status,
         code,
         mentions: None,
+        cluster: Some(cluster_id.to_owned()),
     };
     let bad = StatusCode::BAD_REQUEST;
     let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
@@ -293,6 +297,7 @@ fn cases(admin: &str, secret: &str) -> Vec<Case> {
             status: unauthorized,
             code: Some("unauthorized"),
             mentions: None,
+            cluster: None,
         },
         Case {
             name: "init on a formed cluster",
@@ -305,6 +310,7 @@ fn cases(admin: &str, secret: &str) -> Vec<Case> {
             status: StatusCode::CONFLICT,
             code: Some("already_initialized"),
             mentions: None,
+            cluster: None,
         },
         Case {
             name: "add a learner with a bad URL",
@@ -317,6 +323,7 @@ fn cases(admin: &str, secret: &str) -> Vec<Case> {
             status: bad,
             code: Some("bad_request"),
             mentions: None,
+            cluster: None,
         },
         Case {
             name: "promote a node that is not a member",
@@ -329,6 +336,7 @@ fn cases(admin: &str, secret: &str) -> Vec<Case> {
             status: bad,
             code: Some("bad_request"),
             mentions: Some("not a member"),
+            cluster: None,
         },
         peer_call(
             "garbage append with the cluster secret",
@@ -370,6 +378,39 @@ fn cases(admin: &str, secret: &str) -> Vec<Case> {
             bad,
             Some("bad_request"),
         ),
+        Case {
+            cluster: None,
+            ..peer_call(
+                "garbage append without a cluster id",
+                "/raft/append",
+                Some(peer.clone()),
+                b"\x01\x02garbage",
+                StatusCode::FORBIDDEN,
+                Some("no_cluster_id"),
+            )
+        },
+        Case {
+            cluster: Some("ab".repeat(16)),
+            ..peer_call(
+                "garbage append from another cluster",
+                "/raft/append",
+                Some(peer.clone()),
+                b"\x01\x02garbage",
+                StatusCode::FORBIDDEN,
+                Some("other_cluster"),
+            )
+        },
+        Case {
+            cluster: Some("not-hex".into()),
+            ..peer_call(
+                "vote with an unreadable cluster id",
+                "/raft/vote",
+                Some(peer.clone()),
+                b"\x01",
+                StatusCode::FORBIDDEN,
+                Some("bad_cluster_id"),
+            )
+        },
         peer_call(
             "append with a wrong secret",
             "/raft/append",
@@ -405,6 +446,7 @@ fn cases(admin: &str, secret: &str) -> Vec<Case> {
             status: StatusCode::NOT_FOUND,
             code: None,
             mentions: None,
+            cluster: None,
         },
         Case {
             name: "wrong method",
@@ -417,6 +459,7 @@ fn cases(admin: &str, secret: &str) -> Vec<Case> {
             status: StatusCode::METHOD_NOT_ALLOWED,
             code: None,
             mentions: None,
+            cluster: None,
         },
     ]
 }
@@ -431,7 +474,12 @@ async fn bad_input_changes_nothing_and_kills_no_node() {
     let leader = cluster.leader_id().await;
 
     let mut failures = Vec::new();
-    for case in cases(cluster.admin_token(), cluster.cluster_secret()) {
+    let cluster_id = cluster
+        .status(1)
+        .await
+        .cluster_id
+        .expect("the cluster has an id");
+    for case in cases(cluster.admin_token(), cluster.cluster_secret(), &cluster_id) {
         let targets = match case.target {
             Target::Every => all.clone(),
             Target::LeaderOnly => vec![leader],
@@ -443,6 +491,9 @@ async fn bad_input_changes_nothing_and_kills_no_node() {
             }
             if let Some(auth) = &case.auth {
                 headers.push(("authorization", auth.as_str()));
+            }
+            if let Some(id) = &case.cluster {
+                headers.push(("x402-cluster-id", id.as_str()));
             }
             let answer = cluster
                 .raw(

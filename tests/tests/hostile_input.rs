@@ -48,8 +48,11 @@ fn key(status: &NodeStatus) -> (u64, Option<u64>, String) {
 }
 
 /// POSTs `body` to node `id`'s peer API `path` with the cluster secret; the status.
+/// POSTs `body` to node `id`'s peer API as a member of its cluster would (the secret and the
+/// cluster id): what a node whose secret leaked could send.
 async fn peer_post(cluster: &LocalCluster, id: u64, path: &str, body: Vec<u8>) -> u16 {
     let secret = format!("Bearer {}", cluster.cluster_secret());
+    let cluster_id = cluster.status(id).await.cluster_id.expect("a cluster id");
     let reply = send(
         cluster.http(),
         cluster.peer_url(id),
@@ -58,6 +61,7 @@ async fn peer_post(cluster: &LocalCluster, id: u64, path: &str, body: Vec<u8>) -
         &[
             ("authorization", secret.as_str()),
             ("content-type", "application/octet-stream"),
+            ("x402-cluster-id", cluster_id.as_str()),
         ],
         body,
     )

@@ -9,7 +9,11 @@
 //!   through the rotation, by a client trusting both CAs, all succeed;
 //! - connections that never send a ClientHello are closed at the handshake deadline
 //!   (`header_read_timeout_ms`) and counted, and other clients are served meanwhile;
-//! - `x402ctl tls init` writes the files it says, keys owner-only, and refuses to overwrite.
+//! - `x402ctl tls init` writes the files it says, keys owner-only, and refuses to overwrite;
+//! - peers speak mutual TLS on their own port (`https://` member URLs): plaintext, a client
+//!   without a certificate and one of another CA are refused at the handshake and counted; a
+//!   cluster-CA node that is not a member gets through the handshake but may not speak Raft;
+//!   and the cluster is unchanged by all of it.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -23,9 +27,15 @@ use x402_tests::metrics::sample;
 use x402_tests::{ClusterOptions, LocalCluster};
 use x402_tls::Roots;
 
-/// `x402_tls_handshakes_total{result}` of a `/metrics` text (0 before the first one).
+/// `x402_tls_handshakes_total{listener="api",result}` of a `/metrics` text (0 before the
+/// first one).
 fn handshakes(metrics: &str, result: &str) -> f64 {
-    sample(metrics, "x402_tls_handshakes_total", &[("result", result)]).unwrap_or(0.0)
+    listener_handshakes(metrics, "api", result)
+}
+
+fn listener_handshakes(metrics: &str, listener: &str, result: &str) -> f64 {
+    let labels = [("listener", listener), ("result", result)];
+    sample(metrics, "x402_tls_handshakes_total", &labels).unwrap_or(0.0)
 }
 
 fn client(ca_file: &Path) -> HttpClient {
@@ -172,8 +182,9 @@ fn swap_in(src: &Path, dst: &Path) {
 
 #[tokio::test]
 async fn certificates_rotate_without_a_restart_and_without_a_failed_request() {
-    let cluster = LocalCluster::start_with(3, ClusterOptions::default().tls()).await;
-    let old_ca = cluster.root().join("tls").join("ca.pem");
+    let mut cluster = LocalCluster::start_with(3, ClusterOptions::default().tls()).await;
+    let old_ca = cluster.root().join("old-ca.pem");
+    std::fs::copy(cluster.root().join("tls").join("ca.pem"), &old_ca).unwrap();
     let fresh = cluster.root().join("fresh");
     let out = x402ctl_tls_init(&cluster, &fresh);
     assert!(
@@ -225,8 +236,10 @@ async fn certificates_rotate_without_a_restart_and_without_a_failed_request() {
             (ok, failed)
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Peers trust both CAs before any presents the new one (peer_ca_file is watched too).
     let tls = cluster.root().join("tls");
+    swap_in(&both, &tls.join("ca.pem"));
+    tokio::time::sleep(Duration::from_millis(800)).await;
     for id in cluster.ids() {
         swap_in(
             &fresh.join(format!("node{id}.key")),
@@ -273,6 +286,35 @@ async fn certificates_rotate_without_a_restart_and_without_a_failed_request() {
     assert!(cluster
         .log_text(2)
         .contains("TLS certificate reloaded (file changed)"));
+
+    // Peers use the new certificates too: a restarted node makes new peer connections both
+    // ways, and writes through every node still commit.
+    // (The harness's own client trusts the old CA only: these go through one trusting both.)
+    cluster.kill9(3);
+    cluster.restart(3);
+    let admins: Vec<AdminClient> = urls
+        .iter()
+        .map(|url| AdminClient::with_http(client(&both), url, Some(&token)).expect("client"))
+        .collect();
+    let salt = x402_tests::workload::new_salt();
+    x402_tests::workload::claim_many(&admins, salt, 0..30, 3).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut seen = Vec::new();
+        for admin in &admins {
+            if let Ok(s) = admin.status().await {
+                seen.push((s.applied, s.state_hash));
+            }
+        }
+        if seen.len() == 3 && seen.windows(2).all(|w| w[0] == w[1]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no convergence after the rotation: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]
@@ -313,5 +355,173 @@ async fn tls_init_writes_owner_only_keys_and_never_overwrites() {
         std::fs::read(dir.join("ca.pem")).unwrap(),
         before,
         "nothing was overwritten"
+    );
+}
+
+/// Connects to `peer_url`'s port with `config` and POSTs an empty `/raft/append` over HTTP/2;
+/// the status, or why there was none.
+async fn raft_call_with(
+    config: std::sync::Arc<rustls::ClientConfig>,
+    peer_url: &str,
+    secret: &str,
+    cluster_id: &str,
+) -> Result<u16, String> {
+    use http_body_util::{BodyExt, Full};
+    let authority = peer_url.trim_start_matches("https://").to_owned();
+    let tcp = tokio::net::TcpStream::connect(&authority)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .map_err(|e| format!("h2: {e}"))?;
+    tokio::spawn(connection);
+    let request = hyper::Request::post(format!("https://{authority}/raft/append"))
+        .header("authorization", format!("Bearer {secret}"))
+        .header("x402-cluster-id", cluster_id)
+        .body(Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let status = response.status().as_u16();
+    let _ = response.into_body().collect().await;
+    Ok(status)
+}
+
+/// A client configuration trusting `ca_file`, offering `identity` (certificate and key files)
+/// when given, speaking HTTP/2.
+fn peer_client(
+    ca_file: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    let builder = rustls::ClientConfig::builder_with_provider(x402_tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(Roots::File(ca_file.to_path_buf()).store().expect("CA"));
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = x402_tls::read_certificates(cert, "the certificate file").expect("chain");
+            use rustls::pki_types::pem::PemObject;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).expect("key");
+            builder.with_client_auth_cert(chain, key).expect("identity")
+        }
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    std::sync::Arc::new(config)
+}
+
+#[tokio::test]
+async fn peers_speak_mutual_tls_and_refuse_strangers() {
+    let cluster = LocalCluster::start_with(3, ClusterOptions::default().tls()).await;
+    let before = cluster.wait_converged().await;
+    for status in &before {
+        for member in &status.members {
+            assert!(
+                member.url.starts_with("https://"),
+                "member URLs are https: {status:?}"
+            );
+        }
+    }
+    let cluster_id = before[0].cluster_id.clone().expect("cluster id");
+    let tls = cluster.root().join("tls");
+    let ca = tls.join("ca.pem");
+    let target = 1;
+    let peer_url = cluster.peer_url(target).to_owned();
+    let secret = cluster.cluster_secret().to_owned();
+    let refused_before =
+        listener_handshakes(&cluster.metrics_text(target).await, "peer", "refused");
+
+    // Plaintext to the peer port: no HTTP answer at all.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let authority = peer_url.trim_start_matches("https://");
+        let mut tcp = tokio::net::TcpStream::connect(authority)
+            .await
+            .expect("connect");
+        let head = format!(
+            "POST /raft/vote HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
+        assert!(
+            !String::from_utf8_lossy(&answer).starts_with("HTTP/"),
+            "a plaintext peer got an HTTP answer: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    // TLS without a client certificate, and with a certificate of another CA naming a node.
+    let no_certificate =
+        raft_call_with(peer_client(&ca, None), &peer_url, &secret, &cluster_id).await;
+    assert!(
+        no_certificate.is_err(),
+        "no client certificate: {no_certificate:?}"
+    );
+    let other_ca = x402_dev::tls_front::TestCa::new("another CA");
+    let stranger = tempfile::tempdir().expect("tempdir");
+    let (cert_file, key_file) =
+        other_ca.certificate_files(&["node-2.x402-cluster", "127.0.0.1"], stranger.path(), "n2");
+    let foreign = raft_call_with(
+        peer_client(&ca, Some((&cert_file, &key_file))),
+        &peer_url,
+        &secret,
+        &cluster_id,
+    )
+    .await;
+    assert!(foreign.is_err(), "a certificate of another CA: {foreign:?}");
+    let refused_after = listener_handshakes(&cluster.metrics_text(target).await, "peer", "refused");
+    assert!(
+        refused_after >= refused_before + 3.0,
+        "plaintext, no certificate and another CA are counted as refused handshakes: \
+         {refused_before} -> {refused_after}"
+    );
+
+    // A certificate of the cluster CA for node 5, which is not a member: through the
+    // handshake, but Raft is refused.
+    let spare = raft_call_with(
+        peer_client(&ca, Some((&tls.join("node5.pem"), &tls.join("node5.key")))),
+        &peer_url,
+        &secret,
+        &cluster_id,
+    )
+    .await;
+    assert_eq!(spare, Ok(403), "a non-member's Raft call");
+    let text = cluster.metrics_text(target).await;
+    assert!(
+        sample(
+            &text,
+            "x402_peer_refused_total",
+            &[("reason", "not_a_member")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    // A member's certificate gets to the Raft checks (an empty body does not decode).
+    let member = raft_call_with(
+        peer_client(&ca, Some((&tls.join("node2.pem"), &tls.join("node2.key")))),
+        &peer_url,
+        &secret,
+        &cluster_id,
+    )
+    .await;
+    assert_eq!(member, Ok(400), "a member's undecodable append");
+
+    let after = cluster.wait_converged().await;
+    let key = |s: &x402_protocol::wire::NodeStatus| (s.id, s.term, s.applied, s.state_hash.clone());
+    assert_eq!(
+        after.iter().map(key).collect::<Vec<_>>(),
+        before.iter().map(key).collect::<Vec<_>>(),
+        "nothing changed"
     );
 }
