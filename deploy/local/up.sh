@@ -22,11 +22,12 @@
 #                    keys (X402_SIGNER_KEYS) and add its exports to DIR/env. x402-devchain is
 #                    built too, or taken from X402_BIN_DIR. anvil comes from X402_ANVIL or
 #                    contracts/node_modules (`cd contracts && npm ci`).
-#   X402_TLS         1: serve every node's API over TLS: `x402ctl tls init DIR/tls` makes a CA
-#                    (DIR/tls/ca.pem) and node certificates for 127.0.0.1 and localhost, node
-#                    URLs in DIR/urls are https://, and DIR/env exports X402_CACERT (x402ctl)
-#                    (demo.sh hands it to the official SDK's node processes). Peers keep
-#                    their own plaintext port on 127.0.0.1.
+#   X402_TLS         1: serve every node's API over TLS and peers over mutual TLS:
+#                    `x402ctl tls init DIR/tls` makes a CA (DIR/tls/ca.pem, also every node's
+#                    peer_ca_file) and node certificates for 127.0.0.1 and localhost, node
+#                    URLs in DIR/urls and member URLs are https://, and DIR/env exports
+#                    X402_CACERT (x402ctl) (demo.sh hands it to the official SDK's node
+#                    processes).
 #   X402_DEVCHAIN_PORT      anvil's port (default 8545)
 #   X402_DEVCHAIN_CHAIN_ID  its chain id (default 31337)
 set -euo pipefail
@@ -97,7 +98,7 @@ for i in $(seq 1 "$n"); do
     fi
   done
   # Members know each other by their peer URLs.
-  bootstrap="$bootstrap$i = \"http://127.0.0.1:$peer_port\"\n"
+  bootstrap="$bootstrap$i = \"$scheme://127.0.0.1:$peer_port\"\n"
   echo "$scheme://127.0.0.1:$port" >> "$dir/urls"
 done
 
@@ -128,6 +129,7 @@ for i in $(seq 1 "$n"); do
     tls_toml="[tls]
 cert_file = \"$dir/tls/node$i.pem\"
 key_file = \"$dir/tls/node$i.key\"
+peer_ca_file = \"$dir/tls/ca.pem\"
 
 "
   fi
