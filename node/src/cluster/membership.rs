@@ -172,7 +172,18 @@ impl Members {
         holds_cluster_id: Option<&str>,
     ) -> Result<MembershipResponse, MembershipError> {
         scheme_and_authority(url).map_err(|e| MembershipError::BadUrl(e.to_string()))?;
+        let (own, _) =
+            scheme_and_authority(&self.url).map_err(|e| MembershipError::BadUrl(e.to_string()))?;
+        // Operators may name the node's API URL here (member_url_of then asks it for its peer
+        // URL); the URL recorded must speak what this cluster's peers speak.
         let url = self.member_url_of(id, url).await?;
+        let (recorded, _) =
+            scheme_and_authority(&url).map_err(|e| MembershipError::BadUrl(e.to_string()))?;
+        if recorded != own {
+            return Err(MembershipError::BadUrl(format!(
+                "node {id}'s peer URL {url} is {recorded}://, this cluster's members speak {own}://"
+            )));
+        }
         let cluster = self
             .peers
             .identity()

@@ -119,7 +119,9 @@ impl PeerConnection {
             .post(&self.url, path, body, deadline)
             .await
             .map_err(|e| match e {
-                PeerError::Connect { .. } | PeerError::BadUrl(_) => {
+                // Never delivered, or refused for who we are (another cluster, not a member, a
+                // wiped node that must be rebuilt): back off instead of retrying at once.
+                e if e.not_delivered() || e.refused_identity() => {
                     RPCError::Unreachable(Unreachable::new(&e))
                 }
                 PeerError::Timeout(_) => RPCError::Timeout(Timeout {

@@ -45,6 +45,8 @@ pub enum PeerError {
     BadUrl(String),
     #[error("{0} is an https:// member but this node has no peer TLS (tls.peer_ca_file)")]
     NoTls(String),
+    #[error("{0} is an http:// member but this node speaks only mutual TLS to its peers")]
+    Plaintext(String),
     #[error("TLS with {authority} failed: {source}")]
     Tls {
         authority: String,
@@ -74,12 +76,20 @@ pub enum PeerError {
 }
 
 impl PeerError {
+    /// Whether the peer refused this node for who it is (a 403: another cluster id, none, or
+    /// not a member), or answered as a node of another cluster.
+    pub fn refused_identity(&self) -> bool {
+        matches!(self, PeerError::OtherCluster { .. })
+            || matches!(self, PeerError::Status { status, .. } if *status == StatusCode::FORBIDDEN)
+    }
+
     /// Whether the request certainly did not reach the peer (safe to send elsewhere).
     pub fn not_delivered(&self) -> bool {
         matches!(
             self,
             PeerError::BadUrl(_)
                 | PeerError::NoTls(_)
+                | PeerError::Plaintext(_)
                 | PeerError::Connect { .. }
                 | PeerError::Tls { .. }
         )
@@ -165,6 +175,10 @@ impl PeerClient {
         deadline: Duration,
     ) -> Result<Bytes, PeerError> {
         let (scheme, authority) = scheme_and_authority(base_url)?;
+        // With peer TLS configured, nothing leaves in clear text (the secret would).
+        if scheme == Scheme::Http && self.inner.tls.is_some() {
+            return Err(PeerError::Plaintext(authority.to_string()));
+        }
         let transport = |e: &dyn std::fmt::Display| PeerError::Transport {
             authority: authority.to_string(),
             message: e.to_string(),
