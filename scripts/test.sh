@@ -10,6 +10,12 @@ cd "$(dirname "$0")/.."
 # The official x402 SDK (@x402/express, @x402/fetch) for tests/tests/official_middleware.rs.
 (cd deploy/local/demo && npm ci --silent --no-audit --no-fund)
 
+# The three-host test (tests/tests/three_hosts.rs) makes network namespaces with iproute2's `ip`
+# (as root, as CI runs); without it that test fails and says so.
+if ! command -v ip >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null
+fi
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # End-to-end tests start these binaries as real processes.

@@ -43,6 +43,8 @@ use x402_dev::devchain::{signer_keys_csv, DevChain, SIGNER_KEYS_ENV};
 use x402_dev::process::{die_with_parent, toml_str};
 use x402_protocol::wire::{NodeStatus, Role};
 
+use crate::netns::Hosts;
+
 /// How long a cluster may take to elect a leader every node agrees on.
 pub const LEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long nodes may take to reach the same applied index and state hash.
@@ -61,6 +63,8 @@ pub struct ClusterOptions {
     pub toml: Vec<String>,
     /// Serve every node's API over TLS and peers over mutual TLS (see [`ClusterOptions::tls`]).
     pub tls: bool,
+    /// Run node `i` on host `i` of these (see [`ClusterOptions::on_hosts`]).
+    pub hosts: Option<std::sync::Arc<Hosts>>,
 }
 
 impl ClusterOptions {
@@ -79,6 +83,14 @@ impl ClusterOptions {
     /// same certificates (`peer_ca_file`), and their member URLs are `https://` too.
     pub fn tls(mut self) -> Self {
         self.tls = true;
+        self
+    }
+
+    /// Runs node `i` in network namespace `i` of `hosts`, listening on that host's address only
+    /// (its certificates name every host's address). The harness and `x402ctl` reach the nodes
+    /// through the bridge.
+    pub fn on_hosts(mut self, hosts: std::sync::Arc<Hosts>) -> Self {
+        self.hosts = Some(hosts);
         self
     }
 
@@ -153,7 +165,10 @@ impl LocalCluster {
 
         // Spare certificates for nodes a test adds later (`start_extra_node`).
         let roots = if options.tls {
-            let hosts = ["127.0.0.1".to_string(), "localhost".to_string()];
+            let mut hosts = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+            if let Some(on) = &options.hosts {
+                hosts.extend(on.hosts.iter().map(|h| h.ip.clone()));
+            }
             let issued = x402_tls::issue::init(&root.join("tls"), n + 2, &hosts)
                 .expect("issue the cluster's certificates");
             x402_tls::Roots::File(issued.ca_cert)
@@ -184,7 +199,10 @@ impl LocalCluster {
         let pairs: Vec<(u16, u16)> = ports.chunks(2).map(|p| (p[0], p[1])).collect();
         let bootstrap: BTreeMap<u64, String> = (1..=n)
             .zip(&pairs)
-            .map(|(id, (_, peer))| (id, format!("{}://127.0.0.1:{peer}", cluster.scheme())))
+            .map(|(id, (_, peer))| {
+                let host = cluster.host_ip(id);
+                (id, format!("{}://{host}:{peer}", cluster.scheme()))
+            })
             .collect();
         for (id, ports) in (1..=n).zip(pairs) {
             cluster.add_node(id, ports, &bootstrap);
@@ -194,6 +212,47 @@ impl LocalCluster {
         }
         cluster.wait_leader().await;
         cluster
+    }
+
+    /// The address node `id` listens on: its host's, or loopback.
+    fn host_ip(&self, id: u64) -> String {
+        match &self.options.hosts {
+            Some(hosts) => hosts.host(id).ip.clone(),
+            None => "127.0.0.1".to_owned(),
+        }
+    }
+
+    /// A file holding the cluster's CA and the CA of `fresh` (a `tls init` directory): what
+    /// clients and peers trust while the cluster moves from one to the other.
+    pub fn both_cas(&self, fresh: &Path) -> PathBuf {
+        let read = |path: PathBuf| {
+            fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        };
+        let both = self.root.join("both-cas.pem");
+        let text = read(self.root.join("tls").join("ca.pem")) + &read(fresh.join("ca.pem"));
+        fs::write(&both, text).expect("write both CAs");
+        both
+    }
+
+    /// Moves every node of a TLS cluster to the certificates in `fresh` (made by `tls init` with
+    /// another CA, node files `node<N>.pem`/`.key`) as an operator does: `both` (see
+    /// [`LocalCluster::both_cas`]) into the peer CA file first, a pause for every node to read
+    /// it, then each running node's new pair (atomic renames: what secret managers do). The
+    /// nodes pick the files up themselves (the file watch), or at once on SIGHUP.
+    pub async fn rotate_tls_to(&self, fresh: &Path, both: &Path) {
+        assert!(self.options.tls, "rotate_tls_to needs ClusterOptions::tls");
+        let tls = self.root.join("tls");
+        swap_in(both, &tls.join("ca.pem"));
+        // reload_check_ms is 200 in these clusters.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        for id in self.running_ids() {
+            for ext in ["key", "pem"] {
+                swap_in(
+                    &fresh.join(format!("node{id}.{ext}")),
+                    &tls.join(format!("node{id}.{ext}")),
+                );
+            }
+        }
     }
 
     /// `https` when the cluster speaks TLS, else `http`.
@@ -633,12 +692,13 @@ impl LocalCluster {
         let dir = self.root.join(format!("node{id}"));
         fs::create_dir_all(&dir).expect("create node directory");
         let scheme = self.scheme();
-        let url = format!("{scheme}://127.0.0.1:{port}");
+        let host = self.host_ip(id);
+        let url = format!("{scheme}://{host}:{port}");
         let data_dir = dir.join("data");
         let config = dir.join("config.toml");
         let mut toml = format!(
-            "node_id = {id}\nlisten = \"127.0.0.1:{port}\"\nadvertise_url = {}\n\
-             peer_listen = \"127.0.0.1:{peer_port}\"\n\
+            "node_id = {id}\nlisten = \"{host}:{port}\"\nadvertise_url = {}\n\
+             peer_listen = \"{host}:{peer_port}\"\n\
              data_dir = {}\ncluster_secret_file = {}\nadmin_token_file = {}\n\n",
             toml_str(&url),
             toml_str(&data_dir.to_string_lossy()),
@@ -671,7 +731,7 @@ impl LocalCluster {
             id,
             NodeProc {
                 url,
-                peer_url: format!("{scheme}://127.0.0.1:{peer_port}"),
+                peer_url: format!("{scheme}://{host}:{peer_port}"),
                 config,
                 data_dir,
                 log: dir.join("node.log"),
@@ -683,13 +743,26 @@ impl LocalCluster {
     fn spawn(&mut self, id: u64) {
         let bin = self.bin("x402-node");
         let env = self.options.env.clone();
+        let namespace = self
+            .options
+            .hosts
+            .as_ref()
+            .map(|hosts| hosts.host(id).namespace.clone());
         let node = self.nodes.get_mut(&id).expect("known node");
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&node.log)
             .expect("open node log");
-        let mut command = Command::new(bin);
+        // `ip netns exec` enters the namespace and execs the node: the child is the node itself.
+        let mut command = match namespace {
+            Some(namespace) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", &namespace]).arg(bin);
+                command
+            }
+            None => Command::new(bin),
+        };
         command
             .arg("--config")
             .arg(&node.config)
@@ -875,4 +948,12 @@ async fn run_with_timeout(
         Ok(output) => output.unwrap_or_else(|e| panic!("run {program}: {e}")),
         Err(_) => panic!("{program} did not finish within {timeout:?}"),
     }
+}
+
+/// Replaces `dst` with `src`'s bytes atomically (write beside, rename), as secret managers do.
+pub fn swap_in(src: &Path, dst: &Path) {
+    let tmp = dst.with_extension("swap");
+    fs::copy(src, &tmp)
+        .unwrap_or_else(|e| panic!("copy {} to {}: {e}", src.display(), tmp.display()));
+    fs::rename(&tmp, dst).unwrap_or_else(|e| panic!("rename to {}: {e}", dst.display()));
 }

@@ -17,6 +17,7 @@
 pub mod cluster;
 pub mod http;
 pub mod metrics;
+pub mod netns;
 pub mod resource_server;
 pub mod rpc_proxy;
 pub mod single_node;

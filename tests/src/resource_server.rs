@@ -7,12 +7,12 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::devchain::workspace_root;
+use crate::devchain::{workspace_root, DevChain, MERCHANT, PAYER_KEY};
 
 /// How long a resource server may take to print its ready line.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -136,4 +136,51 @@ pub fn run_script(script: &str, env: &BTreeMap<&str, String>) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     stdout
+}
+
+/// Runs `demo.sh` (a resource server with `@x402/express` whose facilitator is `nodes`, and a
+/// client paying it with `@x402/fetch`) on `chain`, trusting `cacert` for https:// nodes (as
+/// `X402_CACERT`, which demo.sh hands to node as `NODE_EXTRA_CA_CERTS`). Its stdout; panics if
+/// it fails or shows the payer's key.
+pub fn pay_with_demo(chain: &DevChain, nodes: &str, cacert: Option<&Path>) -> String {
+    let demo = workspace_root().join("deploy/local/demo/demo.sh");
+    let mut command = Command::new("bash");
+    if let Some(ca) = cacert {
+        command.env("X402_CACERT", ca);
+    }
+    let output = command
+        .arg(demo)
+        .env("X402_NODES", nodes)
+        .env("X402_NETWORK", chain.network())
+        .env("X402_TOKEN", chain.token.address.to_checksum(None))
+        .env("X402_TOKEN_NAME", &chain.token.name)
+        .env("X402_TOKEN_VERSION", &chain.token.version)
+        .env("X402_PAY_TO", MERCHANT.to_checksum(None))
+        .env("X402_PAYER_KEY", PAYER_KEY)
+        .env("X402_RPC_URL", chain.anvil.url())
+        .env("PORT", free_port().to_string())
+        .output()
+        .expect("run demo.sh");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "demo.sh failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(
+        !stdout.contains(PAYER_KEY) && !stderr.contains(PAYER_KEY),
+        "the key leaked"
+    );
+    stdout
+}
+
+/// The settlement transaction of a `demo.sh` run (its `paid: tx` line).
+pub fn paid_tx(stdout: &str) -> String {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("paid: tx "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no 'paid: tx' line in:\n{stdout}"))
+        .to_owned()
 }

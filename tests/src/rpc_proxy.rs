@@ -61,7 +61,7 @@ struct Shared {
     failed: AtomicU64,
 }
 
-/// A running proxy on `127.0.0.1`; stops on `Drop`.
+/// A running proxy (on `127.0.0.1` unless started elsewhere); stops on `Drop`.
 pub struct RpcProxy {
     addr: SocketAddr,
     shared: Arc<Shared>,
@@ -72,6 +72,12 @@ impl RpcProxy {
     /// Listens on 127.0.0.1:0 and forwards every request (POST JSON-RPC, any path) to `upstream`
     /// (e.g. `"http://127.0.0.1:8545"`; plain `http://` only). Starts in [`ProxyMode::Forward`].
     pub async fn start(upstream: &str) -> io::Result<RpcProxy> {
+        Self::start_on(upstream, "127.0.0.1").await
+    }
+
+    /// [`RpcProxy::start`] listening on `ip` (a free port): e.g. the bridge address of
+    /// [`crate::netns::Hosts`], so nodes in namespaces reach a chain on this host's loopback.
+    pub async fn start_on(upstream: &str, ip: &str) -> io::Result<RpcProxy> {
         let invalid = |why: &str| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -88,7 +94,7 @@ impl RpcProxy {
             authority.host(),
             authority.port_u16().unwrap_or(80)
         );
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = TcpListener::bind((ip, 0)).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             authority,
@@ -100,7 +106,7 @@ impl RpcProxy {
         Ok(RpcProxy { addr, shared, task })
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://IP:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }

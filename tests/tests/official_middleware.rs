@@ -13,65 +13,14 @@
 //! through `NODE_EXTRA_CA_CERTS` (what `X402_TLS=1 deploy/local/quickstart.sh` sets up).
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
 
 use alloy::primitives::B256;
 use serde_json::Value;
 use x402_tests::devchain::{
-    facilitator_toml, signer_keys_csv, workspace_root, DevChain, MERCHANT, PAYER, PAYER_KEY,
-    SIGNER_KEYS_ENV,
+    facilitator_toml, signer_keys_csv, DevChain, MERCHANT, PAYER, PAYER_KEY, SIGNER_KEYS_ENV,
 };
-use x402_tests::resource_server::{free_port, run_script, ResourceServer};
+use x402_tests::resource_server::{paid_tx, pay_with_demo, run_script, ResourceServer};
 use x402_tests::{ClusterOptions, LocalCluster};
-
-/// Runs demo.sh against `nodes`; its stdout.
-fn pay_through(chain: &DevChain, nodes: &str) -> String {
-    pay_through_trusting(chain, nodes, None)
-}
-
-/// [`pay_through`] with `X402_CACERT` (the CA of https:// nodes) when given.
-fn pay_through_trusting(chain: &DevChain, nodes: &str, cacert: Option<&Path>) -> String {
-    let demo = workspace_root().join("deploy/local/demo/demo.sh");
-    let mut command = Command::new("bash");
-    if let Some(ca) = cacert {
-        command.env("X402_CACERT", ca);
-    }
-    let output = command
-        .arg(demo)
-        .env("X402_NODES", nodes)
-        .env("X402_NETWORK", chain.network())
-        .env("X402_TOKEN", chain.token.address.to_checksum(None))
-        .env("X402_TOKEN_NAME", &chain.token.name)
-        .env("X402_TOKEN_VERSION", &chain.token.version)
-        .env("X402_PAY_TO", MERCHANT.to_checksum(None))
-        .env("X402_PAYER_KEY", PAYER_KEY)
-        .env("X402_RPC_URL", chain.anvil.url())
-        .env("PORT", free_port().to_string())
-        .output()
-        .expect("run demo.sh");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "demo.sh failed ({}):\n{stdout}\n{stderr}",
-        output.status
-    );
-    assert!(
-        !stdout.contains(PAYER_KEY) && !stderr.contains(PAYER_KEY),
-        "the key leaked"
-    );
-    stdout
-}
-
-fn paid_tx(stdout: &str) -> String {
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("paid: tx "))
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no 'paid: tx' line in:\n{stdout}"))
-        .to_owned()
-}
 
 #[tokio::test]
 async fn the_official_middleware_gets_paid_through_any_node() {
@@ -89,7 +38,7 @@ async fn the_official_middleware_gets_paid_through_any_node() {
     .await;
     let transfers_before = chain.token.transfer_logs(0).await.len();
     let nodes = cluster.urls_csv(&[1, 2, 3]);
-    let tx = paid_tx(&pay_through(&chain, &nodes));
+    let tx = paid_tx(&pay_with_demo(&chain, &nodes, None));
     let transfers = chain.token.transfer_logs(0).await;
     assert_eq!(transfers.len(), transfers_before + 1, "{transfers:?}");
     assert_eq!(transfers.last().map(|t| t.tx_hash.to_string()), Some(tx));
@@ -97,7 +46,7 @@ async fn the_official_middleware_gets_paid_through_any_node() {
     // The node the server asks first is dead: it fails over, the payment still goes through.
     cluster.kill9(1);
     cluster.wait_leader_among(&[2, 3]).await;
-    let tx = paid_tx(&pay_through(&chain, &nodes));
+    let tx = paid_tx(&pay_with_demo(&chain, &nodes, None));
     let transfers = chain.token.transfer_logs(0).await;
     assert_eq!(transfers.len(), transfers_before + 2);
     assert_eq!(transfers.last().map(|t| t.tx_hash.to_string()), Some(tx));
@@ -112,7 +61,7 @@ async fn the_official_middleware_pays_through_https_nodes() {
     let ca = cluster.root().join("tls").join("ca.pem");
     let before = chain.token.transfer_logs(0).await.len();
     // demo.sh hands X402_CACERT to node as NODE_EXTRA_CA_CERTS, as DIR/env does for a user.
-    let tx = paid_tx(&pay_through_trusting(&chain, &nodes, Some(&ca)));
+    let tx = paid_tx(&pay_with_demo(&chain, &nodes, Some(&ca)));
     let transfers = chain.token.transfer_logs(0).await;
     assert_eq!(transfers.len(), before + 1, "{transfers:?}");
     assert_eq!(transfers.last().map(|t| t.tx_hash.to_string()), Some(tx));

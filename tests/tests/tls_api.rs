@@ -173,13 +173,6 @@ async fn connections_that_never_finish_a_handshake_hold_nothing_and_are_counted(
     assert!(timeouts >= 20.0, "20 handshake timeouts counted: {text}");
 }
 
-/// Replaces `dst` with `src`'s bytes atomically (write beside, rename), as secret managers do.
-fn swap_in(src: &Path, dst: &Path) {
-    let tmp = dst.with_extension("tmp");
-    std::fs::copy(src, &tmp).expect("copy");
-    std::fs::rename(&tmp, dst).expect("rename");
-}
-
 #[tokio::test]
 async fn certificates_rotate_without_a_restart_and_without_a_failed_request() {
     let mut cluster = LocalCluster::start_with(3, ClusterOptions::default().tls()).await;
@@ -194,16 +187,7 @@ async fn certificates_rotate_without_a_restart_and_without_a_failed_request() {
     );
     let new_ca = fresh.join("ca.pem");
     // A client that trusts both: what an operator's clients hold during a CA rotation.
-    let both = cluster.root().join("both.pem");
-    std::fs::write(
-        &both,
-        format!(
-            "{}{}",
-            std::fs::read_to_string(&old_ca).unwrap(),
-            std::fs::read_to_string(&new_ca).unwrap()
-        ),
-    )
-    .unwrap();
+    let both = cluster.both_cas(&fresh);
     let token = cluster.admin_token().to_owned();
     for id in cluster.ids() {
         assert!(status_with(&old_ca, cluster.url(id), &token).await.is_ok());
@@ -237,19 +221,7 @@ async fn certificates_rotate_without_a_restart_and_without_a_failed_request() {
         })
     };
     // Peers trust both CAs before any presents the new one (peer_ca_file is watched too).
-    let tls = cluster.root().join("tls");
-    swap_in(&both, &tls.join("ca.pem"));
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    for id in cluster.ids() {
-        swap_in(
-            &fresh.join(format!("node{id}.key")),
-            &tls.join(format!("node{id}.key")),
-        );
-        swap_in(
-            &fresh.join(format!("node{id}.pem")),
-            &tls.join(format!("node{id}.pem")),
-        );
-    }
+    cluster.rotate_tls_to(&fresh, &both).await;
     // Node 1 is told (SIGHUP); nodes 2 and 3 find the change themselves (the file watch).
     let pid = cluster.pid(1);
     assert!(Command::new("kill")
