@@ -20,6 +20,7 @@ const EXPECTED_SOLC = require("./package.json").devDependencies.solc;
 
 // One entry per artifact: the source file and the contract it holds.
 const CONTRACTS = [
+  { source: "src/TestPermitToken.sol", name: "TestPermitToken" },
   { source: "src/TestUSDC.sol", name: "TestUSDC" },
   { source: "src/TestWallet.sol", name: "TestWallet" },
 ];
