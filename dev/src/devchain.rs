@@ -167,7 +167,7 @@ pub fn default_v1_name(chain_id: u64) -> Option<String> {
 pub struct DevChainError(pub String);
 
 impl DevChainError {
-    fn new(message: impl Into<String>) -> Self {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
         Self(message.into())
     }
 }
@@ -1141,10 +1141,12 @@ impl DevChain {
         Self::start_with(AnvilOptions::new(chain_id)).await
     }
 
-    /// Starts anvil with `options` and sets up the token (mined by the helpers even with
-    /// [`Mining::Manual`]).
+    /// Starts anvil with `options`, puts the canonical contracts in place
+    /// ([`crate::canonical`]: Permit2, Multicall3) and sets up the token (mined by the helpers
+    /// even with [`Mining::Manual`]).
     pub async fn start_with(options: AnvilOptions) -> DevChain {
         let anvil = Anvil::start_with(options).await;
+        or_panic(crate::canonical::install(anvil.rpc()).await);
         let token = DevToken::deploy(&anvil, DEFAULT_TOKEN_NAME, DEFAULT_TOKEN_VERSION).await;
         token.mint(PAYER, U256::from(PAYER_FUNDS)).await;
         DevChain { anvil, token }

@@ -14,6 +14,7 @@
 //!   run through the checks in process.
 
 pub mod bad_requests;
+pub mod canonical;
 pub mod devchain;
 pub mod in_process;
 pub mod memory_chain;

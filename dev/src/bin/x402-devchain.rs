@@ -7,7 +7,8 @@
 //! ```
 //!
 //! `start` runs anvil in the background (it outlives the command: pid in `DIR/anvil.pid`, output
-//! in `DIR/anvil.log`), deploys our EIP-3009 TestUSDC, mints 1,000,000 tokens to the payer
+//! in `DIR/anvil.log`), puts Permit2 and Multicall3 at their canonical addresses
+//! (`x402_dev::canonical`), deploys our EIP-3009 TestUSDC, mints 1,000,000 tokens to the payer
 //! (anvil dev account #3) and writes
 //!
 //! - `DIR/devchain.env`: shell exports `X402_RPC_URL`, `X402_CHAIN_ID`, `X402_NETWORK`
@@ -146,6 +147,7 @@ fn start(
     let set_up = runtime.block_on(async {
         let url = wait_anvil(&mut child, &options, &log).await?;
         let rpc = DevRpc::connect(&url)?;
+        x402_dev::canonical::install(&rpc).await?;
         let token = DevToken::try_deploy(&rpc, token_name, token_version).await?;
         token.try_mint(PAYER, U256::from(PAYER_FUNDS)).await?;
         Ok::<_, DevChainError>((url, token))
