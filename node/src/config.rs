@@ -47,6 +47,9 @@ pub struct Config {
     pub advertise_peer_url: Option<String>,
     /// Directory of the sled store and snapshots.
     pub data_dir: PathBuf,
+    /// How log lines are written to stderr: `text` (for people) or `json` (one object per
+    /// line, for a log pipeline).
+    pub log_format: LogFormat,
     pub cluster_secret_file: Option<PathBuf>,
     pub admin_token_file: Option<PathBuf>,
     /// Members to form the cluster with on first start. The member with the lowest id
@@ -117,6 +120,15 @@ pub struct Limits {
     pub max_entries_in_flight: usize,
 }
 
+/// The form of log lines (`log_format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageSettings {
@@ -133,6 +145,7 @@ impl Default for Config {
             peer_listen: None,
             advertise_peer_url: None,
             data_dir: PathBuf::from("./data"),
+            log_format: LogFormat::Text,
             cluster_secret_file: None,
             admin_token_file: None,
             bootstrap: BTreeMap::new(),

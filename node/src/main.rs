@@ -10,7 +10,7 @@ use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use mimalloc::MiMalloc;
 use x402_node::cluster::breakers::ClusterBreakers;
-use x402_node::config::Config;
+use x402_node::config::{Config, LogFormat};
 use x402_node::facilitator::Facilitator;
 use x402_node::http;
 use x402_node::metrics::Metrics;
@@ -24,7 +24,11 @@ use x402_raft_store::storage::{open_sled_stores, FlushObserver, SledOptions};
 static GLOBAL: MiMalloc = MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "x402-node", version, about = "One replica of an x402-cluster")]
+#[command(
+    name = "x402-node",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("X402_BUILD_COMMIT"), ")"),
+    about = "One replica of an x402-cluster"
+)]
 struct Cli {
     /// TOML configuration file; every key can be overridden by X402_<KEY> (nested: `__`).
     #[arg(long, short, env = "X402_CONFIG", global = true)]
@@ -68,14 +72,15 @@ fn main() -> ExitCode {
         eprintln!("fatal: x402-node panicked; aborting so that it restarts from its durable state");
         std::process::abort();
     }));
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,openraft=warn".into()),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    // The configuration first: it says how to log. Its errors are printed as they are.
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,7 +92,6 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let config = Config::load(cli.config.as_deref()).map_err(|e| e.to_string())?;
         match cli.command.unwrap_or(Command::Run) {
             Command::Run => run(config).await,
             Command::Rebuild { from } => {
@@ -130,6 +134,24 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Log lines to stderr, filtered by `RUST_LOG` (default `info,openraft=warn`): text, or one JSON
+/// object per line (`log_format = "json"`: time, level, target, message and fields).
+fn init_logging(format: LogFormat) {
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| "info,openraft=warn".into())
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().with_current_span(false).init(),
     }
 }
 

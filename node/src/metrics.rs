@@ -7,6 +7,10 @@ use prometheus::{
 };
 use x402_raft_store::types::RaftMetrics;
 
+/// This build's version (the crate's) and the commit it was built from (see `build.rs`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const COMMIT: &str = env!("X402_BUILD_COMMIT");
+
 /// Latency buckets in seconds, from 50 µs (an fsync on a fast disk) to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -18,6 +22,8 @@ pub struct Metrics {
     registry: Registry,
     pub term: IntGauge,
     pub is_leader: IntGauge,
+    /// 1 while this node knows a leader (itself or another): 0 on every node means no quorum.
+    pub has_leader: IntGauge,
     pub leader_changes: IntCounter,
     pub committed_index: IntGauge,
     pub applied_index: IntGauge,
@@ -119,6 +125,16 @@ impl Metrics {
             &["listener", "result"],
         )?;
         registry.register(Box::new(tls_handshakes.clone()))?;
+        // Always 1; its labels say what runs (joined to other series by `node`).
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "build_info",
+                "The version and commit of this node's build (always 1)",
+            ),
+            &["version", "commit"],
+        )?;
+        registry.register(Box::new(build_info.clone()))?;
+        build_info.with_label_values(&[VERSION, COMMIT]).set(1);
         let by_endpoint = |name: &str, help: &str| -> Result<IntGaugeVec, prometheus::Error> {
             let g = IntGaugeVec::new(Opts::new(name, help), &["endpoint"])?;
             registry.register(Box::new(g.clone()))?;
@@ -135,6 +151,7 @@ impl Metrics {
         Ok(Self {
             term: gauge("raft_term", "Current Raft term")?,
             is_leader: gauge("raft_is_leader", "1 when this node is the leader")?,
+            has_leader: gauge("has_leader", "1 while this node knows a leader")?,
             leader_changes,
             committed_index: gauge("raft_committed_index", "Highest log index known committed")?,
             applied_index: gauge("raft_applied_index", "Highest log index applied")?,
@@ -173,6 +190,7 @@ impl Metrics {
         self.term.set(m.current_term as i64);
         self.is_leader
             .set(i64::from(m.current_leader == Some(m.id)));
+        self.has_leader.set(i64::from(m.current_leader.is_some()));
         if m.current_leader != previous_leader && m.current_leader.is_some() {
             self.leader_changes.inc();
         }

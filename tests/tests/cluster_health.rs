@@ -73,6 +73,21 @@ async fn readiness_and_metrics() {
             s.id,
             s.applied
         );
+        // What runs, and that it knows a leader.
+        let version = env!("CARGO_PKG_VERSION");
+        assert_eq!(
+            sample(&text, "x402_build_info", &[("version", version)]),
+            Some(1.0),
+            "node {}: x402_build_info{{version=\"{version}\"}}:\n{text}",
+            s.id
+        );
+        assert!(!text.contains("commit=\"\""), "the build names its commit");
+        assert_eq!(
+            sample(&text, "x402_has_leader", &[]),
+            Some(1.0),
+            "node {}",
+            s.id
+        );
         // Every node made its log durable at least once per write batch.
         let fsyncs = sample(&text, "x402_fsync_seconds_count", &[]).unwrap_or(0.0);
         assert!(fsyncs >= 1.0, "node {} counted {fsyncs} fsyncs", s.id);
@@ -113,6 +128,20 @@ async fn readiness_and_metrics() {
         !readiness.reasons.is_empty() && readiness.reasons.iter().all(|r| !r.is_empty()),
         "a not-ready node must say why: {readiness:?}"
     );
+    // It stops naming a leader (a dashboard's "no leader" is this on every node).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = get(&cluster, survivor, "/metrics").await;
+        let text = String::from_utf8_lossy(&body).into_owned();
+        if sample(&text, "x402_has_leader", &[]) == Some(0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the survivor still names a leader"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Alive though, and it keeps saying not ready.
     let (status, _) = get(&cluster, survivor, "/livez").await;
     assert_eq!(status, StatusCode::OK);
@@ -142,4 +171,30 @@ async fn readiness_and_metrics() {
     let (status, _) = get(&cluster, survivor, "/metrics").await;
     assert_eq!(status, StatusCode::OK);
     cluster.assert_running(survivor);
+}
+
+#[tokio::test]
+async fn log_format_json_writes_one_object_per_line() {
+    let cluster = LocalCluster::start_with(
+        1,
+        x402_tests::ClusterOptions::default().toml("log_format = \"json\""),
+    )
+    .await;
+    workload::claim_many(&cluster.admins(&[1]), workload::new_salt(), 0..5, 1).await;
+    let log = cluster.log_text(1);
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "a node that started logs: {log}");
+    for line in &lines {
+        let object: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON object ({e}): {line}"));
+        assert!(object["timestamp"].is_string(), "{line}");
+        assert!(object["level"].is_string(), "{line}");
+        assert!(object["target"].is_string(), "{line}");
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"message\":\"starting x402-node\"")),
+        "the start-up line, as JSON: {log}"
+    );
 }
