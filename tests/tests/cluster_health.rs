@@ -100,6 +100,19 @@ async fn readiness_and_metrics() {
         );
     }
 
+    // `x402ctl check`: one applied index, one state hash.
+    let out = cluster.x402ctl(&all, &["check"]).await;
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "x402ctl check: {said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.starts_with("3 nodes agree at applied index "),
+        "{said}"
+    );
+
     // Kill two of three (the leader among them): the survivor cannot reach a quorum.
     let leader = cluster.leader_id().await;
     let survivor = *all.iter().find(|&&i| i != leader).unwrap();

@@ -89,6 +89,13 @@ pub enum Command {
         #[arg(long, default_value = "30", value_name = "SECS", value_parser = parse_secs)]
         wait: Duration,
     },
+    /// Wait until every node has applied the same log index, then compare their state hashes:
+    /// exit 0 when all agree, 1 on a divergence (or when they never reach one index in time)
+    Check {
+        /// How long to wait for every node to reach one applied index, in seconds
+        #[arg(long, default_value = "30", value_name = "SECS", value_parser = parse_secs)]
+        wait: Duration,
+    },
     /// Sign one payment and send it to the x402 endpoints: POST /verify, then POST /settle
     ///
     /// The request body is what an official x402 resource server sends for a client that paid

@@ -107,6 +107,7 @@ pub async fn execute(cli: Cli) -> Result<Output, CtlError> {
         Command::Members(cmd) => members::change(clients(&cli, &operator)?, cmd, cli.json).await,
         Command::Snapshot => snapshot::run(clients(&cli, &operator)?, cli.json).await,
         Command::WaitLeader { wait } => status::wait_leader(clients(&cli, &operator)?, *wait).await,
+        Command::Check { wait } => status::check(clients(&cli, &operator)?, *wait).await,
         Command::ApiKey(ApiKeyCommand::New { id }) => Ok(Output::ok(api_key::new(id))),
         Command::ApiKey(ApiKeyCommand::Hash) => api_key::hash_stdin().map(Output::ok),
         Command::Tls(TlsCommand::Init { dir, hosts }) => {

@@ -55,6 +55,67 @@ pub(super) async fn wait_leader(
     }
 }
 
+/// `x402ctl check`: polls every node until all answer at one applied index (writes keep
+/// arriving, so each round asks again), then compares their state hashes (I6: equal index,
+/// byte-equal state).
+pub(super) async fn check(
+    nodes: Vec<AdminClient>,
+    wait: std::time::Duration,
+) -> Result<Output, CtlError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let answers = on_every_node(nodes.clone(), |n| async move { n.status().await }).await;
+        let statuses: Vec<NodeStatus> = answers.into_iter().filter_map(|(_, a)| a.ok()).collect();
+        let verdict = (statuses.len() == nodes.len())
+            .then(|| compare_states(&statuses))
+            .flatten();
+        if let Some(verdict) = verdict {
+            return Ok(verdict);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let seen: Vec<String> = statuses
+                .iter()
+                .map(|s| format!("node {} at {}", s.id, or_dash(s.applied)))
+                .collect();
+            return Ok(Output {
+                stdout: format!(
+                    "the nodes did not reach one applied index within {wait:?} ({} of {} answered: {})\n",
+                    statuses.len(),
+                    nodes.len(),
+                    seen.join(", ")
+                ),
+                failed: true,
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// With every node at one applied index, whether their states agree; `None` while they stand
+/// at different indexes.
+fn compare_states(statuses: &[NodeStatus]) -> Option<Output> {
+    let first = statuses.first()?;
+    if statuses.iter().any(|s| s.applied != first.applied) {
+        return None;
+    }
+    let index = or_dash(first.applied);
+    if statuses.iter().all(|s| s.state_hash == first.state_hash) {
+        return Some(Output::ok(format!(
+            "{} nodes agree at applied index {index}: state hash {}\n",
+            statuses.len(),
+            first.state_hash
+        )));
+    }
+    let each: Vec<String> = statuses
+        .iter()
+        .map(|s| format!("node {}: {}", s.id, s.state_hash))
+        .collect();
+    Some(Output {
+        stdout: format!("DIVERGED at applied index {index}: {}\n", each.join(", ")),
+        failed: true,
+    })
+}
+
 /// The leader every one of `expected` nodes names, if they all answered and it says it leads.
 fn agreed_leader(statuses: &[NodeStatus], expected: usize) -> Option<u64> {
     if statuses.len() != expected {
@@ -200,6 +261,28 @@ unreachable: http://n3:7003: connection refused
 cluster: abababababababababababababababab
 ";
         assert_eq!(render(&status), expected);
+    }
+
+    #[test]
+    fn check_waits_for_one_index_and_then_compares_hashes() {
+        let at = |id, applied, hash: &str| NodeStatus {
+            applied: Some(applied),
+            state_hash: hash.into(),
+            ..node(id, Role::Follower)
+        };
+        assert!(
+            compare_states(&[at(1, 9, "aa"), at(2, 8, "bb")]).is_none(),
+            "not yet"
+        );
+        let agree = compare_states(&[at(1, 9, "aa"), at(2, 9, "aa"), at(3, 9, "aa")]).unwrap();
+        assert!(!agree.failed);
+        assert_eq!(
+            agree.stdout,
+            "3 nodes agree at applied index 9: state hash aa\n"
+        );
+        let diverged = compare_states(&[at(1, 9, "aa"), at(2, 9, "ab")]).unwrap();
+        assert!(diverged.failed);
+        assert!(diverged.stdout.contains("DIVERGED") && diverged.stdout.contains("node 2: ab"));
     }
 
     #[test]
