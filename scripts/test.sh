@@ -10,10 +10,15 @@ cd "$(dirname "$0")/.."
 # The official x402 SDK (@x402/express, @x402/fetch) for tests/tests/official_middleware.rs.
 (cd deploy/local/demo && npm ci --silent --no-audit --no-fund)
 
-# The three-host test (tests/tests/three_hosts.rs) makes network namespaces with iproute2's `ip`
-# (as root, as CI runs); without it that test fails and says so.
-if ! command -v ip >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null
+# Debian's tools some tests run: iproute2's `ip` for the three-host test (network namespaces,
+# as root, as CI runs), systemd's `systemd-analyze` for the unit in deploy/systemd. Without them
+# those tests fail and say so.
+missing=""
+command -v ip >/dev/null 2>&1 || missing="$missing iproute2"
+command -v systemd-analyze >/dev/null 2>&1 || missing="$missing systemd"
+if [ -n "$missing" ] && command -v apt-get >/dev/null 2>&1; then
+  # shellcheck disable=SC2086
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
 
 cargo fmt --all -- --check

@@ -60,6 +60,11 @@ enum Command {
 
 /// Exit status when the node stops itself because Raft can no longer run (EX_SOFTWARE).
 const EXIT_RAFT_STOPPED: i32 = 70;
+/// Exit status when the store will not open and must be rebuilt (EX_DATAERR): a restart cannot
+/// help, so supervisors are told not to (systemd's `RestartPreventExitStatus`).
+const EXIT_STORE_NEEDS_REBUILD: i32 = 65;
+/// Exit status of a configuration that does not load (EX_CONFIG): a restart cannot help either.
+const EXIT_BAD_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -77,7 +82,7 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(EXIT_BAD_CONFIG);
         }
     };
     init_logging(config.log_format);
@@ -207,7 +212,13 @@ async fn run(config: Config) -> Result<(), String> {
             flush_observer: Some(observer),
         },
     )
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| {
+        if e.needs_rebuild() {
+            eprintln!("error: {e}");
+            std::process::exit(EXIT_STORE_NEEDS_REBUILD);
+        }
+        e.to_string()
+    })?;
     let bind = |address: String| async move {
         tokio::net::TcpListener::bind(&address)
             .await

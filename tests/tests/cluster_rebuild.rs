@@ -44,6 +44,11 @@ async fn store_that_will_not_open_is_rebuilt_from_the_leader() {
     cluster.restart(follower);
     let exit = cluster.wait_exit(follower, Duration::from_secs(30)).await;
     assert!(!exit.success(), "a node on a damaged store must not start");
+    assert_eq!(
+        exit.code(),
+        Some(65),
+        "a store that needs a rebuild exits 65 (EX_DATAERR), which supervisors do not restart"
+    );
     let log = cluster.log_text(follower);
     let error_line = log
         .lines()

@@ -107,6 +107,21 @@ pub enum OpenError {
     VoteNotReset { path: PathBuf, reason: String },
 }
 
+impl OpenError {
+    /// Whether the store itself is damaged or lost data, so that only `x402-node rebuild` (not
+    /// a restart) brings the node back; a lock, a full disk or a directory error may pass.
+    pub fn needs_rebuild(&self) -> bool {
+        matches!(
+            self,
+            OpenError::WillNotOpen { .. }
+                | OpenError::Corrupt { .. }
+                | OpenError::DataLost { .. }
+                | OpenError::BadMark { .. }
+                | OpenError::Snapshot { .. }
+        )
+    }
+}
+
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> OpenError + '_ {
     move |source| {
         let plain = |source| OpenError::Io {
