@@ -21,6 +21,7 @@ pub mod netns;
 pub mod resource_server;
 pub mod rpc_proxy;
 pub mod single_node;
+pub mod tls;
 pub mod workload;
 
 pub use x402_dev::devchain;

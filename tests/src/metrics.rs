@@ -15,3 +15,9 @@ pub fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// `x402_tls_handshakes_total{listener,result}` (0 before the first one).
+pub fn tls_handshakes(text: &str, listener: &str, result: &str) -> f64 {
+    let labels = [("listener", listener), ("result", result)];
+    sample(text, "x402_tls_handshakes_total", &labels).unwrap_or(0.0)
+}

@@ -18,36 +18,28 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use x402_client::http::{HttpClient, HttpConfig};
-use x402_client::AdminClient;
 use x402_protocol::wire::InitRequest;
 use x402_tests::devchain::{facilitator_toml, signer_keys_csv, DevChain, SIGNER_KEYS_ENV};
-use x402_tests::metrics::sample;
+use x402_tests::metrics::tls_handshakes;
 use x402_tests::netns::Hosts;
 use x402_tests::resource_server::{paid_tx, pay_with_demo};
 use x402_tests::rpc_proxy::RpcProxy;
+use x402_tests::tls::{admins_trusting, assert_plaintext_gets_no_answer, wait_agreement};
 use x402_tests::{workload, ClusterOptions, LocalCluster};
-use x402_tls::Roots;
 
-/// Admin clients of `urls` trusting `ca_file`, a new connection (and handshake) per request.
-fn admins_trusting(ca_file: &std::path::Path, urls: &[String], token: &str) -> Vec<AdminClient> {
-    urls.iter()
-        .map(|url| {
-            let http = HttpClient::new(&HttpConfig {
-                roots: Roots::File(ca_file.to_path_buf()),
-                timeout: Duration::from_secs(10),
-                pool_idle_timeout: Duration::from_millis(1),
-                ..HttpConfig::default()
-            })
-            .expect("client");
-            AdminClient::with_http(http, url, Some(token)).expect("admin client")
-        })
-        .collect()
-}
-
-fn peer_handshakes(metrics: &str, result: &str) -> f64 {
-    let labels = [("listener", "peer"), ("result", result)];
-    sample(metrics, "x402_tls_handshakes_total", &labels).unwrap_or(0.0)
+/// `x402ctl tls init DIR --nodes N --host ...`: a new CA and node certificates naming `hosts`.
+fn tls_init(cluster: &LocalCluster, dir: &std::path::Path, nodes: u64, hosts: &[&str]) {
+    let mut command = std::process::Command::new(cluster.bin("x402ctl"));
+    command.args(["tls", "init", "--nodes", &nodes.to_string()]);
+    for host in hosts {
+        command.args(["--host", host]);
+    }
+    let out = command.arg(dir).output().expect("x402ctl tls init");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,16 +94,7 @@ async fn three_hosts_over_mutual_tls_pay_refuse_strangers_and_rotate_under_load(
     // handshakes with the leader fail both ways.
     let url4 = cluster.start_extra_node(4).await;
     let foreign = cluster.root().join("foreign-pki");
-    let out = std::process::Command::new(cluster.bin("x402ctl"))
-        .args(["tls", "init", "--nodes", "5", "--host", &hosts.host(4).ip])
-        .arg(&foreign)
-        .output()
-        .expect("x402ctl tls init");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tls_init(&cluster, &foreign, 5, &[&hosts.host(4).ip]);
     cluster.stop(4);
     let config4 = std::fs::read_to_string(cluster.config_path(4)).unwrap();
     let tls_dir = cluster.root().join("tls");
@@ -142,30 +125,13 @@ async fn three_hosts_over_mutual_tls_pay_refuse_strangers_and_rotate_under_load(
         .expect_err("an http:// member");
     assert!(err.to_string().contains("speak https://"), "{err}");
     // ... and a plaintext client gets no HTTP answer from a peer port.
-    let refused_before = peer_handshakes(&cluster.metrics_text(leader).await, "refused");
-    {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let authority = cluster
-            .peer_url(leader)
-            .trim_start_matches("https://")
-            .to_owned();
-        let mut tcp = tokio::net::TcpStream::connect(&authority)
-            .await
-            .expect("connect");
-        let head = format!(
-            "POST /raft/vote HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
-             Content-Length: 0\r\n\r\n",
-            cluster.cluster_secret()
-        );
-        tcp.write_all(head.as_bytes()).await.expect("write");
-        let mut answer = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
-        assert!(
-            !String::from_utf8_lossy(&answer).starts_with("HTTP/"),
-            "plaintext answered"
-        );
-    }
-    let refused_after = peer_handshakes(&cluster.metrics_text(leader).await, "refused");
+    let refused_before = tls_handshakes(&cluster.metrics_text(leader).await, "peer", "refused");
+    let authority = cluster
+        .peer_url(leader)
+        .trim_start_matches("https://")
+        .to_owned();
+    assert_plaintext_gets_no_answer(&authority, cluster.cluster_secret()).await;
+    let refused_after = tls_handshakes(&cluster.metrics_text(leader).await, "peer", "refused");
     assert!(
         refused_after > refused_before,
         "refused peer handshakes counted: {refused_before} -> {refused_after}"
@@ -203,25 +169,13 @@ async fn three_hosts_over_mutual_tls_pay_refuse_strangers_and_rotate_under_load(
     cluster.stop(4);
     cluster.stop(5);
     let fresh = cluster.root().join("fresh-pki");
-    let mut args = vec!["tls", "init", "--nodes", "3"];
-    for i in 1..=3 {
-        args.extend(["--host", hosts.host(i).ip.as_str()]);
-    }
-    let out = std::process::Command::new(cluster.bin("x402ctl"))
-        .args(&args)
-        .arg(&fresh)
-        .output()
-        .expect("x402ctl tls init");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let ips: Vec<&str> = (1..=3).map(|i| hosts.host(i).ip.as_str()).collect();
+    tls_init(&cluster, &fresh, 3, &ips);
     let both = cluster.both_cas(&fresh);
     let urls: Vec<String> = (1..=3).map(|i| cluster.url(i).to_owned()).collect();
     let token = cluster.admin_token().to_owned();
     let load = {
-        let admins = admins_trusting(&both, &urls, &token);
+        let admins = admins_trusting(&both, &urls, &token, Duration::from_secs(10));
         tokio::spawn(async move {
             let salt = workload::new_salt();
             let (mut ok, mut failed) = (0u64, Vec::new());
@@ -243,7 +197,10 @@ async fn three_hosts_over_mutual_tls_pay_refuse_strangers_and_rotate_under_load(
     cluster.rotate_tls_to(&fresh, &both).await;
     let new_ca = fresh.join("ca.pem");
     let deadline = Instant::now() + Duration::from_secs(10);
-    for (i, admin) in admins_trusting(&new_ca, &urls, &token).iter().enumerate() {
+    for (i, admin) in admins_trusting(&new_ca, &urls, &token, Duration::from_secs(10))
+        .iter()
+        .enumerate()
+    {
         while admin.status().await.is_err() {
             assert!(
                 Instant::now() < deadline,
@@ -267,24 +224,8 @@ async fn three_hosts_over_mutual_tls_pay_refuse_strangers_and_rotate_under_load(
     let follower = [1, 2, 3].into_iter().find(|&i| i != leader).unwrap();
     cluster.kill9(follower);
     cluster.restart(follower);
-    let admins = admins_trusting(&both, &urls, &token);
+    let admins = admins_trusting(&both, &urls, &token, Duration::from_secs(10));
     let salt = workload::new_salt();
     workload::claim_many(&admins, salt, 0..30, 3).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut seen = Vec::new();
-        for admin in &admins {
-            if let Ok(s) = admin.status().await {
-                seen.push((s.applied, s.state_hash));
-            }
-        }
-        if seen.len() == 3 && seen.windows(2).all(|w| w[0] == w[1]) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no convergence after the rotation: {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_agreement(&admins, "after the rotation").await;
 }

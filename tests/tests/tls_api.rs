@@ -23,19 +23,14 @@ use std::time::{Duration, Instant};
 use hyper::Method;
 use x402_client::http::{HttpClient, HttpConfig};
 use x402_client::AdminClient;
-use x402_tests::metrics::sample;
+use x402_tests::metrics::{sample, tls_handshakes};
+use x402_tests::tls::{admins_trusting, assert_plaintext_gets_no_answer, wait_agreement};
 use x402_tests::{ClusterOptions, LocalCluster};
 use x402_tls::Roots;
 
-/// `x402_tls_handshakes_total{listener="api",result}` of a `/metrics` text (0 before the
-/// first one).
+/// `x402_tls_handshakes_total{listener="api",result}` of a `/metrics` text.
 fn handshakes(metrics: &str, result: &str) -> f64 {
-    listener_handshakes(metrics, "api", result)
-}
-
-fn listener_handshakes(metrics: &str, listener: &str, result: &str) -> f64 {
-    let labels = [("listener", listener), ("result", result)];
-    sample(metrics, "x402_tls_handshakes_total", &labels).unwrap_or(0.0)
+    tls_handshakes(metrics, "api", result)
 }
 
 fn client(ca_file: &Path) -> HttpClient {
@@ -264,29 +259,10 @@ async fn certificates_rotate_without_a_restart_and_without_a_failed_request() {
     // (The harness's own client trusts the old CA only: these go through one trusting both.)
     cluster.kill9(3);
     cluster.restart(3);
-    let admins: Vec<AdminClient> = urls
-        .iter()
-        .map(|url| AdminClient::with_http(client(&both), url, Some(&token)).expect("client"))
-        .collect();
+    let admins = admins_trusting(&both, &urls, &token, Duration::from_secs(5));
     let salt = x402_tests::workload::new_salt();
     x402_tests::workload::claim_many(&admins, salt, 0..30, 3).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut seen = Vec::new();
-        for admin in &admins {
-            if let Ok(s) = admin.status().await {
-                seen.push((s.applied, s.state_hash));
-            }
-        }
-        if seen.len() == 3 && seen.windows(2).all(|w| w[0] == w[1]) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no convergence after the rotation: {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_agreement(&admins, "after the rotation").await;
 }
 
 #[tokio::test]
@@ -410,29 +386,10 @@ async fn peers_speak_mutual_tls_and_refuse_strangers() {
     let target = 1;
     let peer_url = cluster.peer_url(target).to_owned();
     let secret = cluster.cluster_secret().to_owned();
-    let refused_before =
-        listener_handshakes(&cluster.metrics_text(target).await, "peer", "refused");
+    let refused_before = tls_handshakes(&cluster.metrics_text(target).await, "peer", "refused");
 
     // Plaintext to the peer port: no HTTP answer at all.
-    {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let authority = peer_url.trim_start_matches("https://");
-        let mut tcp = tokio::net::TcpStream::connect(authority)
-            .await
-            .expect("connect");
-        let head = format!(
-            "POST /raft/vote HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\r\n\
-             Content-Length: 0\r\n\r\n"
-        );
-        tcp.write_all(head.as_bytes()).await.expect("write");
-        let mut answer = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
-        assert!(
-            !String::from_utf8_lossy(&answer).starts_with("HTTP/"),
-            "a plaintext peer got an HTTP answer: {:?}",
-            String::from_utf8_lossy(&answer)
-        );
-    }
+    assert_plaintext_gets_no_answer(peer_url.trim_start_matches("https://"), &secret).await;
     // TLS without a client certificate, and with a certificate of another CA naming a node.
     let no_certificate =
         raft_call_with(peer_client(&ca, None), &peer_url, &secret, &cluster_id).await;
@@ -452,7 +409,7 @@ async fn peers_speak_mutual_tls_and_refuse_strangers() {
     )
     .await;
     assert!(foreign.is_err(), "a certificate of another CA: {foreign:?}");
-    let refused_after = listener_handshakes(&cluster.metrics_text(target).await, "peer", "refused");
+    let refused_after = tls_handshakes(&cluster.metrics_text(target).await, "peer", "refused");
     assert!(
         refused_after >= refused_before + 3.0,
         "plaintext, no certificate and another CA are counted as refused handshakes: \
