@@ -33,26 +33,46 @@ pub(super) async fn run(nodes: Vec<AdminClient>, json: bool) -> Result<Output, C
     })
 }
 
+/// Asks every node its status every 100 ms until `decide` gives an answer from those that
+/// answered, or `wait` has passed: then `timed_out` says why, and the command fails.
+async fn poll_statuses(
+    nodes: Vec<AdminClient>,
+    wait: std::time::Duration,
+    decide: impl Fn(&[NodeStatus], usize) -> Option<Output>,
+    timed_out: impl Fn(&[NodeStatus], usize) -> String,
+) -> Output {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let answers = on_every_node(nodes.clone(), |n| async move { n.status().await }).await;
+        let statuses: Vec<NodeStatus> = answers.into_iter().filter_map(|(_, a)| a.ok()).collect();
+        if let Some(output) = decide(&statuses, nodes.len()) {
+            return output;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Output {
+                stdout: timed_out(&statuses, nodes.len()),
+                failed: true,
+            };
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Polls every node until all answer and agree on one leader that says it leads.
 pub(super) async fn wait_leader(
     nodes: Vec<AdminClient>,
     wait: std::time::Duration,
 ) -> Result<Output, CtlError> {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let answers = on_every_node(nodes.clone(), |n| async move { n.status().await }).await;
-        let statuses: Vec<NodeStatus> = answers.into_iter().filter_map(|(_, a)| a.ok()).collect();
-        if let Some(leader) = agreed_leader(&statuses, nodes.len()) {
-            return Ok(Output::ok(format!("leader: {leader}\n")));
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Ok(Output {
-                stdout: "no agreed leader\n".to_owned(),
-                failed: true,
-            });
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    Ok(poll_statuses(
+        nodes,
+        wait,
+        |statuses, expected| {
+            agreed_leader(statuses, expected)
+                .map(|leader| Output::ok(format!("leader: {leader}\n")))
+        },
+        |_, _| "no agreed leader\n".to_owned(),
+    )
+    .await)
 }
 
 /// `x402ctl check`: polls every node until all answer at one applied index (writes keep
@@ -62,33 +82,28 @@ pub(super) async fn check(
     nodes: Vec<AdminClient>,
     wait: std::time::Duration,
 ) -> Result<Output, CtlError> {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let answers = on_every_node(nodes.clone(), |n| async move { n.status().await }).await;
-        let statuses: Vec<NodeStatus> = answers.into_iter().filter_map(|(_, a)| a.ok()).collect();
-        let verdict = (statuses.len() == nodes.len())
-            .then(|| compare_states(&statuses))
-            .flatten();
-        if let Some(verdict) = verdict {
-            return Ok(verdict);
-        }
-        if tokio::time::Instant::now() >= deadline {
+    Ok(poll_statuses(
+        nodes,
+        wait,
+        |statuses, expected| {
+            (statuses.len() == expected)
+                .then(|| compare_states(statuses))
+                .flatten()
+        },
+        |statuses, expected| {
             let seen: Vec<String> = statuses
                 .iter()
                 .map(|s| format!("node {} at {}", s.id, or_dash(s.applied)))
                 .collect();
-            return Ok(Output {
-                stdout: format!(
-                    "the nodes did not reach one applied index within {wait:?} ({} of {} answered: {})\n",
-                    statuses.len(),
-                    nodes.len(),
-                    seen.join(", ")
-                ),
-                failed: true,
-            });
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+            format!(
+                "the nodes did not reach one applied index within {wait:?} ({} of {expected} \
+                 answered: {})\n",
+                statuses.len(),
+                seen.join(", ")
+            )
+        },
+    )
+    .await)
 }
 
 /// With every node at one applied index, whether their states agree; `None` while they stand
