@@ -201,6 +201,11 @@ impl Metrics {
         self.snapshot_index.set(index(m.snapshot.map(|l| l.index)));
     }
 
+    /// Counts a peer request refused before Raft or a handler saw it (`reason` label).
+    pub fn refused_peer(&self, reason: &str) {
+        self.peer_refused.with_label_values(&[reason]).inc();
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Result<String, prometheus::Error> {
         let mut out = Vec::with_capacity(8 * 1024);

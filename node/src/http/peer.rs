@@ -64,10 +64,7 @@ async fn require_peer(State(app): State<Arc<App>>, request: Request, next: Next)
             .get(identity::HEADER)
             .map(|v| v.as_bytes());
         if let Err(why) = identity.check(offered) {
-            app.metrics
-                .peer_refused
-                .with_label_values(&[why.label()])
-                .inc();
+            app.metrics.refused_peer(why.label());
             if identity.should_log(&why) {
                 tracing::warn!(%why, path = request.uri().path(), "refused a peer request");
             }
@@ -84,10 +81,7 @@ async fn require_peer(State(app): State<Arc<App>>, request: Request, next: Next)
     if let Some(node) = certified {
         let path = request.uri().path();
         if path.starts_with("/raft/") && path != paths::JOIN && !is_member_or_unknown(&app, node) {
-            app.metrics
-                .peer_refused
-                .with_label_values(&["not_a_member"])
-                .inc();
+            app.metrics.refused_peer("not_a_member");
             tracing::debug!(
                 node,
                 path,
@@ -136,10 +130,7 @@ async fn join(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiE
         Ok(()) => Ok(reply(&())),
         Err(AdoptError::OtherCluster { held, offered }) => {
             let why = identity::Refusal::OtherCluster { held, offered };
-            app.metrics
-                .peer_refused
-                .with_label_values(&[why.label()])
-                .inc();
+            app.metrics.refused_peer(why.label());
             tracing::warn!(%why, "refused to join another cluster");
             Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -185,10 +176,7 @@ fn peer_view(app: &App, certified_sender: Option<NodeId>) -> PeerView {
 
 /// A refused peer message: counted, logged, answered 400 (the sender sees a network error).
 fn refuse(app: &App, what: &str, why: peer_guard::Refused) -> ApiError {
-    app.metrics
-        .peer_refused
-        .with_label_values(&[why.label()])
-        .inc();
+    app.metrics.refused_peer(why.label());
     tracing::warn!(%why, what, "refused a peer message");
     ApiError::bad_request(format!("{what} refused: {why}"))
 }
