@@ -23,7 +23,12 @@ pub enum ClientError {
     /// The request body could not be encoded as JSON.
     #[error("cannot encode the request body: {0}")]
     Encode(#[source] serde_json::Error),
-    /// No connection could be made, or it broke before the whole answer arrived.
+    /// No connection could be made (refused, no route, connect timeout): the request was
+    /// certainly not sent, so another node may take it as if this one had never been asked.
+    #[error("no connection to {url}: {detail} (nothing was sent)")]
+    NotConnected { url: String, detail: String },
+    /// The connection broke after the request may have been sent, before the whole answer
+    /// arrived.
     #[error("connection to {url} failed: {detail}")]
     Connection { url: String, detail: String },
     /// The whole exchange (connect, send, read the answer) did not finish within the deadline.
@@ -54,7 +59,16 @@ impl ClientError {
     /// be sent to another node. (Every admin command is idempotent by content, so even a timed-out
     /// request that did commit is safe to repeat elsewhere.)
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, Self::Connection { .. } | Self::Timeout { .. })
+        matches!(
+            self,
+            Self::NotConnected { .. } | Self::Connection { .. } | Self::Timeout { .. }
+        )
+    }
+
+    /// True when the request certainly never left this process: trying it elsewhere is not
+    /// a retry of anything.
+    pub fn is_not_sent(&self) -> bool {
+        matches!(self, Self::NotConnected { .. })
     }
 
     /// A short stable label for counting errors by kind (the load generator's summary).
@@ -64,6 +78,7 @@ impl ClientError {
             Self::InvalidToken => "invalid_token",
             Self::Tls(_) => "tls",
             Self::Encode(_) => "encode",
+            Self::NotConnected { .. } => "not_connected",
             Self::Connection { .. } => "connection",
             Self::Timeout { .. } => "timeout",
             Self::Status { status, .. } if status.is_server_error() => "http_5xx",
@@ -110,7 +125,14 @@ mod tests {
             detail: "refused".into(),
         };
         assert!(conn.is_unreachable());
+        assert!(!conn.is_not_sent());
         assert_eq!(conn.kind(), "connection");
+        let refused = ClientError::NotConnected {
+            url: "http://a".into(),
+            detail: "refused".into(),
+        };
+        assert!(refused.is_unreachable() && refused.is_not_sent());
+        assert_eq!(refused.kind(), "not_connected");
         let status = |code: u16| ClientError::Status {
             url: "http://a".into(),
             status: StatusCode::from_u16(code).unwrap(),

@@ -108,14 +108,15 @@ impl HttpClient {
         // Kept for error messages only; cloning a `Uri` bumps reference counts, no copy.
         let uri = req.uri().clone();
         let exchange = async {
-            let response = self
-                .inner
-                .request(req)
-                .await
-                .map_err(|e| ClientError::Connection {
-                    url: uri.to_string(),
-                    detail: chain_message(&e),
-                })?;
+            let response = self.inner.request(req).await.map_err(|e| {
+                let url = uri.to_string();
+                let detail = chain_message(&e);
+                if e.is_connect() {
+                    ClientError::NotConnected { url, detail }
+                } else {
+                    ClientError::Connection { url, detail }
+                }
+            })?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, self.max_body)
                 .collect()

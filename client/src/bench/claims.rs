@@ -121,6 +121,10 @@ impl Failure for ClaimFailure {
             Self::NotAccepted(_) => "not_accepted",
         }
     }
+
+    fn not_sent(&self) -> bool {
+        matches!(self, Self::Client(e) if e.is_not_sent())
+    }
 }
 
 /// Sends one claim; `Ok` only for a 200 with outcome `accepted`.

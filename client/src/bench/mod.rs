@@ -6,7 +6,9 @@
 //!
 //! The driver is built to measure a cluster *through* failures: a failed operation is counted,
 //! the worker moves to the next target and tries again after a short pause; nothing aborts the
-//! run. Operations still in flight when the time is up are abandoned and counted neither way.
+//! run. An operation that could not even connect (a node stopped or restarting) was never sent:
+//! it is a *failover*, counted apart, and the worker moves on to the next target at once
+//! (pausing only when a whole round of targets refused), as a client of a cluster does. Operations still in flight when the time is up are abandoned and counted neither way.
 //! An operation source may also run dry (a finite pool of pre-signed payments): its workers then
 //! stop early, and the run ends when the last one does.
 
@@ -31,11 +33,21 @@ use crate::error::ClientError;
 pub trait Failure: fmt::Display {
     /// Short stable label to count errors by (e.g. `connection`, `http_5xx`).
     fn kind(&self) -> &'static str;
+
+    /// The operation was certainly not sent (no connection could be made): a failover, not a
+    /// failed operation.
+    fn not_sent(&self) -> bool {
+        false
+    }
 }
 
 impl Failure for ClientError {
     fn kind(&self) -> &'static str {
         ClientError::kind(self)
+    }
+
+    fn not_sent(&self) -> bool {
+        self.is_not_sent()
     }
 }
 
@@ -154,6 +166,9 @@ impl<T, F> Shared<T, F> {
         E: Failure,
     {
         let mut stats = WorkerStats::new();
+        // Targets that refused a connection in a row: a full round of them means no node is
+        // there right now, and the worker pauses instead of spinning.
+        let mut refused_in_row = 0;
         loop {
             let started = Instant::now();
             if started >= self.deadline {
@@ -170,12 +185,24 @@ impl<T, F> Shared<T, F> {
                     let done = Instant::now();
                     self.stall.record(micros(done - self.start));
                     stats.record_success(done - started);
+                    refused_in_row = 0;
                     continue;
                 }
+                Ok(Err(e)) if e.not_sent() => {
+                    stats.failovers += 1;
+                    refused_in_row += 1;
+                    target = (target + 1) % self.targets.len();
+                    if refused_in_row < self.targets.len() {
+                        continue;
+                    }
+                    refused_in_row = 0;
+                }
                 // The error is dropped here, before the pause: it need not be `Send`.
-                Ok(Err(e)) => stats.record_failure(e.kind(), || e.to_string()),
+                Ok(Err(e)) => {
+                    stats.record_failure(e.kind(), || e.to_string());
+                    target = (target + 1) % self.targets.len();
+                }
             }
-            target = (target + 1) % self.targets.len();
             let resume = (Instant::now() + self.retry_pause).min(self.deadline);
             tokio::time::sleep_until(resume).await;
         }

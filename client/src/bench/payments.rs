@@ -240,6 +240,10 @@ impl Failure for PaymentFailure {
                 .unwrap_or("not_settled"),
         }
     }
+
+    fn not_sent(&self) -> bool {
+        matches!(self, Self::Client(e) if e.is_not_sent())
+    }
 }
 
 /// Sends one payment; `Ok` only for a 200 that says valid (verify) or settled (settle).

@@ -29,6 +29,10 @@ pub struct BenchReport {
     pub max_ms: f64,
     /// Operations that failed (any error, any unexpected answer).
     pub errors: u64,
+    /// Operations that found no connection to their node (stopped, restarting) and went to the
+    /// next one: never sent, so neither a success nor an error.
+    #[serde(default)]
+    pub failovers: u64,
     /// Longest stretch with no operation succeeding, including from the start to the first
     /// success and from the last success to the end.
     pub max_stall_ms: f64,
@@ -48,6 +52,7 @@ pub struct WorkerStats {
     latency_us: Histogram<u64>,
     pub ops: u64,
     pub errors: u64,
+    pub failovers: u64,
     /// A handful of kinds at most, so a `Vec` beats a map.
     pub failures: Vec<FailureSummary>,
 }
@@ -64,6 +69,7 @@ impl WorkerStats {
             latency_us: new_histogram(),
             ops: 0,
             errors: 0,
+            failovers: 0,
             failures: Vec::new(),
         }
     }
@@ -101,6 +107,7 @@ impl WorkerStats {
             .expect("histograms with equal bounds always add");
         self.ops += other.ops;
         self.errors += other.errors;
+        self.failovers += other.failovers;
         for f in other.failures {
             match self.failures.iter_mut().find(|mine| mine.kind == f.kind) {
                 Some(mine) => mine.count += f.count,
@@ -133,6 +140,7 @@ impl WorkerStats {
             p99_ms: us_to_ms(p99),
             max_ms: us_to_ms(max),
             errors: self.errors,
+            failovers: self.failovers,
             max_stall_ms: us_to_ms(u64::try_from(max_stall.as_micros()).unwrap_or(u64::MAX)),
         }
     }

@@ -220,6 +220,12 @@ fn render(name: &str, outcome: &BenchOutcome) -> String {
         r.errors,
         r.max_stall_ms,
     );
+    if r.failovers > 0 {
+        out.push_str(&format!(
+            "failovers  {} (no connection to a node: sent to the next one)\n",
+            r.failovers
+        ));
+    }
     out.push_str(&render_failures(outcome));
     out
 }
@@ -248,6 +254,7 @@ mod tests {
                 p99_ms: 9.25,
                 max_ms: 20.0,
                 errors: 3,
+                failovers: 0,
                 max_stall_ms: 250.0,
             },
             failures: vec![FailureSummary {
