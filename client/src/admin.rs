@@ -17,8 +17,9 @@ use serde::Serialize;
 use crate::error::ClientError;
 use crate::http::{HttpClient, HttpConfig};
 use crate::wire::{
-    AddLearnerRequest, ClaimRequest, ClaimResponse, ErrorBody, InitRequest, MemberIdRequest,
-    MembershipResponse, NodeStatus, Readiness, SnapshotResponse,
+    AddLearnerRequest, ClaimRequest, ClaimResponse, ErrorBody, InitRequest, LeaderMoveRequest,
+    LeaderMoveResponse, MemberIdRequest, MembershipResponse, NodeStatus, Readiness,
+    SnapshotResponse,
 };
 
 /// Raw text kept from a non-JSON error answer, so a proxy's HTML page stays readable.
@@ -139,6 +140,13 @@ impl AdminClient {
     pub async fn remove(&self, id: u64) -> Result<MembershipResponse, ClientError> {
         let body = encode(&MemberIdRequest { id })?;
         self.call(Method::POST, "/admin/members/remove", Some(body))
+            .await
+    }
+
+    /// `POST /admin/leader/move`: hands leadership to `to` (or any caught-up voter).
+    pub async fn move_leader(&self, to: Option<u64>) -> Result<LeaderMoveResponse, ClientError> {
+        let body = encode(&LeaderMoveRequest { to })?;
+        self.call(Method::POST, "/admin/leader/move", Some(body))
             .await
     }
 

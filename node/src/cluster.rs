@@ -4,6 +4,7 @@
 pub mod batcher;
 pub mod breakers;
 pub mod expiry;
+pub mod handoff;
 pub mod identity;
 pub mod membership;
 pub mod network;
@@ -11,4 +12,5 @@ pub mod peer_client;
 pub mod peer_guard;
 pub mod proposer;
 pub mod read_barrier;
+pub mod warm_peers;
 pub mod writer;

@@ -273,9 +273,12 @@ async fn run(config: Config) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let routers = http::Routers::new(app.clone());
     let watchdog = tokio::spawn(exit_when_raft_stops(app.raft.clone()));
-    match peer_listener {
+    let shutdown_timeout = api_limits.drain_timeout;
+    // Each listener serves until told to stop; the order of the stops is the shutdown sequence.
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (stop_peers, peers_stopped) = tokio::sync::oneshot::channel::<()>();
+    let (api, peers) = match peer_listener {
         Some(peer_listener) => {
-            let (stop_peers, peers_stopped) = tokio::sync::oneshot::channel::<()>();
             let peers = tokio::spawn(serve::serve(
                 peer_listener,
                 routers.peer.clone(),
@@ -285,27 +288,84 @@ async fn run(config: Config) -> Result<(), String> {
                     let _ = peers_stopped.await;
                 },
             ));
-            serve::serve(
+            let api = tokio::spawn(serve::serve(
                 listener,
                 routers.api.clone(),
                 api_limits,
                 api_tls,
-                shutdown_signal(),
-            )
-            .await;
-            let _ = stop_peers.send(());
-            let _ = peers.await;
+                async move {
+                    let _ = api_stopped.await;
+                },
+            ));
+            (api, Some(peers))
         }
         None => {
-            let router = routers.single();
-            serve::serve(listener, router, api_limits, api_tls, shutdown_signal()).await;
+            // One listener for both: it stops when the peers' would (last).
+            let api = tokio::spawn(serve::serve(
+                listener,
+                routers.single(),
+                api_limits,
+                api_tls,
+                async move {
+                    let _ = peers_stopped.await;
+                },
+            ));
+            drop(api_stopped);
+            (api, None)
         }
-    }
-    tracing::info!("shutting down");
+    };
+    shutdown_signal().await;
+    // The shutdown sequence. Not ready first, so load balancers stop sending here. Leadership
+    // moves while every listener still serves: the candidate's vote request must reach this
+    // node (also when peers share the API listener), and requests still arriving are forwarded
+    // to the new leader. Then the API drains within its bound; then Raft stops.
+    tracing::info!(
+        shutdown_timeout_ms = shutdown_timeout.as_millis() as u64,
+        "shutdown requested: not ready from now on"
+    );
+    app.begin_shutdown();
+    hand_off_if_leading(&app).await;
+    let _ = stop_api.send(());
+    let last_to_stop = match peers {
+        Some(peers) => {
+            let _ = api.await;
+            tracing::info!("client requests drained");
+            // Leadership can only have come back if the new leader failed meanwhile.
+            hand_off_if_leading(&app).await;
+            peers
+        }
+        None => api,
+    };
+    let _ = stop_peers.send(());
+    let _ = last_to_stop.await;
     // A requested shutdown stops the core too; that is not a failure.
     watchdog.abort();
     let _ = app.raft.shutdown().await;
+    tracing::info!("shut down");
     Ok(())
+}
+
+/// How long a leader shutting down tries to hand its leadership over. Past it the node stops
+/// anyway and the others elect after an election timeout, as after a crash.
+const SHUTDOWN_HANDOFF_BOUND: Duration = Duration::from_secs(5);
+
+/// If this node leads, hands its leadership to a caught-up voter (a single-voter cluster has
+/// none: nothing to do).
+async fn hand_off_if_leading(app: &x402_node::node::App) {
+    let leads = app.raft.metrics().borrow().current_leader == Some(app.id);
+    if !leads {
+        return;
+    }
+    use x402_node::cluster::handoff::HandOffError;
+    match app.hand_off(None, SHUTDOWN_HANDOFF_BOUND).await {
+        Ok(_) | Err(HandOffError::NoOtherVoter) => {}
+        Err(HandOffError::NoWillingVoter) => {
+            tracing::info!("every other voter is stopping too; stopping as the leader")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "stopping as the leader; the others elect after a timeout")
+        }
+    }
 }
 
 /// Ends the process when the Raft core stops on its own (a storage error, for example): a node

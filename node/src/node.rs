@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use crate::access::{leases, Access};
 use crate::cluster::batcher::{BatchLimits, Batcher};
 use crate::cluster::breakers::ClusterBreakers;
 use crate::cluster::expiry::{self, Expiry};
+use crate::cluster::handoff::{self, HandOffError};
 use crate::cluster::identity::ClusterIdentity;
 use crate::cluster::membership::{Members, MembershipError};
 use crate::cluster::network::Network;
@@ -81,6 +83,8 @@ pub struct App {
     pub members: Members,
     /// What `/verify`, `/settle` and the reconciler work with.
     pub payments: Context,
+    /// Set once a shutdown began: `/readyz` answers 503 from then on.
+    shutting_down: AtomicBool,
 }
 
 impl App {
@@ -90,6 +94,25 @@ impl App {
             (Some(id), Some(url)) => Some((id, url)),
             _ => None,
         }
+    }
+
+    /// Marks the node as shutting down: not ready from now on (load balancers stop sending).
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Hands this leader's leadership to `to`, or to any caught-up voter, within `bound`
+    /// ([`handoff`]); returns the new leader.
+    pub async fn hand_off(
+        &self,
+        to: Option<NodeId>,
+        bound: Duration,
+    ) -> Result<NodeId, HandOffError> {
+        handoff::hand_off(&self.raft, &self.proposer, &self.peers, to, bound).await
     }
 }
 
@@ -199,6 +222,7 @@ where
         barrier,
         members,
         payments,
+        shutting_down: AtomicBool::new(false),
     });
     app.breakers.attach(
         app.state.clone(),
@@ -209,6 +233,11 @@ where
     );
     tokio::spawn(refresh_breaker_metrics(app.clone()));
     tokio::spawn(watch_raft_metrics(app.clone()));
+    tokio::spawn(crate::cluster::warm_peers::run(
+        id,
+        app.raft.clone(),
+        app.peers.clone(),
+    ));
     tokio::spawn(leases::run_sweeper(
         app.access.leases.clone(),
         app.writer.clone(),

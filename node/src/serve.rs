@@ -11,6 +11,12 @@
 //! - request bodies are read by [`read_body`] with a deadline and a size limit, so a declared
 //!   2^62-byte body or one sent a byte a minute is refused instead of waited for.
 //!
+//! - on shutdown the listener closes at once (new connections are refused, so clients try
+//!   another node knowing nothing was sent), and open connections drain for at most
+//!   `drain_timeout`: HTTP/2 ones get a GOAWAY, HTTP/1 answers carry `Connection: close`, and an
+//!   HTTP/1 connection idle for [`DRAIN_IDLE_CLOSE`] is closed (one closed while a request may be
+//!   on its way would fail that request).
+//!
 //! The peer API gets a listener of its own (`peer_listen`) with its own limits, so clients can
 //! never starve Raft of connections.
 //!
@@ -25,7 +31,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -58,6 +64,8 @@ pub struct ServeLimits {
     pub max_per_ip: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
+    /// On shutdown, how long open connections may take to finish what they are doing.
+    pub drain_timeout: Duration,
 }
 
 impl ServeLimits {
@@ -68,12 +76,16 @@ impl ServeLimits {
             max_per_ip: limits.max_connections_per_ip,
             header_read_timeout: Duration::from_millis(limits.header_read_timeout_ms),
             idle_timeout: Duration::from_millis(limits.idle_timeout_ms),
+            drain_timeout: Duration::from_millis(limits.shutdown_timeout_ms),
         };
         let peer = ServeLimits {
             max_connections: limits.max_peer_connections,
             // A peer holds one multiplexed connection (and one more while it reconnects), plus
             // the odd admin request passed on: a host holding more is not a peer.
             max_per_ip: PEER_CONNECTIONS_PER_IP.min(limits.max_peer_connections),
+            // The peer listener closes last, when leadership has moved and Raft stops: what is
+            // left in flight then is heartbeats and answers nobody waits for.
+            drain_timeout: PEER_DRAIN_TIMEOUT,
             ..api
         };
         (api, peer)
@@ -83,6 +95,14 @@ impl ServeLimits {
 /// Most connections one address may hold on the peer listener.
 pub const PEER_CONNECTIONS_PER_IP: usize = 16;
 
+/// How long the peer listener's connections may drain on shutdown.
+const PEER_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// While draining, an HTTP/1 connection with nothing in flight for this long is closed. A busy
+/// keep-alive client sends its next request within microseconds of an answer (and that answer
+/// told it to close); one quiet for this long is most likely parked in a pool.
+pub const DRAIN_IDLE_CLOSE: Duration = Duration::from_millis(250);
+/// How often a draining connection is looked at.
+const DRAIN_CHECK_EVERY: Duration = Duration::from_millis(50);
 /// How often a connection's idleness is looked at.
 const IDLE_CHECK_EVERY: Duration = Duration::from_millis(500);
 /// How long a connection being shut down for idleness may take to close.
@@ -133,6 +153,8 @@ struct Activity {
     started: Instant,
     in_flight: AtomicUsize,
     last_io_ms: AtomicU64,
+    /// The connection speaks HTTP/2 (seen on its first request).
+    http2: AtomicBool,
 }
 
 impl Activity {
@@ -141,6 +163,7 @@ impl Activity {
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
             last_io_ms: AtomicU64::new(0),
+            http2: AtomicBool::new(false),
         }
     }
 
@@ -251,9 +274,11 @@ pub struct ListenerTls {
 pub struct PeerCertificate(pub Option<u64>);
 
 /// Serves `router` on `listener` under `limits` until `shutdown` completes, over TLS when `tls`
-/// is given. HTTP/1.1 and HTTP/2 (prior knowledge or ALPN, used between nodes) share the port.
+/// is given, then closes the listener and lets open connections drain (at most
+/// `limits.drain_timeout`). HTTP/1.1 and HTTP/2 (prior knowledge or ALPN, used between nodes)
+/// share the port.
 pub async fn serve<L>(
-    mut listener: L,
+    listener: L,
     router: Router,
     limits: ServeLimits,
     tls: Option<ListenerTls>,
@@ -263,7 +288,44 @@ pub async fn serve<L>(
     L::Io: Unpin + Send + 'static,
     L::Addr: 'static,
 {
-    let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let max_connections = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let permits = Arc::new(Semaphore::new(max_connections));
+    let (drain, draining) = tokio::sync::watch::channel(false);
+    accept_until(listener, router, limits, tls, shutdown, &permits, draining).await;
+    // The listener is closed now: connecting clients are refused and try another node.
+    let _ = drain.send(true);
+    let open = max_connections - permits.available_permits();
+    if open > 0 {
+        tracing::info!(open, "draining open connections");
+    }
+    let all_closed = permits.acquire_many(u32::try_from(max_connections).unwrap_or(u32::MAX));
+    if tokio::time::timeout(limits.drain_timeout, all_closed)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = max_connections - permits.available_permits(),
+            after_ms = limits.drain_timeout.as_millis() as u64,
+            "connections still open at the end of the drain; closing them"
+        );
+    }
+}
+
+/// The accept loop of [`serve`]: one task per connection, until `shutdown` completes. Each
+/// connection holds a permit of `permits` until it closes.
+async fn accept_until<L>(
+    mut listener: L,
+    router: Router,
+    limits: ServeLimits,
+    tls: Option<ListenerTls>,
+    shutdown: impl Future<Output = ()>,
+    permits: &Arc<Semaphore>,
+    draining: tokio::sync::watch::Receiver<bool>,
+) where
+    L: axum::serve::Listener,
+    L::Io: Unpin + Send + 'static,
+    L::Addr: 'static,
+{
     let per_ip = Arc::new(PerIp::default());
     tokio::pin!(shutdown);
     loop {
@@ -300,6 +362,7 @@ pub async fn serve<L>(
         let counting = activity.clone();
         let router = router.clone();
         let tls = tls.clone();
+        let mut draining = draining.clone();
         tokio::spawn(async move {
             let (io, certificate): (BoxedStream, _) = match tls {
                 None => (Box::new(tracked), PeerCertificate(None)),
@@ -331,14 +394,23 @@ pub async fn serve<L>(
                     }
                 }
             };
+            let drain_flag = draining.clone();
             let router = router
                 .layer(Extension(ClientAddr(ip)))
                 .layer(Extension(certificate))
                 .layer(axum::middleware::from_fn(
                     move |request: Request, next: Next| {
                         let in_flight = InFlight::new(counting.clone());
+                        let http2 = request.version() >= axum::http::Version::HTTP_2;
+                        counting.http2.store(http2, Ordering::Relaxed);
+                        let shutting_down = drain_flag.clone();
                         async move {
-                            let response = next.run(request).await;
+                            let mut response = next.run(request).await;
+                            // Told before the connection closes, so a keep-alive client opens
+                            // its next one elsewhere instead of losing a request to the close.
+                            if !http2 && *shutting_down.borrow() {
+                                response = closing(response);
+                            }
                             drop(in_flight);
                             response
                         }
@@ -359,7 +431,13 @@ pub async fn serve<L>(
             let connection = builder.serve_connection(TokioIo::new(io), service);
             tokio::pin!(connection);
             let mut closing: Option<Instant> = None;
+            let mut drain_seen = *draining.borrow();
             loop {
+                let check_every = if drain_seen {
+                    DRAIN_CHECK_EVERY
+                } else {
+                    IDLE_CHECK_EVERY
+                };
                 tokio::select! {
                     ended = connection.as_mut() => {
                         if let Err(e) = ended {
@@ -367,9 +445,21 @@ pub async fn serve<L>(
                         }
                         break;
                     }
-                    _ = tokio::time::sleep(IDLE_CHECK_EVERY) => {
+                    _ = draining.changed(), if !drain_seen => {
+                        drain_seen = true;
+                        // HTTP/2 says GOAWAY: streams in flight finish, the client opens new
+                        // ones elsewhere. HTTP/1 waits for an answer or for quiet (below).
+                        if closing.is_none() && activity.http2.load(Ordering::Relaxed) {
+                            connection.as_mut().graceful_shutdown();
+                            closing = Some(Instant::now());
+                        }
+                    }
+                    _ = tokio::time::sleep(check_every) => {
+                        let idle = activity.idle_for();
                         match closing {
-                            None if activity.idle_for() >= limits.idle_timeout => {
+                            None if idle >= limits.idle_timeout
+                                || (drain_seen && idle >= DRAIN_IDLE_CLOSE) =>
+                            {
                                 connection.as_mut().graceful_shutdown();
                                 closing = Some(Instant::now());
                             }

@@ -126,6 +126,19 @@ pub struct MemberIdRequest {
     pub id: u64,
 }
 
+/// `POST /admin/leader/move`: hand leadership to `to`, or (none) to any caught-up voter.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderMoveRequest {
+    #[serde(default)]
+    pub to: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderMoveResponse {
+    /// The leader once the move is done.
+    pub leader: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MembershipResponse {
     pub members: Vec<Member>,

@@ -81,6 +81,9 @@ pub enum Command {
     /// Change membership, through the first reachable node (it forwards to the leader)
     #[command(subcommand)]
     Members(MembersCommand),
+    /// Leadership, through the first reachable node (it forwards to the leader)
+    #[command(subcommand)]
+    Leader(LeaderCommand),
     /// Trigger a snapshot on every node
     Snapshot,
     /// Wait until every node answers and all name the same leader (exit 1 on timeout)
@@ -166,6 +169,17 @@ pub enum MembersCommand {
     Promote { id: u64 },
     /// Remove a node from the cluster
     Remove { id: u64 },
+}
+
+#[derive(Subcommand, Debug, PartialEq)]
+pub enum LeaderCommand {
+    /// Hand leadership to a caught-up voter (before maintenance on the leader's host): the
+    /// leader stops proposing until the voter has its last entry and has won the election
+    Move {
+        /// The voter to lead next; any caught-up one when not given
+        #[arg(long)]
+        to: Option<u64>,
+    },
 }
 
 #[derive(Subcommand, Debug, PartialEq)]
@@ -477,6 +491,14 @@ mod tests {
         assert_eq!(
             cli.command,
             Command::Members(MembersCommand::Remove { id: 4 })
+        );
+        assert_eq!(
+            parse(&["leader", "move", "--to", "2"]).unwrap().command,
+            Command::Leader(LeaderCommand::Move { to: Some(2) })
+        );
+        assert_eq!(
+            parse(&["leader", "move"]).unwrap().command,
+            Command::Leader(LeaderCommand::Move { to: None })
         );
         assert!(parse(&["members", "add", "4"]).is_err());
         assert!(parse(&["members", "remove", "four"]).is_err());

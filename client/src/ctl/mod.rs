@@ -7,6 +7,7 @@
 mod api_key;
 pub mod args;
 mod bench;
+mod leader;
 mod members;
 mod pay;
 mod payment;
@@ -21,8 +22,8 @@ use tokio::task::JoinSet;
 use x402_tls::Roots;
 
 pub use args::{
-    ApiKeyCommand, BenchCommand, ClaimsArgs, Cli, ClusterCommand, Command, MemberArg,
-    MembersCommand, PayArgs, PayerArgs, PaymentBenchArgs, RequirementArgs, RunArgs,
+    ApiKeyCommand, BenchCommand, ClaimsArgs, Cli, ClusterCommand, Command, LeaderCommand,
+    MemberArg, MembersCommand, PayArgs, PayerArgs, PaymentBenchArgs, RequirementArgs, RunArgs,
     SupportedBenchArgs, TlsCommand, Token, ENV_PAYER_KEY,
 };
 
@@ -105,6 +106,9 @@ pub async fn execute(cli: Cli) -> Result<Output, CtlError> {
             members::init(clients(&cli, &operator)?, members, cli.json).await
         }
         Command::Members(cmd) => members::change(clients(&cli, &operator)?, cmd, cli.json).await,
+        Command::Leader(LeaderCommand::Move { to }) => {
+            leader::move_to(clients(&cli, &operator)?, *to, cli.json).await
+        }
         Command::Snapshot => snapshot::run(clients(&cli, &operator)?, cli.json).await,
         Command::WaitLeader { wait } => status::wait_leader(clients(&cli, &operator)?, *wait).await,
         Command::Check { wait } => status::check(clients(&cli, &operator)?, *wait).await,

@@ -57,6 +57,10 @@ pub mod paths {
     pub const SNAPSHOT: &str = "/raft/snapshot";
     pub const PROPOSE: &str = "/raft/propose";
     pub const READ_INDEX: &str = "/raft/read-index";
+    /// Campaign now: how a leader handing off ([`super::super::handoff`]) picks its successor.
+    pub const ELECT: &str = "/raft/elect";
+    /// Nothing but an answer: keeps a connection open ([`super::super::warm_peers`]).
+    pub const PING: &str = "/raft/ping";
     /// Take the cluster id (the only peer call a node without one answers).
     pub const JOIN: &str = "/raft/join";
 }

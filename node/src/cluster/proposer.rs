@@ -5,6 +5,8 @@
 //! answers each operation on its own ([`OpAnswer`]) and never forwards again, so a write travels
 //! at most one hop. Batching and retries live in [`super::batcher`]; this module is the routing.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
@@ -115,6 +117,9 @@ pub struct Proposer {
     peers: PeerClient,
     clock: SharedClock,
     timeout: Duration,
+    /// Set while this leader hands its leadership over ([`super::handoff`]): it proposes
+    /// nothing, so a follower can catch up to its last entry and win the election.
+    yielding: Arc<AtomicBool>,
 }
 
 impl Proposer {
@@ -131,7 +136,14 @@ impl Proposer {
             peers,
             clock,
             timeout,
+            yielding: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Stops (or resumes) proposing on this node; writes meanwhile wait for the next leader as
+    /// they do during an election.
+    pub fn set_yielding(&self, yielding: bool) {
+        self.yielding.store(yielding, Ordering::SeqCst);
     }
 
     /// How long a write may take end to end.
@@ -144,7 +156,12 @@ impl Proposer {
     }
 
     /// Proposes `ops` as one entry on this node, which must be the leader, before `deadline`.
+    /// A leader handing off answers `NotLeader`: nothing is written, and the batcher retries
+    /// once the leadership has moved.
     pub async fn propose_as_leader(&self, ops: Vec<Op>, deadline: Instant) -> LeaderWrite {
+        if self.yielding.load(Ordering::SeqCst) {
+            return LeaderWrite::NotLeader;
+        }
         if ops.is_empty() || ops.len() > MAX_OPS_PER_COMMAND {
             return LeaderWrite::Refused(Refusal::CommandSize(ops.len()));
         }

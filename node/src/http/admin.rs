@@ -21,7 +21,8 @@ use axum::{Json, Router};
 use openraft::ServerState;
 use x402_protocol::wire::{
     self, AddLearnerRequest, BreakerStatus, ClaimRequest, ClaimResponse, InitRequest,
-    MemberIdRequest, MembershipResponse, NodeStatus, Role, SignerStatus, SnapshotResponse,
+    LeaderMoveRequest, LeaderMoveResponse, MemberIdRequest, MembershipResponse, NodeStatus, Role,
+    SignerStatus, SnapshotResponse,
 };
 use x402_raft_store::state::breakers::BreakerPhase;
 use x402_raft_store::state::{ClaimOutcome, NonceClaim, NonceKey};
@@ -34,6 +35,8 @@ use crate::secret::bearer_matches;
 
 /// How long a snapshot request waits for the snapshot to be built.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(120);
+/// How long `POST /admin/leader/move` tries before answering that no voter took over.
+const LEADER_MOVE_BOUND: Duration = Duration::from_secs(10);
 /// Deadline of a membership request passed on to the leader.
 const FORWARD_DEADLINE: Duration = Duration::from_secs(40);
 
@@ -46,6 +49,7 @@ pub fn routes(app: &Arc<App>) -> Router<Arc<App>> {
         .route("/admin/members/remove", post(remove))
         .route("/admin/claims", post(claim))
         .route("/admin/elect", post(elect))
+        .route("/admin/leader/move", post(move_leader))
         .route(
             "/admin/snapshot",
             post(take_snapshot).get(download_snapshot),
@@ -271,6 +275,23 @@ async fn elect(State(app): State<Arc<App>>) -> Result<Json<serde_json::Value>, A
         .await
         .map_err(|e| ApiError::internal(format!("raft stopped: {e}")))?;
     Ok(Json(serde_json::json!({ "campaigning": app.id })))
+}
+
+/// Hands leadership to the requested voter (or any caught-up one): on a follower the request goes
+/// to the leader, which stops proposing until the voter has its last entry and has won
+/// ([`crate::cluster::handoff`]). Asking for the node that already leads changes nothing.
+async fn move_leader(
+    State(app): State<Arc<App>>,
+    JsonBody(request): JsonBody<LeaderMoveRequest>,
+) -> Result<Response, ApiError> {
+    if let Some(answer) = pass_to_leader(&app, "/admin/leader/move", &request).await? {
+        return Ok(answer);
+    }
+    if request.to == Some(app.id) {
+        return Ok(Json(LeaderMoveResponse { leader: app.id }).into_response());
+    }
+    let leader = app.hand_off(request.to, LEADER_MOVE_BOUND).await?;
+    Ok(Json(LeaderMoveResponse { leader }).into_response())
 }
 
 async fn take_snapshot(State(app): State<Arc<App>>) -> Result<Json<SnapshotResponse>, ApiError> {

@@ -12,6 +12,7 @@ use x402_raft_store::state::rate_limits::Quota;
 
 use crate::access::api_keys::AuthError;
 use crate::access::rate_limit::Limited;
+use crate::cluster::handoff::HandOffError;
 use crate::cluster::membership::MembershipError;
 use crate::cluster::proposer::ProposeError;
 
@@ -57,6 +58,21 @@ impl From<ProposeError> for ApiError {
             ProposeError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
         };
         Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<HandOffError> for ApiError {
+    fn from(e: HandOffError) -> Self {
+        let (status, code) = match &e {
+            HandOffError::NotLeader(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_leader"),
+            HandOffError::NotAVoter(_) => (StatusCode::BAD_REQUEST, "not_a_voter"),
+            HandOffError::ToSelf(_) => (StatusCode::BAD_REQUEST, "already_leader"),
+            HandOffError::NoOtherVoter => (StatusCode::CONFLICT, "no_other_voter"),
+            HandOffError::NoWillingVoter => (StatusCode::SERVICE_UNAVAILABLE, "no_willing_voter"),
+            HandOffError::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "handoff_timeout"),
+            HandOffError::RaftStopped => (StatusCode::INTERNAL_SERVER_ERROR, "raft_stopped"),
+        };
+        ApiError::new(status, code, e.to_string())
     }
 }
 

@@ -44,7 +44,10 @@ pub fn routes() -> Router<Arc<App>> {
 }
 
 async fn readyz(app: Arc<App>, cache: Arc<ReadinessCache>) -> Response {
-    let reasons = {
+    // Not cached: a load balancer must see a shutdown at its next probe.
+    let reasons = if app.is_shutting_down() {
+        vec!["shutting down".to_string()]
+    } else {
         let mut last = cache.last.lock().await;
         match &*last {
             Some((at, reasons)) if at.elapsed() < READINESS_MAX_AGE => reasons.clone(),

@@ -45,6 +45,8 @@ pub fn routes(app: &Arc<App>) -> Router<Arc<App>> {
         .route(paths::PROPOSE, post(propose))
         .route(paths::READ_INDEX, post(read_index))
         .route(paths::JOIN, post(join))
+        .route(paths::ELECT, post(elect))
+        .route(paths::PING, post(|| async { reply(&()) }))
         .layer(DefaultBodyLimit::max(app.limits.max_peer_body_bytes))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_peer))
 }
@@ -168,7 +170,7 @@ fn peer_view(app: &App, certified_sender: Option<NodeId>) -> PeerView {
         current_term: metrics.current_term,
         members: membership.nodes().map(|(id, _)| *id).collect(),
         voters: membership.voter_ids().collect(),
-        max_entries: app.raft.config().max_payload_entries,
+        max_entries: crate::config::MAX_PAYLOAD_ENTRIES_ACCEPTED,
         max_snapshot_bytes: codec::MAX_STATE_BYTES as u64,
         certified_sender,
     }
@@ -222,6 +224,27 @@ async fn propose(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, A
         )));
     }
     Ok(reply(&app.batcher.propose_forwarded(request.ops).await))
+}
+
+/// `POST /raft/elect`: campaign at once, as the leader handing off asks a caught-up voter to
+/// (refused while this node shuts down).
+/// Harmless from anyone else holding the secret: a voter refuses a candidate whose log is
+/// behind, and a live leader's lease refuses it too.
+async fn elect(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
+    // A node on its way out must not take over: the leader handing off asks another one.
+    if app.is_shutting_down() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "this node is shutting down",
+        ));
+    }
+    app.raft
+        .trigger()
+        .elect()
+        .await
+        .map_err(|e| ApiError::internal(format!("raft stopped: {e}")))?;
+    Ok(reply(&()))
 }
 
 async fn read_index(State(app): State<Arc<App>>) -> Response {

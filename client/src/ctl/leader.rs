@@ -1,0 +1,19 @@
+//! `x402ctl leader move [--to ID]`: hand leadership to a caught-up voter, through whichever node
+//! answers first (a follower passes the request to the leader).
+
+use super::{on_first_reachable, CtlError, Output};
+use crate::admin::AdminClient;
+
+pub(super) async fn move_to(
+    nodes: Vec<AdminClient>,
+    to: Option<u64>,
+    json: bool,
+) -> Result<Output, CtlError> {
+    let answer = on_first_reachable(&nodes, |n| async move { n.move_leader(to).await }).await?;
+    if json {
+        let mut s = serde_json::to_string(&answer)?;
+        s.push('\n');
+        return Ok(Output::ok(s));
+    }
+    Ok(Output::ok(format!("node {} leads\n", answer.leader)))
+}
