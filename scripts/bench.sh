@@ -4,6 +4,9 @@
 #
 #   scripts/bench.sh claims   [SECS]   durable replicated nonce claims, 128 connections
 #   scripts/bench.sh failover [SECS]   the same, with the leader kill -9ed a third of the way in
+#   scripts/bench.sh rolling  [SECS]   the same, while every node in turn (followers first, the
+#                                      leader last) is stopped with SIGTERM and started again:
+#                                      failed requests (must be 0), failovers, longest stall
 #   scripts/bench.sh million           1,000,000 live claims: RSS of each node, then the time a
 #                                      fresh learner needs to install the snapshot and catch up
 #   scripts/bench.sh verify   [SECS]   POST /verify with pre-signed payments, on-chain reads off
@@ -142,6 +145,35 @@ PY
     # One election replaces the killed leader; more are spurious (a heartbeat lost under load).
     echo "elections during the run: $(( $(term) - before ))" >&2
     ;;
+  rolling)
+    before=$(term)
+    leader=$(x402ctl status --json | python3 -c 'import json,sys; s=json.load(sys.stdin); print([n["id"] for n in s["nodes"] if n["role"]=="leader"][0])')
+    order="$(awk -v l="$leader" '$1 != l {print $1}' "$dir/pids") $leader"
+    (
+      sleep "$(python3 -c "print($secs/5)")"
+      for id in $order; do
+        pid=$(awk -v id="$id" '$1 == id {print $2}' "$dir/pids")
+        url=$(awk -v id="$id" '$1 == id {print $3}' "$dir/pids")
+        t0=$(date +%s.%N)
+        kill -TERM "$pid"
+        while kill -0 "$pid" 2>/dev/null; do sleep 0.01; done
+        t1=$(date +%s.%N)
+        env -u X402_TLS ${X402_NODE_ENV:-} nohup "$X402_BIN_DIR/x402-node" --config "$dir/node$id/config.toml" \
+          >> "$dir/node$id/node.log" 2>&1 < /dev/null &
+        sed -i "s|^$id $pid |$id $! |" "$dir/pids"
+        until python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1] + '/readyz', timeout=1)" "$url" 2>/dev/null; do
+          sleep 0.05
+        done
+        t2=$(date +%s.%N)
+        python3 -c "print('node $id: stopped in %.0f ms, ready again %.0f ms after it was started' % (($t1 - $t0) * 1000, ($t2 - $t1) * 1000))" >&2
+        sleep 1
+      done
+    ) &
+    x402ctl bench claims --nodes "$nodes" --concurrency "$concurrency" --duration "$secs" --json
+    wait
+    grep -h "leadership handed off" "$dir"/node*/node.log >&2 || echo "no leadership hand-off logged" >&2
+    echo "elections during the run: $(( $(term) - before ))" >&2
+    ;;
   million)
     target=1000000
     while :; do
@@ -183,7 +215,7 @@ PY
     echo "node 4 RSS: $(awk '/VmRSS/ {printf "%.0f MiB", $2/1024}' "/proc/$(awk '$1==4 {print $2}' "$dir/pids")/status")"
     ;;
   *)
-    echo "usage: $0 claims|failover|million [SECS]" >&2
+    echo "usage: $0 claims|failover|rolling|million|verify|verify-chain|verify-limited|settle|supported [SECS]" >&2
     exit 2
     ;;
 esac

@@ -536,6 +536,12 @@ impl LocalCluster {
     /// Runs `x402ctl ARGS` against `nodes` (as `X402_NODES`) with the admin token in
     /// `X402_ADMIN_TOKEN`, and returns its output.
     pub async fn x402ctl(&self, nodes: &[u64], args: &[&str]) -> std::process::Output {
+        run_with_timeout(self.x402ctl_command(nodes, args), Duration::from_secs(60)).await
+    }
+
+    /// The command [`LocalCluster::x402ctl`] runs, for a caller that spawns it itself (a load
+    /// generator running while the test restarts nodes).
+    pub fn x402ctl_command(&self, nodes: &[u64], args: &[&str]) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(self.bin("x402ctl"));
         clean_env(command.as_std_mut());
         command
@@ -545,7 +551,7 @@ impl LocalCluster {
         if self.options.tls {
             command.env("X402_CACERT", self.root.join("tls").join("ca.pem"));
         }
-        run_with_timeout(command, Duration::from_secs(60)).await
+        command
     }
 
     /// Runs `x402ctl --json ARGS` against `nodes`, asserts it succeeded and decodes what it
