@@ -85,6 +85,9 @@ pub struct App {
     pub payments: Context,
     /// Set once a shutdown began: `/readyz` answers 503 from then on.
     shutting_down: AtomicBool,
+    /// When this node last became leader (none while it does not lead): a hand-off waits for
+    /// the lease that starts then.
+    led_since: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl App {
@@ -112,7 +115,16 @@ impl App {
         to: Option<NodeId>,
         bound: Duration,
     ) -> Result<NodeId, HandOffError> {
-        handoff::hand_off(&self.raft, &self.proposer, &self.peers, to, bound).await
+        let led_since = *crate::sync::lock(&self.led_since);
+        handoff::hand_off(
+            &self.raft,
+            &self.proposer,
+            &self.peers,
+            to,
+            bound,
+            led_since,
+        )
+        .await
     }
 }
 
@@ -223,6 +235,7 @@ where
         members,
         payments,
         shutting_down: AtomicBool::new(false),
+        led_since: std::sync::Mutex::new(None),
     });
     app.breakers.attach(
         app.state.clone(),
@@ -326,6 +339,8 @@ async fn watch_raft_metrics(app: Arc<App>) {
             app.metrics.observe_raft(&m, previous_leader);
             if m.current_leader != previous_leader {
                 tracing::info!(leader = ?m.current_leader, term = m.current_term, "leader changed");
+                let leads = m.current_leader == Some(app.id);
+                *crate::sync::lock(&app.led_since) = leads.then(tokio::time::Instant::now);
             }
             previous_leader = m.current_leader;
         }

@@ -69,6 +69,9 @@ impl From<HandOffError> for ApiError {
             HandOffError::ToSelf(_) => (StatusCode::BAD_REQUEST, "already_leader"),
             HandOffError::NoOtherVoter => (StatusCode::CONFLICT, "no_other_voter"),
             HandOffError::NoWillingVoter => (StatusCode::SERVICE_UNAVAILABLE, "no_willing_voter"),
+            HandOffError::NoCaughtUpVoter => {
+                (StatusCode::SERVICE_UNAVAILABLE, "no_caught_up_voter")
+            }
             HandOffError::Timeout(_) => (StatusCode::SERVICE_UNAVAILABLE, "handoff_timeout"),
             HandOffError::RaftStopped => (StatusCode::INTERNAL_SERVER_ERROR, "raft_stopped"),
         };
