@@ -94,6 +94,7 @@ async fn status(State(fake): State<Arc<Fake>>, headers: HeaderMap) -> Answer<Nod
         state_hash: "00".into(),
         breakers: vec![],
         signers: vec![],
+        version: Some("0.1.0 (commit fake)".into()),
     }))
 }
 

@@ -74,6 +74,10 @@ pub struct NodeStatus {
     /// Every facilitator signer's nonce counter, as this node has applied it.
     #[serde(default)]
     pub signers: Vec<SignerStatus>,
+    /// The node's release and the commit it was built from, e.g. `0.1.0 (commit 61f8102)`;
+    /// none from a node older than this field.
+    #[serde(default)]
+    pub version: Option<String>,
 }
 
 /// One facilitator signer key's nonce counter (replicated, I3).
@@ -208,6 +212,34 @@ pub struct ErrorBody {
 pub struct ClusterStatus {
     pub nodes: Vec<NodeStatus>,
     pub unreachable: Vec<UnreachableNode>,
+}
+
+/// `x402ctl health --json`: whether every node is ready and the cluster can lose one more voter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterHealth {
+    pub healthy: bool,
+    /// Voters in the membership the nodes report.
+    pub voters: usize,
+    /// Voters needed for a majority.
+    pub quorum: usize,
+    /// Voters that answered ready.
+    pub ready_voters: usize,
+    /// How many more voters may fail before writes stop (`ready_voters - quorum`; negative:
+    /// there is no quorum of ready voters now).
+    pub failure_tolerance: i64,
+    pub nodes: Vec<NodeHealth>,
+    pub unreachable: Vec<UnreachableNode>,
+    /// What makes the cluster unhealthy, one line each; empty when healthy.
+    pub problems: Vec<String>,
+}
+
+/// One node in [`ClusterHealth`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeHealth {
+    pub id: u64,
+    pub url: String,
+    pub ready: bool,
+    pub reasons: Vec<String>,
 }
 
 /// A node `x402ctl` could not get an answer from, and why.

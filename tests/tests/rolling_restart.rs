@@ -262,7 +262,7 @@ async fn max_term(cluster: &LocalCluster) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn leader_move_hands_leadership_to_the_named_voter() {
-    let cluster = LocalCluster::start(3).await;
+    let mut cluster = LocalCluster::start(3).await;
     let leader = cluster.leader_id().await;
     let followers: Vec<u64> = cluster
         .ids()
@@ -307,4 +307,33 @@ async fn leader_move_hands_leadership_to_the_named_voter() {
         out.status
     );
     assert_eq!(cluster.wait_leader().await, any.leader);
+
+    // Health and versions, as an operator checks them around maintenance.
+    let health: x402_protocol::wire::ClusterHealth =
+        cluster.x402ctl_json(&cluster.ids(), &["health"]).await;
+    assert!(
+        health.healthy && health.failure_tolerance == 1,
+        "{health:?}"
+    );
+    let out = cluster.x402ctl(&cluster.ids(), &["version"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("every node that answered runs"),
+        "{text}"
+    );
+
+    // One voter stopped: no failure tolerance left, `health` says so and fails.
+    let leader = any.leader;
+    let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+    assert!(cluster.stop(follower).success());
+    let out = cluster.x402ctl(&cluster.ids(), &["health"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && text.contains("one more failure stops writes"),
+        "{text}"
+    );
+    // The leader then stops too: the voter left refuses to take over (it is not stopping, but
+    // the stopped one cannot), so the leader hands off to it or, failing that, stops as the
+    // leader; either way it exits 0 without waiting out its bounds.
+    assert!(cluster.stop(leader).success());
 }

@@ -81,6 +81,11 @@ pub enum Command {
     /// Change membership, through the first reachable node (it forwards to the leader)
     #[command(subcommand)]
     Members(MembersCommand),
+    /// Whether every node is ready and the cluster can lose one more voter (exit 1 if not): run
+    /// it before and after each maintenance step
+    Health,
+    /// Every node's release and commit
+    Version,
     /// Leadership, through the first reachable node (it forwards to the leader)
     #[command(subcommand)]
     Leader(LeaderCommand),

@@ -7,6 +7,7 @@
 mod api_key;
 pub mod args;
 mod bench;
+mod health;
 mod leader;
 mod members;
 mod pay;
@@ -106,6 +107,8 @@ pub async fn execute(cli: Cli) -> Result<Output, CtlError> {
             members::init(clients(&cli, &operator)?, members, cli.json).await
         }
         Command::Members(cmd) => members::change(clients(&cli, &operator)?, cmd, cli.json).await,
+        Command::Health => health::health(clients(&cli, &operator)?, cli.json).await,
+        Command::Version => health::versions(clients(&cli, &operator)?, cli.json).await,
         Command::Leader(LeaderCommand::Move { to }) => {
             leader::move_to(clients(&cli, &operator)?, *to, cli.json).await
         }

@@ -145,7 +145,12 @@ fn agreed_leader(statuses: &[NodeStatus], expected: usize) -> Option<u64> {
 }
 
 fn render(status: &ClusterStatus) -> String {
-    let rows: Vec<Vec<String>> = status.nodes.iter().map(row).collect();
+    let leader_committed = leaders_committed(&status.nodes);
+    let rows: Vec<Vec<String>> = status
+        .nodes
+        .iter()
+        .map(|n| row(n, leader_committed))
+        .collect();
     let mut out = if rows.is_empty() {
         String::new()
     } else {
@@ -159,7 +164,9 @@ fn render(status: &ClusterStatus) -> String {
                 "COMMITTED",
                 "APPLIED",
                 "LAST_LOG",
+                "LAG",
                 "CLAIMS",
+                "VERSION",
             ],
             &rows,
         )
@@ -210,7 +217,23 @@ fn render(status: &ClusterStatus) -> String {
     out
 }
 
-fn row(node: &NodeStatus) -> Vec<String> {
+/// The committed index of the node that says it leads (the newest term's, if several do).
+fn leaders_committed(nodes: &[NodeStatus]) -> Option<u64> {
+    nodes
+        .iter()
+        .filter(|n| n.role == Role::Leader)
+        .max_by_key(|n| n.term)
+        .and_then(|n| n.committed)
+}
+
+/// How far `node` has applied behind what the leader has committed (entries), when both are
+/// known. Nodes are asked one after the other's answer, so a busy cluster shows a few entries
+/// even when nobody lags.
+fn lag(node: &NodeStatus, leader_committed: Option<u64>) -> Option<u64> {
+    Some(leader_committed?.saturating_sub(node.applied.unwrap_or(0)))
+}
+
+fn row(node: &NodeStatus, leader_committed: Option<u64>) -> Vec<String> {
     vec![
         node.id.to_string(),
         node.url.clone(),
@@ -220,7 +243,9 @@ fn row(node: &NodeStatus) -> Vec<String> {
         or_dash(node.committed),
         or_dash(node.applied),
         or_dash(node.last_log),
+        or_dash(lag(node, leader_committed)),
         node.claims.to_string(),
+        node.version.clone().unwrap_or_else(|| "-".to_owned()),
     ]
 }
 
@@ -256,6 +281,7 @@ mod tests {
             state_hash: "00".into(),
             breakers: vec![],
             signers: vec![],
+            version: Some("0.1.0 (commit abc)".into()),
         }
     }
 
@@ -269,9 +295,9 @@ mod tests {
             }],
         };
         let expected = "\
-ID  URL             ROLE      TERM  LEADER  COMMITTED  APPLIED  LAST_LOG  CLAIMS
-1   http://n1:7001  leader    3     1       10         9        -         42
-2   http://n2:7002  follower  3     1       10         9        -         42
+ID  URL             ROLE      TERM  LEADER  COMMITTED  APPLIED  LAST_LOG  LAG  CLAIMS  VERSION
+1   http://n1:7001  leader    3     1       10         9        -         1    42      0.1.0 (commit abc)
+2   http://n2:7002  follower  3     1       10         9        -         1    42      0.1.0 (commit abc)
 unreachable: http://n3:7003: connection refused
 cluster: abababababababababababababababab
 ";

@@ -131,6 +131,11 @@ async fn status(State(app): State<Arc<App>>) -> Result<Json<NodeStatus>, ApiErro
             })
             .collect(),
         signers,
+        version: Some(format!(
+            "{} (commit {})",
+            crate::metrics::VERSION,
+            crate::metrics::COMMIT
+        )),
     }))
 }
 
