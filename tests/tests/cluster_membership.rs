@@ -176,3 +176,44 @@ async fn membership_change_through_a_follower_is_forwarded() {
         .await;
     assert_eq!(member_set(&removed), [(1, true), (2, true), (3, true)]);
 }
+
+/// `x402ctl members replace`: the leader itself is replaced by a fresh node while a writer keeps
+/// claiming. The new node joins, catches up and votes before the old one leaves (leadership
+/// moved off it first), every acknowledged claim stays held, and running the command again
+/// changes nothing more.
+#[tokio::test]
+async fn members_replace_swaps_the_leader_for_a_new_node_online() {
+    let mut cluster = LocalCluster::start(3).await;
+    let old = cluster.leader_id().await;
+    let salt = workload::new_salt();
+    let writer = Writer::start(cluster.admins(&[1, 2, 3]), salt, 0, 4);
+    writer.wait_acked(20, Duration::from_secs(30)).await;
+
+    let url4 = cluster.start_extra_node(4).await;
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != old).collect();
+    let replaced: MembershipResponse = cluster
+        .x402ctl_json(&others, &["members", "replace", &old.to_string(), &url4])
+        .await;
+    let mut expected: Vec<(u64, bool)> = others.iter().map(|&i| (i, true)).collect();
+    expected.push((4, true));
+    assert_eq!(member_set(&replaced), expected, "{replaced:?}");
+    let leader = cluster.wait_leader_among(&[others[0], others[1], 4]).await;
+    assert_ne!(leader, old, "the replaced member cannot lead");
+
+    // Again: nothing left to do; the membership stays.
+    let again: MembershipResponse = cluster
+        .x402ctl_json(&others, &["members", "replace", &old.to_string(), &url4])
+        .await;
+    assert_eq!(member_set(&again), expected);
+
+    let acked = writer.acked();
+    writer.wait_acked(acked + 20, Duration::from_secs(30)).await;
+    let report = writer.stop().await;
+    assert!(report.unexpected.is_empty(), "{:?}", report.unexpected);
+    assert!(report.abandoned.is_empty(), "{:?}", report.abandoned);
+    cluster.stop(old);
+    let remaining = [others[0], others[1], 4];
+    cluster.wait_converged_among(&remaining).await;
+    let acked: Vec<ClaimRequest> = report.acked.iter().map(|a| a.claim.clone()).collect();
+    workload::assert_all_held(&cluster.admins(&remaining), &acked, 8).await;
+}

@@ -174,6 +174,18 @@ pub enum MembersCommand {
     Promote { id: u64 },
     /// Remove a node from the cluster
     Remove { id: u64 },
+    /// Replace a member by a new node: add it as a learner, let it catch up and promote it,
+    /// move leadership away if the old member leads, then remove the old member. Start the new
+    /// node first (with no [bootstrap]); run it again after an interruption, it resumes
+    Replace {
+        /// The member to replace
+        old: u64,
+        /// The new node's member URL (its peer API)
+        url: String,
+        /// The new node's id; asked from the new node when not given
+        #[arg(long)]
+        id: Option<u64>,
+    },
 }
 
 #[derive(Subcommand, Debug, PartialEq)]
@@ -496,6 +508,16 @@ mod tests {
         assert_eq!(
             cli.command,
             Command::Members(MembersCommand::Remove { id: 4 })
+        );
+        assert_eq!(
+            parse(&["members", "replace", "2", "http://e:5"])
+                .unwrap()
+                .command,
+            Command::Members(MembersCommand::Replace {
+                old: 2,
+                url: "http://e:5".into(),
+                id: None
+            })
         );
         assert_eq!(
             parse(&["leader", "move", "--to", "2"]).unwrap().command,

@@ -42,7 +42,54 @@ pub(super) async fn change(
         MembersCommand::Remove { id } => {
             on_first_reachable(&nodes, |n| async move { n.remove(*id).await }).await?
         }
+        MembersCommand::Replace { .. } => {
+            unreachable!("`members replace` runs through `replace`")
+        }
     };
+    render(&answer, json)
+}
+
+/// `members replace OLD URL`: each step is idempotent by content, so a replace interrupted at
+/// any point is finished by running it again. The old member is removed only once the new one
+/// votes, so the cluster never has fewer voters than before.
+pub(super) async fn replace(
+    nodes: Vec<AdminClient>,
+    new_node: AdminClient,
+    old: u64,
+    url: &str,
+    id: Option<u64>,
+    json: bool,
+) -> Result<Output, CtlError> {
+    let new_id = match id {
+        Some(id) => id,
+        None => new_node.status().await?.id,
+    };
+    if new_id == old {
+        return Err(CtlError::Usage(format!(
+            "the new node has id {new_id}, the id of the member it replaces; give it another"
+        )));
+    }
+    let current = on_first_reachable(&nodes, |n| async move { n.status().await }).await?;
+    let is = |id: u64, voter: bool| {
+        current
+            .members
+            .iter()
+            .any(|m| m.id == id && m.voter == voter)
+    };
+    if !is(new_id, true) {
+        if !is(new_id, false) {
+            on_first_reachable(&nodes, |n| async move { n.add_learner(new_id, url).await }).await?;
+        }
+        // Waits on the leader until the learner has caught up.
+        on_first_reachable(&nodes, |n| async move { n.promote(new_id).await }).await?;
+    }
+    let leader = on_first_reachable(&nodes, |n| async move { n.status().await })
+        .await?
+        .leader_id;
+    if leader == Some(old) {
+        on_first_reachable(&nodes, |n| async move { n.move_leader(Some(new_id)).await }).await?;
+    }
+    let answer = on_first_reachable(&nodes, |n| async move { n.remove(old).await }).await?;
     render(&answer, json)
 }
 

@@ -106,6 +106,11 @@ pub async fn execute(cli: Cli) -> Result<Output, CtlError> {
         Command::Init { members } | Command::Cluster(ClusterCommand::Init { members }) => {
             members::init(clients(&cli, &operator)?, members, cli.json).await
         }
+        Command::Members(MembersCommand::Replace { old, url, id }) => {
+            let nodes = clients(&cli, &operator)?;
+            let new_node = client_of(&cli, &operator, url)?;
+            members::replace(nodes, new_node, *old, url, *id, cli.json).await
+        }
         Command::Members(cmd) => members::change(clients(&cli, &operator)?, cmd, cli.json).await,
         Command::Health => health::health(clients(&cli, &operator)?, cli.json).await,
         Command::Version => health::versions(clients(&cli, &operator)?, cli.json).await,
@@ -179,6 +184,14 @@ fn clients(cli: &Cli, config: &HttpConfig) -> Result<Vec<AdminClient>, CtlError>
     urls.iter()
         .map(|url| Ok(AdminClient::with_http(http.clone(), url, token)?))
         .collect()
+}
+
+/// A client of one node given by URL outside `--nodes` (a node being added).
+fn client_of(cli: &Cli, config: &HttpConfig, url: &str) -> Result<AdminClient, CtlError> {
+    let urls = [url.to_owned()];
+    let http = HttpClient::new(&with_roots(cli, &urls, config))?;
+    let token = cli.token.as_ref().map(Token::expose);
+    Ok(AdminClient::with_http(http, url, token)?)
 }
 
 /// One facilitator client per node (no admin token), all sharing one connection pool.
