@@ -337,3 +337,28 @@ async fn leader_move_hands_leadership_to_the_named_voter() {
     // leader; either way it exits 0 without waiting out its bounds.
     assert!(cluster.stop(leader).success());
 }
+
+/// Five voters: the candidate also needs a follower's vote, which a follower refuses until it
+/// has missed the old leader's heartbeats for a lease; the hand-off still completes, and a
+/// leader stopped with SIGTERM hands off before it exits.
+#[tokio::test(flavor = "multi_thread")]
+async fn five_voters_hand_off_on_move_and_on_sigterm() {
+    let mut cluster = LocalCluster::start(5).await;
+    let leader = cluster.leader_id().await;
+    let to = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+    let moved: x402_protocol::wire::LeaderMoveResponse = cluster
+        .x402ctl_json(&[leader], &["leader", "move", "--to", &to.to_string()])
+        .await;
+    assert_eq!(moved.leader, to);
+    assert_eq!(cluster.wait_leader().await, to);
+
+    assert!(cluster.stop(to).success(), "{}", cluster.log_text(to));
+    let log = cluster.log_text(to);
+    let handed_off = log
+        .lines()
+        .find(|l| l.contains("leadership handed off"))
+        .unwrap_or_else(|| panic!("node {to} led and exited without handing off:\n{log}"));
+    eprintln!("5 voters, SIGTERM of the leader: {handed_off}");
+    let next = cluster.wait_leader().await;
+    assert_ne!(next, to);
+}
