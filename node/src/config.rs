@@ -32,6 +32,10 @@ pub const MIN_SECRET_LEN: usize = 16;
 pub struct Config {
     /// This node's Raft id; unique in the cluster, never reused after removal.
     pub node_id: u64,
+    /// Take `node_id` from the host name's trailing ordinal instead, plus one (`x402-0` is node
+    /// 1, `x402-2` node 3): a Kubernetes StatefulSet gives every pod such a name, and one
+    /// configuration then serves every replica, with no shell in the image to compute the id.
+    pub node_id_from_hostname: bool,
     /// Socket address to listen on, e.g. `0.0.0.0:7001`.
     pub listen: String,
     /// URL other nodes and clients use to reach this node, e.g. `http://10.0.0.1:7001`.
@@ -144,6 +148,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             node_id: 1,
+            node_id_from_hostname: false,
             listen: "127.0.0.1:7001".into(),
             advertise_url: String::new(),
             peer_listen: None,
@@ -276,6 +281,20 @@ impl Config {
             keys.iter().any(|key| key.eq_ignore_ascii_case(top))
         });
         let mut config: Config = figment.merge(env).extract().map_err(Box::new)?;
+        if config.node_id_from_hostname {
+            let host = hostname().ok_or_else(|| {
+                ConfigError::Invalid(
+                    "node_id_from_hostname: neither HOSTNAME nor /proc/sys/kernel/hostname \
+                     names this host"
+                        .into(),
+                )
+            })?;
+            config.node_id = node_id_of_hostname(&host).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "node_id_from_hostname: the host name {host:?} does not end in -<ordinal>"
+                ))
+            })?;
+        }
         if config.advertise_url.is_empty() {
             let tls = matches!(config.tls.api_files(), Ok(Some(_)));
             let scheme = if tls { "https" } else { "http" };
@@ -437,6 +456,26 @@ impl Config {
     }
 }
 
+/// This host's name: `HOSTNAME` (set in every Kubernetes pod), else the kernel's.
+fn hostname() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+}
+
+/// The node id a StatefulSet pod name gives: its trailing ordinal plus one (ids start at 1).
+pub fn node_id_of_hostname(host: &str) -> Option<u64> {
+    // A fully qualified name (`x402-2.x402.default.svc`) carries the pod name first.
+    let pod = host.split('.').next()?;
+    let (_, ordinal) = pod.rsplit_once('-')?;
+    if ordinal.is_empty() || !ordinal.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    ordinal.parse::<u64>().ok()?.checked_add(1)
+}
+
 /// The config's top-level keys (`node_id`, `raft`, ...), as the TOML and the environment name them.
 fn top_level_keys() -> Vec<String> {
     match serde_json::to_value(Config::default()) {
@@ -535,6 +574,24 @@ pub(crate) mod tests {
                 }
             }
             other => out.push((path.to_string(), other.clone())),
+        }
+    }
+
+    #[test]
+    fn node_ids_from_statefulset_pod_names() {
+        assert_eq!(node_id_of_hostname("x402-0"), Some(1));
+        assert_eq!(node_id_of_hostname("x402-node-4"), Some(5));
+        assert_eq!(node_id_of_hostname("x402-2.x402.default.svc"), Some(3));
+        for bad in [
+            "x402",
+            "x402-",
+            "x402-a1",
+            "-",
+            "",
+            "x402-+1",
+            "x402-18446744073709551615",
+        ] {
+            assert_eq!(node_id_of_hostname(bad), None, "{bad:?}");
         }
     }
 

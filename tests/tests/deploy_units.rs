@@ -48,3 +48,61 @@ fn the_systemd_unit_verifies_and_keeps_its_exit_status_promises() {
         "systemd-analyze has something to say about the unit: {said}"
     );
 }
+
+/// A StatefulSet pod `x402-2` with `node_id_from_hostname = true` runs as node 3: the binary
+/// takes its id from the host name, so one configuration serves every replica.
+#[tokio::test]
+async fn a_pod_takes_its_node_id_from_its_ordinal() {
+    use x402_tests::resource_server::free_port;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "node_id_from_hostname = true\nlisten = \"127.0.0.1:{port}\"\n\
+             data_dir = {:?}\n\n[bootstrap]\n3 = \"{url}\"\n",
+            dir.path().join("data")
+        ),
+    )
+    .expect("write the config");
+    let secret = "a-cluster-secret-for-this-test";
+    let mut node = tokio::process::Command::new(bin_dir().join("x402-node"))
+        .arg("--config")
+        .arg(&config)
+        .env_clear()
+        .env("HOSTNAME", "x402-2")
+        .env("X402_CLUSTER_SECRET", secret)
+        .env("X402_ADMIN_TOKEN", secret)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn x402-node");
+    let admin = x402_client::AdminClient::new(&url, Some(secret), &Default::default())
+        .expect("an admin client");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        match admin.status().await {
+            Ok(status) => break status,
+            Err(e) => {
+                if let Ok(Some(exit)) = node.try_wait() {
+                    let mut stderr = String::new();
+                    use tokio::io::AsyncReadExt;
+                    let _ = node
+                        .stderr
+                        .take()
+                        .unwrap()
+                        .read_to_string(&mut stderr)
+                        .await;
+                    panic!("x402-node exited ({exit}): {stderr}");
+                }
+                assert!(std::time::Instant::now() < deadline, "no status: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(status.id, 3, "{status:?}");
+    let _ = node.kill().await;
+}
