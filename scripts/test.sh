@@ -21,6 +21,11 @@ if [ -n "$missing" ] && command -v apt-get >/dev/null 2>&1; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
 fi
 
+# kubernetes-validate from PyPI (the Kubernetes JSON schemas inside, so no network at test time)
+# for the manifests in deploy/kubernetes.
+python3 -c "import kubernetes_validate" 2>/dev/null ||
+  python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate==1.37.0
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # End-to-end tests start these binaries as real processes.

@@ -2,7 +2,9 @@
 //! under (`systemd-analyze verify`, with `ExecStart` pointed at the binary this run built), and
 //! keeps the promises the README makes: restart on failure except for the exit statuses a
 //! restart cannot fix (65: the store needs a rebuild, 78: the configuration does not load), an
-//! explicit file limit, SIGHUP to reload certificates.
+//! explicit file limit, SIGHUP to reload certificates. The Kubernetes manifests validate against a
+//! pinned schema and their configuration runs the real binary; a pod takes its node id from its
+//! ordinal.
 
 use std::process::Command;
 
@@ -104,5 +106,129 @@ async fn a_pod_takes_its_node_id_from_its_ordinal() {
         }
     };
     assert_eq!(status.id, 3, "{status:?}");
+    let _ = node.kill().await;
+}
+
+/// The Kubernetes manifests (`deploy/kubernetes/`) are valid against the pinned Kubernetes
+/// schema (1.31, strict: no unknown field), keep the promises the README makes, and the
+/// ConfigMap's `node.toml` runs the real binary as pod `x402-1` (node 2).
+#[tokio::test]
+async fn the_kubernetes_manifests_validate_and_their_config_runs() {
+    let manifests = workspace_root().join("deploy/kubernetes/x402.yaml");
+    let out = Command::new("python3")
+        .args([
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            "--quiet",
+            "-k",
+            "1.31.0",
+        ])
+        .arg(&manifests)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run python3 ({e})"));
+    assert!(
+        out.status.success(),
+        "kubernetes-validate (pip install kubernetes-validate==1.37.0) refused the manifests: \
+         {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&manifests).expect("read the manifests");
+    for line in [
+        "  podManagementPolicy: Parallel",
+        "  publishNotReadyAddresses: true",
+        "  maxUnavailable: 1",
+        "            - topologyKey: kubernetes.io/hostname",
+        "            httpGet: {path: /readyz, port: api}",
+        "            httpGet: {path: /livez, port: api}",
+        "    node_id_from_hostname = true",
+        "      terminationGracePeriodSeconds: 30",
+        "    shutdown_timeout_ms = 10000",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "the manifests lack {line:?}"
+        );
+    }
+    let monitor =
+        std::fs::read_to_string(workspace_root().join("deploy/kubernetes/servicemonitor.yaml"))
+            .expect("read the ServiceMonitor");
+    assert!(monitor.contains("kind: ServiceMonitor") && monitor.contains("path: /metrics"));
+
+    // The ConfigMap's node.toml, as the pod reads it, with the pod's paths and ports moved into
+    // a temporary directory and free ports by the environment (as overrides, like the
+    // StatefulSet's own X402_ADVERTISE_* variables).
+    let extract = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, yaml\n\
+             docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]\n\
+             print([d for d in docs if d['kind'] == 'ConfigMap'][0]['data']['node.toml'])",
+        ])
+        .arg(&manifests)
+        .output()
+        .expect("python3 with PyYAML (a dependency of kubernetes-validate)");
+    assert!(
+        extract.status.success(),
+        "{}",
+        String::from_utf8_lossy(&extract.stderr)
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, &extract.stdout).expect("write node.toml");
+    let secret = "a-cluster-secret-for-this-test";
+    for name in ["cluster-secret", "admin-token"] {
+        std::fs::write(dir.path().join(name), secret).expect("write a secret file");
+    }
+    let (api, peer) = (
+        x402_tests::resource_server::free_port(),
+        x402_tests::resource_server::free_port(),
+    );
+    let url = format!("http://127.0.0.1:{api}");
+    let mut node = tokio::process::Command::new(bin_dir().join("x402-node"))
+        .arg("--config")
+        .arg(&config)
+        .env_clear()
+        .env("HOSTNAME", "x402-1")
+        .env("X402_LISTEN", format!("127.0.0.1:{api}"))
+        .env("X402_PEER_LISTEN", format!("127.0.0.1:{peer}"))
+        .env("X402_ADVERTISE_URL", &url)
+        .env("X402_ADVERTISE_PEER_URL", "http://x402-1.x402-peers:7002")
+        .env("X402_DATA_DIR", dir.path().join("data"))
+        .env(
+            "X402_CLUSTER_SECRET_FILE",
+            dir.path().join("cluster-secret"),
+        )
+        .env("X402_ADMIN_TOKEN_FILE", dir.path().join("admin-token"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn x402-node");
+    let admin = x402_client::AdminClient::new(&url, Some(secret), &Default::default())
+        .expect("an admin client");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        match admin.status().await {
+            Ok(status) => break status,
+            Err(e) => {
+                if let Ok(Some(exit)) = node.try_wait() {
+                    let mut stderr = String::new();
+                    use tokio::io::AsyncReadExt;
+                    let _ = node
+                        .stderr
+                        .take()
+                        .unwrap()
+                        .read_to_string(&mut stderr)
+                        .await;
+                    panic!("x402-node exited ({exit}) on the ConfigMap's node.toml: {stderr}");
+                }
+                assert!(std::time::Instant::now() < deadline, "no status: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(status.id, 2, "{status:?}");
     let _ = node.kill().await;
 }
