@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use alloy::signers::local::PrivateKeySigner;
 
 use super::args::{PaymentBenchArgs, RunArgs};
-use super::{payment, ClaimsArgs, CtlError, Output};
+use super::{json_line, payment, ClaimsArgs, CtlError, Output};
 use crate::admin::AdminClient;
 use crate::bench::claims::{self, ClaimTemplate};
 use crate::bench::payments::{self, Endpoint, PaymentPool};
@@ -189,9 +189,7 @@ fn report(name: &str, outcome: &BenchOutcome, json: bool) -> Result<Output, CtlE
         if outcome.report.errors > 0 {
             eprint!("errors by kind:\n{}", render_failures(outcome));
         }
-        let mut s = serde_json::to_string(&outcome.report)?;
-        s.push('\n');
-        s
+        json_line(&outcome.report)?
     } else {
         render(name, outcome)
     };

@@ -2,7 +2,7 @@
 //! maintenance step (is every node ready, and can the cluster lose one more voter; which release
 //! does each node run).
 
-use super::{on_every_node, table, CtlError, Output};
+use super::{json_line, on_every_node, table, CtlError, Output};
 use crate::admin::AdminClient;
 use crate::wire::{ClusterHealth, NodeHealth, NodeStatus, Role, UnreachableNode};
 
@@ -37,9 +37,7 @@ pub(super) async fn health(nodes: Vec<AdminClient>, json: bool) -> Result<Output
     }
     let health = assess(&statuses, nodes, unreachable);
     let stdout = if json {
-        let mut s = serde_json::to_string(&health)?;
-        s.push('\n');
-        s
+        json_line(&health)?
     } else {
         render(&health)
     };
@@ -160,9 +158,7 @@ pub(super) async fn versions(nodes: Vec<AdminClient>, json: bool) -> Result<Outp
         }
     }
     let stdout = if json {
-        let mut s = serde_json::to_string(&seen)?;
-        s.push('\n');
-        s
+        json_line(&seen)?
     } else {
         let mut out = if rows.is_empty() {
             String::new()

@@ -1,7 +1,7 @@
 //! `x402ctl leader move [--to ID]`: hand leadership to a caught-up voter, through whichever node
 //! answers first (a follower passes the request to the leader).
 
-use super::{on_first_reachable, CtlError, Output};
+use super::{json_line, on_first_reachable, CtlError, Output};
 use crate::admin::AdminClient;
 
 pub(super) async fn move_to(
@@ -11,9 +11,7 @@ pub(super) async fn move_to(
 ) -> Result<Output, CtlError> {
     let answer = on_first_reachable(&nodes, |n| async move { n.move_leader(to).await }).await?;
     if json {
-        let mut s = serde_json::to_string(&answer)?;
-        s.push('\n');
-        return Ok(Output::ok(s));
+        return Ok(Output::ok(json_line(&answer)?));
     }
     Ok(Output::ok(format!("node {} leads\n", answer.leader)))
 }

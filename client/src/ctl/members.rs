@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{on_first_reachable, table, CtlError, MemberArg, MembersCommand, Output};
+use super::{json_line, on_first_reachable, table, CtlError, MemberArg, MembersCommand, Output};
 use crate::admin::AdminClient;
 use crate::wire::{InitRequest, MembershipResponse};
 
@@ -95,9 +95,7 @@ pub(super) async fn replace(
 
 fn render(answer: &MembershipResponse, json: bool) -> Result<Output, CtlError> {
     if json {
-        let mut s = serde_json::to_string(answer)?;
-        s.push('\n');
-        return Ok(Output::ok(s));
+        return Ok(Output::ok(json_line(answer)?));
     }
     let mut out = match answer.log_index {
         Some(index) => format!("membership (log index {index}):\n"),

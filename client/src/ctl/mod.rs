@@ -83,6 +83,13 @@ impl Output {
     }
 }
 
+/// `value` as one line of JSON: what every command prints under `--json`.
+fn json_line<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, CtlError> {
+    let mut line = serde_json::to_string(value)?;
+    line.push('\n');
+    Ok(line)
+}
+
 /// Runs the parsed command line and prints its output; the exit code says whether it succeeded.
 pub async fn run(cli: Cli) -> Result<ExitCode, CtlError> {
     let output = execute(cli).await?;

@@ -5,7 +5,7 @@ use alloy::signers::local::PrivateKeySigner;
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::{on_first_reachable, payment, CtlError, Output, PayArgs};
+use super::{json_line, on_first_reachable, payment, CtlError, Output, PayArgs};
 use crate::facilitator::FacilitatorClient;
 use crate::x402::payment::{encode, DEFAULT_MAX_TIMEOUT_SECONDS};
 use crate::x402::{ReasonCode, SettleResponse, VerifyResponse};
@@ -44,9 +44,7 @@ pub(super) async fn run(
         settle,
     };
     let stdout = if json {
-        let mut s = serde_json::to_string(&report)?;
-        s.push('\n');
-        s
+        json_line(&report)?
     } else {
         render(&report)
     };

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::{on_every_node, or_dash, CtlError, Output};
+use super::{json_line, on_every_node, or_dash, CtlError, Output};
 use crate::admin::AdminClient;
 use crate::wire::UnreachableNode;
 
@@ -38,9 +38,7 @@ pub(super) async fn run(nodes: Vec<AdminClient>, json: bool) -> Result<Output, C
         }
     }
     let stdout = if json {
-        let mut s = serde_json::to_string(&report)?;
-        s.push('\n');
-        s
+        json_line(&report)?
     } else {
         render(&report)
     };

@@ -1,7 +1,7 @@
 //! `x402ctl status`: every node's own view, side by side, so an operator sees at a glance who
 //! leads, who lags (committed vs applied vs last_log) and who is down.
 
-use super::{on_every_node, or_dash, table, CtlError, Output};
+use super::{json_line, on_every_node, or_dash, table, CtlError, Output};
 use crate::admin::AdminClient;
 use crate::wire::{ClusterStatus, NodeStatus, Role, UnreachableNode};
 
@@ -20,9 +20,7 @@ pub(super) async fn run(nodes: Vec<AdminClient>, json: bool) -> Result<Output, C
         }
     }
     let stdout = if json {
-        let mut s = serde_json::to_string(&status)?;
-        s.push('\n');
-        s
+        json_line(&status)?
     } else {
         render(&status)
     };
