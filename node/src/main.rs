@@ -349,16 +349,12 @@ async fn run(config: Config) -> Result<(), String> {
 /// anyway and the others elect after an election timeout, as after a crash.
 const SHUTDOWN_HANDOFF_BOUND: Duration = Duration::from_secs(5);
 
-/// If this node leads, hands its leadership to a caught-up voter (a single-voter cluster has
-/// none: nothing to do).
+/// If this node leads, hands its leadership to a caught-up voter (not leading, or a
+/// single-voter cluster: nothing to do).
 async fn hand_off_if_leading(app: &x402_node::node::App) {
-    let leads = app.raft.metrics().borrow().current_leader == Some(app.id);
-    if !leads {
-        return;
-    }
     use x402_node::cluster::handoff::HandOffError;
     match app.hand_off(None, SHUTDOWN_HANDOFF_BOUND).await {
-        Ok(_) | Err(HandOffError::NoOtherVoter) => {}
+        Ok(_) | Err(HandOffError::NotLeader(_) | HandOffError::NoOtherVoter) => {}
         Err(HandOffError::NoWillingVoter) => {
             tracing::info!("every other voter is stopping too; stopping as the leader")
         }

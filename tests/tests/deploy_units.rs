@@ -70,43 +70,15 @@ async fn a_pod_takes_its_node_id_from_its_ordinal() {
     )
     .expect("write the config");
     let secret = "a-cluster-secret-for-this-test";
-    let mut node = tokio::process::Command::new(bin_dir().join("x402-node"))
-        .arg("--config")
+    let mut node = tokio::process::Command::new(bin_dir().join("x402-node"));
+    node.arg("--config")
         .arg(&config)
         .env_clear()
         .env("HOSTNAME", "x402-2")
         .env("X402_CLUSTER_SECRET", secret)
-        .env("X402_ADMIN_TOKEN", secret)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn x402-node");
-    let admin = x402_client::AdminClient::new(&url, Some(secret), &Default::default())
-        .expect("an admin client");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let status = loop {
-        match admin.status().await {
-            Ok(status) => break status,
-            Err(e) => {
-                if let Ok(Some(exit)) = node.try_wait() {
-                    let mut stderr = String::new();
-                    use tokio::io::AsyncReadExt;
-                    let _ = node
-                        .stderr
-                        .take()
-                        .unwrap()
-                        .read_to_string(&mut stderr)
-                        .await;
-                    panic!("x402-node exited ({exit}): {stderr}");
-                }
-                assert!(std::time::Instant::now() < deadline, "no status: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    };
+        .env("X402_ADMIN_TOKEN", secret);
+    let status = status_of_running_node(node, &url, secret, "its config").await;
     assert_eq!(status.id, 3, "{status:?}");
-    let _ = node.kill().await;
 }
 
 /// The Kubernetes manifests (`deploy/kubernetes/`) are valid against the pinned Kubernetes
@@ -186,8 +158,8 @@ async fn the_kubernetes_manifests_validate_and_their_config_runs() {
         x402_tests::resource_server::free_port(),
     );
     let url = format!("http://127.0.0.1:{api}");
-    let mut node = tokio::process::Command::new(bin_dir().join("x402-node"))
-        .arg("--config")
+    let mut node = tokio::process::Command::new(bin_dir().join("x402-node"));
+    node.arg("--config")
         .arg(&config)
         .env_clear()
         .env("HOSTNAME", "x402-1")
@@ -200,13 +172,27 @@ async fn the_kubernetes_manifests_validate_and_their_config_runs() {
             "X402_CLUSTER_SECRET_FILE",
             dir.path().join("cluster-secret"),
         )
-        .env("X402_ADMIN_TOKEN_FILE", dir.path().join("admin-token"))
+        .env("X402_ADMIN_TOKEN_FILE", dir.path().join("admin-token"));
+    let status = status_of_running_node(node, &url, secret, "the ConfigMap's node.toml").await;
+    assert_eq!(status.id, 2, "{status:?}");
+}
+
+/// Starts `node` (an `x402-node` command), waits until its admin API at `url` answers its
+/// status with `secret`, stops it and returns that status; if it exits first, fails with what
+/// it printed on `what` (the configuration it was given).
+async fn status_of_running_node(
+    mut node: tokio::process::Command,
+    url: &str,
+    secret: &str,
+    what: &str,
+) -> x402_protocol::wire::NodeStatus {
+    let mut node = node
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("spawn x402-node");
-    let admin = x402_client::AdminClient::new(&url, Some(secret), &Default::default())
+    let admin = x402_client::AdminClient::new(url, Some(secret), &Default::default())
         .expect("an admin client");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let status = loop {
@@ -222,13 +208,13 @@ async fn the_kubernetes_manifests_validate_and_their_config_runs() {
                         .unwrap()
                         .read_to_string(&mut stderr)
                         .await;
-                    panic!("x402-node exited ({exit}) on the ConfigMap's node.toml: {stderr}");
+                    panic!("x402-node exited ({exit}) on {what}: {stderr}");
                 }
                 assert!(std::time::Instant::now() < deadline, "no status: {e}");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
     };
-    assert_eq!(status.id, 2, "{status:?}");
     let _ = node.kill().await;
+    status
 }

@@ -46,8 +46,6 @@ pub enum HandOffError {
     NotLeader(Option<NodeId>),
     #[error("node {0} is not a voter of this cluster")]
     NotAVoter(NodeId),
-    #[error("node {0} is this leader itself")]
-    ToSelf(NodeId),
     #[error("this cluster has no other voter to hand leadership to")]
     NoOtherVoter,
     #[error("every other voter is unreachable or shutting down; this node still leads")]
@@ -63,7 +61,7 @@ pub enum HandOffError {
 }
 
 /// Hands leadership from this node (which must lead) to `to`, or to any caught-up voter, within
-/// `bound`. Returns the new leader.
+/// `bound`. Returns the new leader (this node itself when `to` names it: nothing to do).
 ///
 /// `led_since` is when this node became leader: until its lease (`election_timeout_max`) has
 /// run from then it refuses any candidate's vote, so the request to campaign waits for that
@@ -86,7 +84,7 @@ pub async fn hand_off(
         m.membership_config.membership().voter_ids().collect()
     };
     match to {
-        Some(id) if id == me => return Err(HandOffError::ToSelf(id)),
+        Some(id) if id == me => return Ok(me),
         Some(id) if !voters.contains(&id) => return Err(HandOffError::NotAVoter(id)),
         _ if voters.iter().all(|v| *v == me) => return Err(HandOffError::NoOtherVoter),
         _ => {}
@@ -103,7 +101,7 @@ pub async fn hand_off(
     // they miss this node's heartbeats for a lease): it campaigned and won back every time, seen
     // in the 5-voter test. So it does not campaign while it hands off.
     raft.runtime_config().elect(false);
-    let result = campaign_until(raft, peers, me, to, deadline).await;
+    let result = campaign_until(raft, peers, me, to, bound, deadline).await;
     raft.runtime_config().elect(true);
     proposer.set_yielding(false);
     match &result {
@@ -114,18 +112,17 @@ pub async fn hand_off(
         ),
         Err(e) => tracing::warn!(error = %e, "leadership hand-off failed"),
     }
-    result.map_err(|e| match e {
-        HandOffError::Timeout(_) => HandOffError::Timeout(bound),
-        other => other,
-    })
+    result
 }
 
-/// Asks caught-up voters to campaign until one leads or `deadline` passes.
+/// Asks caught-up voters to campaign until one leads or `deadline` (`bound` from the start)
+/// passes.
 async fn campaign_until(
     raft: &Raft,
     peers: &PeerClient,
     me: NodeId,
     to: Option<NodeId>,
+    bound: Duration,
     deadline: Instant,
 ) -> Result<NodeId, HandOffError> {
     let started = Instant::now();
@@ -138,7 +135,7 @@ async fn campaign_until(
     let mut behind_since: Option<Instant> = None;
     loop {
         if Instant::now() >= deadline {
-            return Err(HandOffError::Timeout(Duration::ZERO));
+            return Err(HandOffError::Timeout(bound));
         }
         let (leader, target) = {
             let metrics = raft.metrics();

@@ -33,7 +33,7 @@ pub async fn run(me: NodeId, raft: Raft, peers: PeerClient) {
     loop {
         let urls: Vec<String> = {
             let m = metrics.borrow_and_update();
-            seen_membership = Some(m.membership_config.log_id().map(|l| l.index));
+            seen_membership = m.membership_config.log_id().map(|l| l.index);
             m.membership_config
                 .membership()
                 .nodes()
@@ -61,7 +61,7 @@ pub async fn run(me: NodeId, raft: Raft, peers: PeerClient) {
                         return;
                     }
                     let membership = metrics.borrow().membership_config.log_id().map(|l| l.index);
-                    if Some(membership) != seen_membership {
+                    if membership != seen_membership {
                         break;
                     }
                 }

@@ -292,9 +292,6 @@ async fn move_leader(
     if let Some(answer) = pass_to_leader(&app, "/admin/leader/move", &request).await? {
         return Ok(answer);
     }
-    if request.to == Some(app.id) {
-        return Ok(Json(LeaderMoveResponse { leader: app.id }).into_response());
-    }
     let leader = app.hand_off(request.to, LEADER_MOVE_BOUND).await?;
     Ok(Json(LeaderMoveResponse { leader }).into_response())
 }

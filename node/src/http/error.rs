@@ -66,7 +66,6 @@ impl From<HandOffError> for ApiError {
         let (status, code) = match &e {
             HandOffError::NotLeader(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_leader"),
             HandOffError::NotAVoter(_) => (StatusCode::BAD_REQUEST, "not_a_voter"),
-            HandOffError::ToSelf(_) => (StatusCode::BAD_REQUEST, "already_leader"),
             HandOffError::NoOtherVoter => (StatusCode::CONFLICT, "no_other_voter"),
             HandOffError::NoWillingVoter => (StatusCode::SERVICE_UNAVAILABLE, "no_willing_voter"),
             HandOffError::NoCaughtUpVoter => {
