@@ -8,7 +8,8 @@
 //! the worker moves to the next target and tries again after a short pause; nothing aborts the
 //! run. An operation that could not even connect (a node stopped or restarting) was never sent:
 //! it is a *failover*, counted apart, and the worker moves on to the next target at once
-//! (pausing only when a whole round of targets refused), as a client of a cluster does. Operations still in flight when the time is up are abandoned and counted neither way.
+//! (pausing only when a whole round of targets refused), as a client of a cluster does.
+//! Operations still in flight when the time is up are abandoned and counted neither way.
 //! An operation source may also run dry (a finite pool of pre-signed payments): its workers then
 //! stop early, and the run ends when the last one does.
 
