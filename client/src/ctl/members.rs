@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use super::{json_line, on_first_reachable, table, CtlError, MemberArg, MembersCommand, Output};
 use crate::admin::AdminClient;
+use crate::error::ClientError;
 use crate::wire::{InitRequest, MembershipResponse};
 
 /// `init` goes to the first node only: forming the cluster is that node's own decision (it
@@ -78,19 +79,53 @@ pub(super) async fn replace(
     };
     if !is(new_id, true) {
         if !is(new_id, false) {
-            on_first_reachable(&nodes, |n| async move { n.add_learner(new_id, url).await }).await?;
+            while_no_leader(|| {
+                on_first_reachable(&nodes, |n| async move { n.add_learner(new_id, url).await })
+            })
+            .await?;
         }
         // Waits on the leader until the learner has caught up.
-        on_first_reachable(&nodes, |n| async move { n.promote(new_id).await }).await?;
+        while_no_leader(|| on_first_reachable(&nodes, |n| async move { n.promote(new_id).await }))
+            .await?;
     }
     let leader = on_first_reachable(&nodes, |n| async move { n.status().await })
         .await?
         .leader_id;
     if leader == Some(old) {
-        on_first_reachable(&nodes, |n| async move { n.move_leader(Some(new_id)).await }).await?;
+        while_no_leader(|| {
+            on_first_reachable(&nodes, |n| async move { n.move_leader(Some(new_id)).await })
+        })
+        .await?;
     }
-    let answer = on_first_reachable(&nodes, |n| async move { n.remove(old).await }).await?;
+    // Right after the move a node may not have heard of the new leader yet (seen in CI: the
+    // remove answered 503 `no_leader` once), hence the retry.
+    let answer =
+        while_no_leader(|| on_first_reachable(&nodes, |n| async move { n.remove(old).await }))
+            .await?;
     render(&answer, json)
+}
+
+/// How long a step of `members replace` is retried while the node asked knows no leader.
+const NO_LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `step` again while it is answered 503 `no_leader` (an election, or news of a new leader
+/// not yet arrived), for at most [`NO_LEADER_WAIT`]; any other answer is returned as it is.
+async fn while_no_leader<T, F, Fut>(step: F) -> Result<T, CtlError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CtlError>>,
+{
+    let deadline = tokio::time::Instant::now() + NO_LEADER_WAIT;
+    loop {
+        match step().await {
+            Err(CtlError::Client(ClientError::Status { body, .. }))
+                if body.code == "no_leader" && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 fn render(answer: &MembershipResponse, json: bool) -> Result<Output, CtlError> {
